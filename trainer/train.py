@@ -1,0 +1,276 @@
+"""Training: a validated spec in, a trained model with its history and timings out.
+
+Reads top to bottom like a keras-io example: prepare data → build model →
+compile → fit with callbacks. No Redis, no HTTP: progress and cancellation
+come in as plain callables.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+from pydantic import BaseModel
+
+from trainer.architectures import build_model
+from trainer.augmentation import build_augmenter, oversample
+from trainer.data import PreparedData, prepare
+from trainer.errors import InvalidInputError, TrainingCancelledError
+from trainer.spec import AnyTrainingSpec
+
+
+class EpochRecord(BaseModel):
+    """One epoch's figures, as reported to progress listeners and kept in the history."""
+
+    epoch: int
+    epochs: int
+    loss: float
+    accuracy: float
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    seconds: float
+    learning_rate: float | None = None
+
+
+ProgressListener = Callable[[EpochRecord], None]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass
+class TrainingResult:
+    model: keras.Model
+    data: PreparedData
+    history: list[EpochRecord]
+    fit_seconds: float
+    prepare_seconds: float
+    stopped_early: bool
+    target_classes: list[str] = field(default_factory=list)
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+class _ProgressCallback(keras.callbacks.Callback):
+    """Reports every finished epoch, with its wall time and learning rate."""
+
+    def __init__(self, epochs: int, listeners: Sequence[ProgressListener]) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.listeners = listeners
+        self.history: list[EpochRecord] = []
+        self._epoch_started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        record = EpochRecord(
+            epoch=epoch + 1,
+            epochs=self.epochs,
+            loss=float(logs["loss"]),
+            accuracy=float(logs["accuracy"]),
+            val_loss=_optional_float(logs.get("val_loss")),
+            val_accuracy=_optional_float(logs.get("val_accuracy")),
+            seconds=round(time.perf_counter() - self._epoch_started, 3),
+            learning_rate=_current_learning_rate(self.model),
+        )
+        self.history.append(record)
+        for listener in self.listeners:
+            listener(record)
+
+
+class _CancelCallback(keras.callbacks.Callback):
+    """Stops training within one batch once the caller asks for it."""
+
+    def __init__(self, should_cancel: CancelCheck) -> None:
+        super().__init__()
+        self.should_cancel = should_cancel
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        # Raising (rather than setting stop_training) also skips the epoch's
+        # validation pass, so a cancel takes effect after this very batch.
+        if self.should_cancel():
+            raise TrainingCancelledError("training was cancelled on request")
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _current_learning_rate(model: keras.Model) -> float | None:
+    try:
+        return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _learning_rate(spec: AnyTrainingSpec, total_steps: int) -> Any:
+    if spec.lr_schedule == "one_cycle":
+        # Warm up from lr/25 to lr over the first 25% of steps, then cosine down
+        # to lr/1000: the one-cycle policy that lets small nets train fast.
+        warmup_steps = max(1, total_steps // 4)
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=spec.learning_rate / 25,
+            decay_steps=max(1, total_steps - warmup_steps),
+            alpha=1e-3,
+            warmup_target=spec.learning_rate,
+            warmup_steps=warmup_steps,
+        )
+    if spec.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(spec.learning_rate, total_steps, alpha=1e-3)
+    return spec.learning_rate
+
+
+def _optimizer(spec: AnyTrainingSpec, total_steps: int) -> keras.optimizers.Optimizer:
+    learning_rate = _learning_rate(spec, total_steps)
+    if spec.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate, momentum=0.9, nesterov=True, weight_decay=spec.weight_decay or None
+        )
+    if spec.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=spec.weight_decay)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def _training_dataset(
+    spec: AnyTrainingSpec, data: PreparedData, target_classes: list[str]
+) -> tf.data.Dataset:
+    """Shuffled, batched, augmented and prefetched training batches."""
+    target_indices = [data.info.class_names.index(name) for name in target_classes]
+    images, labels, augment_flags = oversample(
+        data.train.x,
+        data.train.y,
+        target_indices,
+        factor=spec.augmentation.oversample_factor,
+        augment_all=spec.augmentation.enabled,
+    )
+    images_tensor = tf.constant(images)
+    labels_tensor = tf.constant(labels)
+    flags_tensor = tf.constant(augment_flags)
+
+    def gather(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        return (
+            tf.gather(images_tensor, indices),
+            tf.gather(labels_tensor, indices),
+            tf.gather(flags_tensor, indices),
+        )
+
+    dataset = (
+        tf.data.Dataset.range(len(labels))
+        .shuffle(len(labels), seed=spec.seed, reshuffle_each_iteration=True)
+        .batch(spec.batch_size)
+        .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    )
+    if spec.augmentation.active:
+        augmenter = build_augmenter(spec.augmentation, data.info, seed=spec.seed)
+
+        def augment(x: tf.Tensor, y: tf.Tensor, flags: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            augmented = augmenter(x, training=True)
+            return tf.where(flags[:, tf.newaxis, tf.newaxis, tf.newaxis], augmented, x), y
+
+        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        dataset = dataset.map(lambda x, y, flags: (x, y))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def train(
+    spec: AnyTrainingSpec,
+    data_dir: Path | None,
+    *,
+    target_classes: Sequence[str] = (),
+    progress: Sequence[ProgressListener] = (),
+    should_cancel: CancelCheck | None = None,
+    data: PreparedData | None = None,
+    verbose: int = 0,
+) -> TrainingResult:
+    """Train ``spec``'s architecture on its dataset sample; return model, history, timings.
+
+    ``target_classes`` are the resolved class names for targeted augmentation
+    (the caller resolves 'weak' against a reference model). Raises
+    TrainingCancelledError when ``should_cancel`` turns true. ``verbose=1``
+    shows Keras' progress bar for each epoch.
+    """
+    keras.utils.set_random_seed(spec.seed)
+    started = time.perf_counter()
+    if data is None:
+        data = prepare(
+            spec.dataset,
+            data_dir,
+            sample_fraction=spec.sample_fraction,
+            validation_fraction=spec.validation_fraction,
+            seed=spec.seed,
+        )
+    prepare_seconds = time.perf_counter() - started
+    unknown = sorted(set(target_classes) - set(data.info.class_names))
+    if unknown:
+        raise InvalidInputError(
+            f"augmentation target classes {unknown} are not classes of {spec.dataset}; "
+            f"expected some of: {', '.join(data.info.class_names)}"
+        )
+
+    model = build_model(
+        spec.architecture, spec.hyperparameters, data.info.input_shape, data.info.num_classes
+    )
+    train_batches = _training_dataset(spec, data, list(target_classes))
+    steps_per_epoch = int(train_batches.cardinality().numpy())
+    model.compile(
+        optimizer=_optimizer(spec, steps_per_epoch * spec.epochs),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=spec.label_smoothing)
+        if spec.label_smoothing
+        else keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+    if spec.label_smoothing:
+        num_classes = data.info.num_classes
+        train_batches = train_batches.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+        validation_labels: Any = keras.utils.to_categorical(data.validation.y, num_classes)
+    else:
+        validation_labels = data.validation.y
+
+    progress_callback = _ProgressCallback(spec.epochs, progress)
+    callbacks: list[keras.callbacks.Callback] = [progress_callback]
+    if should_cancel is not None:
+        callbacks.append(_CancelCallback(should_cancel))
+    early_stopping = None
+    if spec.early_stopping_patience:
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=spec.early_stopping_patience, restore_best_weights=True
+        )
+        callbacks.append(early_stopping)
+
+    fit_started = time.perf_counter()
+    model.fit(
+        train_batches,
+        epochs=spec.epochs,
+        validation_data=(data.validation.x, validation_labels),
+        batch_size=spec.batch_size,
+        callbacks=callbacks,
+        shuffle=False,  # the dataset shuffles itself, seeded
+        verbose=verbose,
+    )
+    fit_seconds = time.perf_counter() - fit_started
+    stopped_early = bool(early_stopping and early_stopping.stopped_epoch > 0)
+    return TrainingResult(
+        model=model,
+        data=data,
+        history=progress_callback.history,
+        fit_seconds=round(fit_seconds, 3),
+        prepare_seconds=round(prepare_seconds, 3),
+        stopped_early=stopped_early,
+        target_classes=list(target_classes),
+    )
+
+
+def inference_copy(model: keras.Model) -> keras.Model:
+    """The same network and weights without optimizer state: what the registry stores."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
