@@ -1,0 +1,199 @@
+"""The JobStore protocol and the state transitions both backends share.
+
+Each backend loads a job inside an atomic section (an SQLite ``BEGIN IMMEDIATE``
+transaction, a Redis ``WATCH``/``MULTI`` loop), applies one of the pure
+functions below and writes the result back. Keeping the rules here means the
+two backends cannot drift apart in behaviour.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from trainer.errors import ConflictError, JobNotFoundError
+
+from .models import EpochProgress, Job, JobError, JobStatus, TerminalStatus
+
+Clock = Callable[[], datetime]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class JobStore(Protocol):
+    """Persistent, multi-process store of training jobs."""
+
+    def create(self, job: Job) -> None: ...
+    def get(self, job_id: str) -> Job: ...
+    def list(
+        self,
+        *,
+        status: JobStatus | None = None,
+        model_name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Job], int]: ...
+    def claim(self, job_id: str, worker: str, lease_seconds: float) -> Job | None: ...
+    def renew_lease(self, job_id: str, worker: str, lease_seconds: float) -> bool: ...
+    def record_epoch(self, job_id: str, progress: EpochProgress) -> None: ...
+    def finish(
+        self,
+        job_id: str,
+        status: TerminalStatus,
+        *,
+        version: int | None = None,
+        error: JobError | None = None,
+    ) -> Job: ...
+    def request_cancel(self, job_id: str) -> Job: ...
+    def is_cancel_requested(self, job_id: str) -> bool: ...
+    # builtins.list: inside the class body, plain ``list`` names the method above.
+    def requeue_orphans(
+        self, max_attempts: int = 3
+    ) -> tuple[builtins.list[str], builtins.list[str]]: ...
+    def count_by_status(self) -> dict[str, int]: ...
+    def ping(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def microseconds(moment: datetime) -> int:
+    """Microseconds since the Unix epoch."""
+    # Integers sort exactly, unlike ISO strings with offsets or float timestamps.
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def job_not_found(job_id: str) -> JobNotFoundError:
+    return JobNotFoundError(
+        f"Job {job_id!r} does not exist. List jobs with GET /jobs to find a valid job_id.",
+        job_id=job_id,
+    )
+
+
+def duplicate_job(job_id: str) -> ConflictError:
+    return ConflictError(
+        f"Job {job_id!r} already exists; create the job with a new id (Job.new makes one).",
+        job_id=job_id,
+    )
+
+
+def lease_expired(job: Job, now: datetime) -> bool:
+    # A running job without a lease can only come from a crash mid-write in an
+    # older version; treating it as expired lets the orphan sweep recover it.
+    return job.lease_expires_at is None or job.lease_expires_at <= now
+
+
+def claimed(job: Job, worker: str, lease_seconds: float, now: datetime) -> Job | None:
+    """The job as taken by ``worker``, or None when it may not be taken now."""
+    # A cancel request outranks a takeover: a new worker would only have to stop again.
+    takeover = job.status == "running" and lease_expired(job, now)
+    if job.cancel_requested or not (job.status == "queued" or takeover):
+        return None
+    return job.model_copy(
+        update={
+            "status": "running",
+            "worker": worker,
+            "started_at": job.started_at or now,
+            "attempts": job.attempts + 1,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            # Each attempt trains from epoch 1 again; keeping the previous
+            # attempt's epochs would show duplicated epoch numbers.
+            "progress": None,
+            "history": [],
+            "updated_at": now,
+        }
+    )
+
+
+def renewed(job: Job, worker: str, lease_seconds: float, now: datetime) -> Job | None:
+    """The job with a longer lease, or None when ``worker`` no longer runs it."""
+    if job.status != "running" or job.worker != worker:
+        return None
+    return job.model_copy(
+        update={"lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now}
+    )
+
+
+def with_epoch(job: Job, progress: EpochProgress, now: datetime) -> Job:
+    if job.is_terminal:
+        # A worker that lost its job (declared lost, then failed) must stop
+        # writing; the error tells it so.
+        raise ConflictError(
+            f"Job {job.job_id!r} already ended with status {job.status!r}; "
+            "epochs can only be recorded while it is queued or running.",
+            job_id=job.job_id,
+            status=job.status,
+        )
+    return job.model_copy(
+        update={"progress": progress, "history": [*job.history, progress], "updated_at": now}
+    )
+
+
+def finished(
+    job: Job,
+    status: TerminalStatus,
+    version: int | None,
+    error: JobError | None,
+    now: datetime,
+) -> Job:
+    if job.is_terminal:
+        raise ConflictError(
+            f"Job {job.job_id!r} already ended with status {job.status!r}; "
+            f"it cannot be finished again as {status!r}.",
+            job_id=job.job_id,
+            status=job.status,
+        )
+    return job.model_copy(
+        update={
+            "status": status,
+            "version": version,
+            "error": error,
+            "finished_at": now,
+            "lease_expires_at": None,
+            "updated_at": now,
+        }
+    )
+
+
+def cancel_requested(job: Job, now: datetime) -> Job:
+    if job.is_terminal:
+        raise ConflictError(
+            f"Job {job.job_id!r} already ended with status {job.status!r}; "
+            "only queued or running jobs can be cancelled.",
+            job_id=job.job_id,
+            status=job.status,
+        )
+    if job.status == "queued":
+        # No worker holds it yet, so nobody else has to act: cancel outright.
+        return job.model_copy(
+            update={
+                "status": "cancelled",
+                "cancel_requested": True,
+                "finished_at": now,
+                "updated_at": now,
+            }
+        )
+    # A running training is stopped cooperatively by the worker's callback,
+    # which then calls finish(..., "cancelled").
+    return job.model_copy(update={"cancel_requested": True, "updated_at": now})
+
+
+def recovered_orphan(job: Job, max_attempts: int, now: datetime) -> Job | None:
+    """What becomes of a running job whose worker vanished, or None if it is not one."""
+    if job.status != "running" or not lease_expired(job, now):
+        return None
+    base = {"worker": None, "lease_expires_at": None, "updated_at": now}
+    if job.cancel_requested:
+        # Someone asked to stop it and nobody runs it any more: honour the request.
+        return job.model_copy(update={**base, "status": "cancelled", "finished_at": now})
+    if job.attempts < max_attempts:
+        return job.model_copy(update={**base, "status": "queued"})
+    error = JobError(
+        type="WorkerLost",
+        message=(
+            f"Job {job.job_id!r} was abandoned: its worker stopped responding "
+            f"{job.attempts} times (max_attempts={max_attempts}). A worker that dies "
+            "repeatedly often ran out of memory; check the worker logs, reduce the "
+            "batch size or image size, and submit the job again."
+        ),
+    )
+    return job.model_copy(update={**base, "status": "failed", "error": error, "finished_at": now})

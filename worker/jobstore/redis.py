@@ -1,0 +1,212 @@
+"""Redis job store, used when REDIS_URL is set (API and workers on several machines).
+
+Layout under ``prefix``: ``{prefix}:job:{job_id}`` holds the job as JSON;
+sorted sets scored by creation time (integer microseconds) index all jobs, the
+jobs of each status and the jobs of each model, for listing and counting.
+Every read-check-write runs in a WATCH/MULTI loop: if another process changes
+the job between our read and our write, EXEC fails and we start over with the
+new state, so two workers can never both claim a job.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+
+from . import base
+from .models import JOB_STATUSES, EpochProgress, Job, JobError, JobStatus, TerminalStatus, utc_now
+
+
+class RedisJobStore:
+    """Job store in Redis, shared by API and worker processes on any machine."""
+
+    def __init__(
+        self, url: str, prefix: str = "daciavision", *, clock: base.Clock = utc_now
+    ) -> None:
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.prefix = prefix
+        self.clock = clock
+
+    def _job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def _all_key(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    def _status_key(self, status: str) -> str:
+        return f"{self.prefix}:jobs:status:{status}"
+
+    def _model_key(self, model_name: str) -> str:
+        return f"{self.prefix}:jobs:model:{model_name}"
+
+    def _update(self, job_id: str, change: Callable[[Job, datetime], Job | None]) -> Job | None:
+        """Apply ``change`` to the stored job atomically; None from it means no write."""
+        key = self._job_key(job_id)
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]  # redis-py leaves watch() unannotated
+                    document = pipe.get(key)
+                    if document is None:
+                        raise base.job_not_found(job_id)
+                    current = Job.model_validate_json(document)
+                    updated = change(current, self.clock())
+                    if updated is None:
+                        pipe.unwatch()
+                        return None
+                    pipe.multi()
+                    pipe.set(key, updated.model_dump_json())
+                    if updated.status != current.status:
+                        score = base.microseconds(current.created_at)
+                        pipe.zrem(self._status_key(current.status), job_id)
+                        pipe.zadd(self._status_key(updated.status), {job_id: score})
+                    pipe.execute()
+                    return updated
+                except redis.WatchError:
+                    continue  # someone changed the job meanwhile: decide again on fresh state
+
+    def create(self, job: Job) -> None:
+        """Store a new job; ConflictError if its id is taken."""
+        key = self._job_key(job.job_id)
+        score = base.microseconds(job.created_at)
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]  # redis-py leaves watch() unannotated
+                    if pipe.exists(key):
+                        raise base.duplicate_job(job.job_id)
+                    pipe.multi()
+                    pipe.set(key, job.model_dump_json())
+                    pipe.zadd(self._all_key(), {job.job_id: score})
+                    pipe.zadd(self._status_key(job.status), {job.job_id: score})
+                    pipe.zadd(self._model_key(job.model_name), {job.job_id: score})
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def get(self, job_id: str) -> Job:
+        """The job with this id; JobNotFoundError if there is none."""
+        document = self.client.get(self._job_key(job_id))
+        if document is None:
+            raise base.job_not_found(job_id)
+        return Job.model_validate_json(document)
+
+    def list(
+        self,
+        *,
+        status: JobStatus | None = None,
+        model_name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Job], int]:
+        """One page of jobs, newest first, and the number of jobs matching the filters."""
+        if status is not None and model_name is not None:
+            # Ascending by (score, id); reversed it matches ZREVRANGE's order.
+            matching = self.client.zinter(
+                [self._status_key(status), self._model_key(model_name)], aggregate="MIN"
+            )
+            newest_first = [str(job_id) for job_id in reversed(matching)]
+            total = len(newest_first)
+            page_ids = newest_first[offset : offset + limit] if limit > 0 else []
+        else:
+            if status is not None:
+                index = self._status_key(status)
+            elif model_name is not None:
+                index = self._model_key(model_name)
+            else:
+                index = self._all_key()
+            total = int(self.client.zcard(index))
+            # ZREVRANGE's end is inclusive, and an end of -1 would mean "to the end".
+            page_ids = (
+                [str(job_id) for job_id in self.client.zrevrange(index, offset, offset + limit - 1)]
+                if limit > 0
+                else []
+            )
+        return self._load_many(page_ids), total
+
+    def _load_many(self, job_ids: builtins.list[str]) -> builtins.list[Job]:
+        if not job_ids:
+            return []
+        documents: builtins.list[Any] = self.client.mget([self._job_key(i) for i in job_ids])
+        return [Job.model_validate_json(document) for document in documents if document]
+
+    def claim(self, job_id: str, worker: str, lease_seconds: float) -> Job | None:
+        """Take the job for ``worker`` if it is queued or its lease expired; else None."""
+        return self._update(job_id, lambda job, now: base.claimed(job, worker, lease_seconds, now))
+
+    def renew_lease(self, job_id: str, worker: str, lease_seconds: float) -> bool:
+        """Extend the lease; False if ``worker`` no longer runs this job."""
+        renewed = self._update(
+            job_id, lambda job, now: base.renewed(job, worker, lease_seconds, now)
+        )
+        return renewed is not None
+
+    def record_epoch(self, job_id: str, progress: EpochProgress) -> None:
+        """Set the latest progress and append it to the job's history."""
+        self._update(job_id, lambda job, now: base.with_epoch(job, progress, now))
+
+    def finish(
+        self,
+        job_id: str,
+        status: TerminalStatus,
+        *,
+        version: int | None = None,
+        error: JobError | None = None,
+    ) -> Job:
+        """Move the job to a terminal status; ConflictError if it already ended."""
+        finished = self._update(
+            job_id, lambda job, now: base.finished(job, status, version, error, now)
+        )
+        assert finished is not None  # base.finished never declines, it raises
+        return finished
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Cancel a queued job now, or flag a running one for its worker to stop."""
+        cancelled = self._update(job_id, base.cancel_requested)
+        assert cancelled is not None  # base.cancel_requested never declines, it raises
+        return cancelled
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        """Whether someone asked to cancel the job (checked by the training callback)."""
+        return self.get(job_id).cancel_requested
+
+    # builtins.list: inside the class body, plain ``list`` names the method above.
+    def requeue_orphans(
+        self, max_attempts: int = 3
+    ) -> tuple[builtins.list[str], builtins.list[str]]:
+        """Requeue or fail running jobs whose lease expired; returns (requeued, failed) ids."""
+        requeued: builtins.list[str] = []
+        failed: builtins.list[str] = []
+        for job_id in self.client.zrange(self._status_key("running"), 0, -1):
+            # Each job is re-checked inside its own WATCH loop, so a worker that
+            # renews its lease at this very moment keeps the job.
+            recovered = self._update(
+                str(job_id), lambda job, now: base.recovered_orphan(job, max_attempts, now)
+            )
+            if recovered is not None and recovered.status == "queued":
+                requeued.append(recovered.job_id)
+            elif recovered is not None and recovered.status == "failed":
+                failed.append(recovered.job_id)
+        return requeued, failed
+
+    def count_by_status(self) -> dict[str, int]:
+        """Number of jobs in each status, zeros included."""
+        pipe: Pipeline = self.client.pipeline()
+        for status in JOB_STATUSES:
+            pipe.zcard(self._status_key(status))
+        counts = pipe.execute()
+        return {status: int(count) for status, count in zip(JOB_STATUSES, counts, strict=True)}
+
+    def ping(self) -> None:
+        """Raise redis.ConnectionError if the server cannot be reached."""
+        self.client.ping()
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.client.close()

@@ -1,0 +1,229 @@
+"""SQLite job store for embedded mode: one machine, several processes, no server.
+
+The API and each worker process open the same file. WAL mode lets readers run
+while one writer commits; ``busy_timeout`` makes a writer wait for the lock
+instead of failing; ``BEGIN IMMEDIATE`` takes the write lock before reading, so
+a read-check-write sequence cannot interleave with another process's. A new
+connection per operation keeps the store safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import base
+from .models import JOB_STATUSES, EpochProgress, Job, JobError, JobStatus, TerminalStatus, utc_now
+
+BUSY_TIMEOUT_SECONDS = 30.0
+
+# The job itself is stored as JSON; the other columns exist only so that
+# listing, filtering and counting can use indexes.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    created_at_us INTEGER NOT NULL,
+    document TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at_us DESC, job_id DESC);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at_us DESC);
+CREATE INDEX IF NOT EXISTS jobs_by_model ON jobs (model_name, created_at_us DESC);
+"""
+
+
+class SqliteJobStore:
+    """Job store in one SQLite file, shared by the API and worker processes."""
+
+    def __init__(self, path: Path, *, clock: base.Clock = utc_now) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as connection:
+            # WAL is a property of the database file, so setting it once suffices.
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions, we issue BEGIN ourselves.
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        connection.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        return connection
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with closing(self._connect()) as connection:
+            yield connection
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with closing(self._connect()) as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+    @staticmethod
+    def _load(connection: sqlite3.Connection, job_id: str) -> Job:
+        row = connection.execute("SELECT document FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise base.job_not_found(job_id)
+        return Job.model_validate_json(row[0])
+
+    @staticmethod
+    def _save(connection: sqlite3.Connection, job: Job) -> None:
+        connection.execute(
+            "UPDATE jobs SET status = ?, model_name = ?, document = ? WHERE job_id = ?",
+            (job.status, job.model_name, job.model_dump_json(), job.job_id),
+        )
+
+    def _update(self, job_id: str, change: Callable[[Job, datetime], Job | None]) -> Job | None:
+        """Apply ``change`` to the stored job atomically; None from it means no write."""
+        with self._write() as connection:
+            updated = change(self._load(connection, job_id), self.clock())
+            if updated is not None:
+                self._save(connection, updated)
+            return updated
+
+    def create(self, job: Job) -> None:
+        """Store a new job; ConflictError if its id is taken."""
+        try:
+            with self._write() as connection:
+                connection.execute(
+                    "INSERT INTO jobs (job_id, status, model_name, created_at_us, document)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        job.job_id,
+                        job.status,
+                        job.model_name,
+                        base.microseconds(job.created_at),
+                        job.model_dump_json(),
+                    ),
+                )
+        except sqlite3.IntegrityError as error:
+            raise base.duplicate_job(job.job_id) from error
+
+    def get(self, job_id: str) -> Job:
+        """The job with this id; JobNotFoundError if there is none."""
+        with self._read() as connection:
+            return self._load(connection, job_id)
+
+    def list(
+        self,
+        *,
+        status: JobStatus | None = None,
+        model_name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Job], int]:
+        """One page of jobs, newest first, and the number of jobs matching the filters."""
+        conditions: list[str] = []
+        parameters: list[Any] = []
+        if status is not None:
+            conditions.append("status = ?")
+            parameters.append(status)
+        if model_name is not None:
+            conditions.append("model_name = ?")
+            parameters.append(model_name)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        # One read transaction so the page and the total describe the same snapshot.
+        with self._read() as connection:
+            connection.execute("BEGIN")
+            total = connection.execute(f"SELECT COUNT(*) FROM jobs {where}", parameters).fetchone()
+            rows = connection.execute(
+                f"SELECT document FROM jobs {where}"
+                " ORDER BY created_at_us DESC, job_id DESC LIMIT ? OFFSET ?",
+                [*parameters, limit, offset],
+            ).fetchall()
+            connection.execute("COMMIT")
+        return [Job.model_validate_json(row[0]) for row in rows], int(total[0])
+
+    def claim(self, job_id: str, worker: str, lease_seconds: float) -> Job | None:
+        """Take the job for ``worker`` if it is queued or its lease expired; else None."""
+        return self._update(job_id, lambda job, now: base.claimed(job, worker, lease_seconds, now))
+
+    def renew_lease(self, job_id: str, worker: str, lease_seconds: float) -> bool:
+        """Extend the lease; False if ``worker`` no longer runs this job."""
+        renewed = self._update(
+            job_id, lambda job, now: base.renewed(job, worker, lease_seconds, now)
+        )
+        return renewed is not None
+
+    def record_epoch(self, job_id: str, progress: EpochProgress) -> None:
+        """Set the latest progress and append it to the job's history."""
+        self._update(job_id, lambda job, now: base.with_epoch(job, progress, now))
+
+    def finish(
+        self,
+        job_id: str,
+        status: TerminalStatus,
+        *,
+        version: int | None = None,
+        error: JobError | None = None,
+    ) -> Job:
+        """Move the job to a terminal status; ConflictError if it already ended."""
+        finished = self._update(
+            job_id, lambda job, now: base.finished(job, status, version, error, now)
+        )
+        assert finished is not None  # base.finished never declines, it raises
+        return finished
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Cancel a queued job now, or flag a running one for its worker to stop."""
+        cancelled = self._update(job_id, base.cancel_requested)
+        assert cancelled is not None  # base.cancel_requested never declines, it raises
+        return cancelled
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        """Whether someone asked to cancel the job (checked by the training callback)."""
+        return self.get(job_id).cancel_requested
+
+    # builtins.list: inside the class body, plain ``list`` names the method above.
+    def requeue_orphans(
+        self, max_attempts: int = 3
+    ) -> tuple[builtins.list[str], builtins.list[str]]:
+        """Requeue or fail running jobs whose lease expired; returns (requeued, failed) ids."""
+        requeued: list[str] = []
+        failed: list[str] = []
+        with self._write() as connection:
+            now = self.clock()
+            rows = connection.execute(
+                "SELECT document FROM jobs WHERE status = 'running'"
+            ).fetchall()
+            for (document,) in rows:
+                recovered = base.recovered_orphan(
+                    Job.model_validate_json(document), max_attempts, now
+                )
+                if recovered is None:
+                    continue
+                self._save(connection, recovered)
+                if recovered.status == "queued":
+                    requeued.append(recovered.job_id)
+                elif recovered.status == "failed":
+                    failed.append(recovered.job_id)
+        return requeued, failed
+
+    def count_by_status(self) -> dict[str, int]:
+        """Number of jobs in each status, zeros included."""
+        with self._read() as connection:
+            rows = connection.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+            counts: dict[str, int] = dict.fromkeys(JOB_STATUSES, 0)
+            counts.update({status: int(count) for status, count in rows})
+        return counts
+
+    def ping(self) -> None:
+        """Raise if the database file cannot be read."""
+        with self._read() as connection:
+            connection.execute("SELECT COUNT(*) FROM jobs").fetchone()
+
+    def close(self) -> None:
+        """Nothing to release: every operation opens and closes its own connection."""
