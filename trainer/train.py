@@ -106,7 +106,7 @@ def _optional_float(value: Any) -> float | None:
 
 def _current_learning_rate(model: keras.Model) -> float | None:
     try:
-        return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        return float(tf.convert_to_tensor(model.optimizer.learning_rate))
     except (AttributeError, TypeError, ValueError):
         return None
 
@@ -271,6 +271,6 @@ def train(
 
 def inference_copy(model: keras.Model) -> keras.Model:
     """The same network and weights without optimizer state: what the registry stores."""
-    clone = keras.models.clone_model(model)
+    clone = keras.Model.from_config(model.get_config())
     clone.set_weights(model.get_weights())
     return clone

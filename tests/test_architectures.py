@@ -1,0 +1,94 @@
+"""Architectures build the lab's models exactly: parameter counts prove it."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from trainer.architectures import ARCHITECTURES, build_model
+from trainer.hyperparameters import (
+    AlexNetHyperparameters,
+    CustomCnnHyperparameters,
+    ResNetHyperparameters,
+)
+from trainer.spec import CustomCnnSpec, parse_training_spec
+
+CIFAR10 = (32, 32, 3)
+MNIST = (28, 28, 1)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "hyperparameters", "input_shape", "expected"),
+    [
+        ("custom_cnn", CustomCnnHyperparameters(), CIFAR10, 545_098),
+        (
+            "custom_cnn",
+            CustomCnnHyperparameters(filters1=64, filters2=128, dense_units=256),
+            CIFAR10,
+            2_175_626,
+        ),
+        ("alexnet", AlexNetHyperparameters(), CIFAR10, 611_210),
+        ("custom_cnn", CustomCnnHyperparameters(), MNIST, 421_642),
+        ("alexnet", AlexNetHyperparameters(), MNIST, 495_946),
+    ],
+    ids=["custom-cifar10", "custom-64-128-256", "alexnet-cifar10", "custom-mnist", "alexnet-mnist"],
+)
+def test_parameter_counts_match_the_lab(
+    architecture: str, hyperparameters: object, input_shape: tuple[int, int, int], expected: int
+) -> None:
+    model = build_model(architecture, hyperparameters, input_shape, 10)  # type: ignore[arg-type]
+    assert model.count_params() == expected
+
+
+@pytest.mark.parametrize("input_shape", [CIFAR10, MNIST])
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_every_architecture_builds_for_both_input_shapes(
+    architecture: str, input_shape: tuple[int, int, int]
+) -> None:
+    hyperparameters = ARCHITECTURES[architecture].hyperparameters()
+    model = build_model(architecture, hyperparameters, input_shape, 10)
+    assert model.input_shape == (None, *input_shape)
+    assert model.output_shape == (None, 10)
+
+
+def test_custom_cnn_options_add_blocks_and_batch_norm() -> None:
+    plain = build_model("custom_cnn", CustomCnnHyperparameters(), CIFAR10, 10)
+    deeper = build_model(
+        "custom_cnn",
+        CustomCnnHyperparameters(extra_conv_filters=[128], batch_norm=True),
+        CIFAR10,
+        10,
+    )
+    assert any(layer.name == "conv3" for layer in deeper.layers)
+    assert any("bn" in layer.name for layer in deeper.layers)
+    assert not any("bn" in layer.name for layer in plain.layers)
+
+
+def test_resnet_has_residual_connections_and_batch_norm() -> None:
+    model = build_model("resnet", ResNetHyperparameters(), CIFAR10, 10)
+    assert any(layer.__class__.__name__ == "Add" for layer in model.layers)
+    assert any(layer.__class__.__name__ == "BatchNormalization" for layer in model.layers)
+
+
+def test_spec_validates_hyperparameters_against_the_architecture() -> None:
+    spec = parse_training_spec({"dataset": "cifar10", "hyperparameters": {"filters1": 64}})
+    assert isinstance(spec, CustomCnnSpec)
+    assert spec.hyperparameters.filters1 == 64 and spec.hyperparameters.filters2 == 64
+    with pytest.raises(ValidationError) as caught:
+        parse_training_spec(
+            {"dataset": "cifar10", "architecture": "alexnet", "hyperparameters": {"filters1": 64}}
+        )
+    error = caught.value.errors()[0]
+    assert error["loc"][-2:] == ("hyperparameters", "filters1")
+    assert error["type"] == "extra_forbidden"
+    with pytest.raises(ValidationError, match="architecture must be one of"):
+        parse_training_spec({"dataset": "cifar10", "architecture": "vgg99"})
+
+
+def test_spec_rejects_unsafe_model_names_and_bad_fractions() -> None:
+    with pytest.raises(ValidationError, match="model name '../etc' is not allowed"):
+        parse_training_spec({"dataset": "mnist", "model_name": "../etc"})
+    with pytest.raises(ValidationError, match="sample_fraction"):
+        parse_training_spec({"dataset": "mnist", "sample_fraction": 0})
+    spec = parse_training_spec({"dataset": "fashion_mnist", "architecture": "alexnet"})
+    assert spec.registered_name == "fashion-mnist-alexnet"

@@ -1,0 +1,125 @@
+"""Training learns (not just runs), reports progress, and stops on request."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer.augmentation import build_augmenter, oversample
+from trainer.data import DATASETS, prepare
+from trainer.errors import TrainingCancelledError
+from trainer.evaluate import evaluate
+from trainer.spec import AugmentationSpec, parse_training_spec
+from trainer.train import EpochRecord, inference_copy, train
+
+SMALL_CNN = {"filters1": 16, "filters2": 32, "dense_units": 64}
+
+
+@pytest.fixture(scope="module")
+def digits():  # type: ignore[no-untyped-def]
+    return prepare("digits", None, sample_fraction=1.0, validation_fraction=0.1, seed=42)
+
+
+def test_custom_cnn_learns_digits_to_ninety_percent(digits) -> None:  # type: ignore[no-untyped-def]
+    spec = parse_training_spec(
+        {"dataset": "digits", "hyperparameters": SMALL_CNN, "epochs": 12, "batch_size": 32}
+    )
+    epochs: list[EpochRecord] = []
+    result = train(spec, None, data=digits, progress=[epochs.append])
+    report = evaluate(result.model, digits.test.x, digits.test.y, digits.info.class_names)
+    assert report.accuracy >= 0.90, report.accuracy
+    assert [record.epoch for record in epochs] == list(range(1, 13))
+    assert epochs[-1].loss < epochs[0].loss
+    assert all(record.val_accuracy is not None and record.seconds > 0 for record in epochs)
+    assert result.history == epochs
+
+    # What the registry stores predicts exactly like the trained model.
+    copy = inference_copy(result.model)
+    np.testing.assert_allclose(
+        copy.predict(digits.test.x[:16], verbose=0),
+        result.model.predict(digits.test.x[:16], verbose=0),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert getattr(copy, "optimizer", None) is None
+
+
+def test_alexnet_learns_digits_with_one_cycle_and_augmentation(digits) -> None:  # type: ignore[no-untyped-def]
+    spec = parse_training_spec(
+        {
+            "dataset": "digits",
+            "architecture": "alexnet",
+            "epochs": 10,
+            "batch_size": 32,
+            "lr_schedule": "one_cycle",
+            "learning_rate": 2e-3,
+            "augmentation": {"target_classes": ["8", "9"], "oversample_factor": 2},
+        }
+    )
+    result = train(spec, None, data=digits, target_classes=["8", "9"])
+    report = evaluate(result.model, digits.test.x, digits.test.y, digits.info.class_names)
+    assert report.accuracy >= 0.85, report.accuracy
+    rates = [record.learning_rate for record in result.history]
+    assert rates[0] is not None and rates[-1] is not None
+    assert max(rates) > rates[0] and rates[-1] < max(rates) / 10  # warm up, then anneal
+
+
+def test_cancel_stops_within_one_batch(digits) -> None:  # type: ignore[no-untyped-def]
+    spec = parse_training_spec({"dataset": "digits", "epochs": 50, "batch_size": 8})
+    checks = 0
+
+    def should_cancel() -> bool:
+        nonlocal checks
+        checks += 1
+        return checks >= 5
+
+    epochs: list[EpochRecord] = []
+    with pytest.raises(TrainingCancelledError):
+        train(spec, None, data=digits, progress=[epochs.append], should_cancel=should_cancel)
+    assert checks == 5  # no batch ran after the one that saw the request
+    assert epochs == []
+
+
+def test_early_stopping_ends_before_the_epoch_budget(digits) -> None:  # type: ignore[no-untyped-def]
+    spec = parse_training_spec(
+        {
+            "dataset": "digits",
+            "hyperparameters": SMALL_CNN,
+            "epochs": 60,
+            "learning_rate": 0.01,
+            "early_stopping_patience": 2,
+        }
+    )
+    result = train(spec, None, data=digits)
+    assert result.stopped_early
+    assert result.epochs_run < 60
+
+
+def test_oversample_repeats_target_classes_and_flags_them() -> None:
+    images = np.zeros((6, 2, 2, 1), dtype=np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2], dtype=np.int64)
+    all_images, all_labels, flags = oversample(images, labels, [2], factor=3, augment_all=False)
+    assert np.bincount(all_labels).tolist() == [2, 2, 6]
+    assert len(all_images) == 10
+    assert flags[all_labels == 2].all() and not flags[all_labels != 2].any()
+    _, _, every = oversample(images, labels, [], factor=3, augment_all=True)
+    assert every.all() and len(every) == 6
+
+
+def test_flip_is_off_for_digits_and_on_for_natural_images() -> None:
+    default = AugmentationSpec(enabled=True)
+    digit_layers = [type(layer).__name__ for layer in build_augmenter(default, DATASETS["mnist"], 1).layers]
+    cifar_layers = [type(layer).__name__ for layer in build_augmenter(default, DATASETS["cifar10"], 1).layers]
+    assert "RandomFlip" not in digit_layers
+    assert cifar_layers[0] == "RandomFlip"
+    assert {"RandomRotation", "RandomTranslation", "RandomZoom"} <= set(digit_layers)
+    forced = AugmentationSpec(enabled=True, horizontal_flip=True)
+    assert "RandomFlip" in [type(layer).__name__ for layer in build_augmenter(forced, DATASETS["mnist"], 1).layers]
+
+
+def test_augmenter_changes_images_but_keeps_shape() -> None:
+    augmenter = build_augmenter(AugmentationSpec(enabled=True), DATASETS["cifar10"], seed=7)
+    batch = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)
+    augmented = np.asarray(augmenter(batch, training=True))
+    assert augmented.shape == batch.shape
+    assert not np.allclose(augmented, batch)
