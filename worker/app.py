@@ -1,0 +1,76 @@
+"""The Celery application, configured from settings.
+
+With ``REDIS_URL`` the broker is Redis; without it, Kombu's file-system
+transport under ``$DACIAVISION_HOME/broker`` lets the API and a local worker
+talk with no server at all (embedded mode). Celery keeps no results: the job
+store is the source of truth for every job.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from worker.settings import Settings, get_settings
+
+TRAIN_TASK = "daciavision.train"
+TRAINING_QUEUE = "training"
+
+
+def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
+    """Broker URL and transport options for the configured mode."""
+    if settings.redis_url:
+        # A training can run for hours; an unacknowledged message must not be
+        # handed to a second worker meanwhile. Lost workers are detected by the
+        # job store's leases instead, which is far quicker.
+        return settings.redis_url, {"visibility_timeout": 7 * 24 * 3600}
+    queue_dir = settings.broker_dir / "queue"
+    control_dir = settings.broker_dir / "control"
+    for directory in (queue_dir, control_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    return "filesystem://", {
+        "data_folder_in": str(queue_dir),
+        "data_folder_out": str(queue_dir),
+        "control_folder": str(control_dir),
+        "store_processed": False,
+    }
+
+
+def create_celery_app(settings: Settings) -> Celery:
+    broker_url, transport_options = broker_options(settings)
+    app = Celery("daciavision", broker=broker_url, include=["worker.tasks"])
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_default_queue=TRAINING_QUEUE,
+        task_ignore_result=True,
+        result_backend=None,
+        # Acknowledge after the job ends, and give the message back if the
+        # child dies mid-training: together with idempotent tasks keyed by
+        # job_id, a killed worker never loses a job.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # One child per job: TensorFlow's memory is returned when it exits,
+        # and TF is only ever imported in a freshly forked child.
+        worker_max_tasks_per_child=1,
+        worker_hijack_root_logger=False,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+def enqueue_training(celery_app: Celery, job_id: str) -> None:
+    """Send job ``job_id`` to the training queue; raises if the broker is unreachable."""
+    celery_app.send_task(
+        TRAIN_TASK,
+        args=[job_id],
+        task_id=job_id,
+        queue=TRAINING_QUEUE,
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+    )
+
+
+app = create_celery_app(get_settings())

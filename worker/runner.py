@@ -1,0 +1,113 @@
+"""Runs one training job inside a worker child: claim, train, register, finish.
+
+Imported only from inside the Celery task, so TensorFlow loads in the child.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from trainer.errors import TrainingCancelledError
+from trainer.registry import FileModelRegistry
+from trainer.run import train_and_register
+from trainer.spec import parse_training_spec
+from trainer.train import EpochRecord
+from worker.jobstore import EpochProgress, Job, JobError, JobStore, open_job_store
+from worker.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+class _LeaseKeeper(threading.Thread):
+    """Renews the job's lease and mirrors its cancel flag while training runs.
+
+    Keeping the cancel flag in a local Event makes the per-batch cancel check
+    free, instead of one store round trip per batch.
+    """
+
+    def __init__(self, store: JobStore, job_id: str, worker: str, lease_seconds: float) -> None:
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self.store, self.job_id, self.worker = store, job_id, worker
+        self.lease_seconds = lease_seconds
+        self.cancel_requested = threading.Event()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        interval = min(1.0, self.lease_seconds / 4)
+        renew_every = max(1, int(self.lease_seconds / 3 / interval))
+        ticks = 0
+        while not self.stopped.wait(interval):
+            ticks += 1
+            try:
+                if self.store.is_cancel_requested(self.job_id):
+                    self.cancel_requested.set()
+                if ticks % renew_every == 0 and not self.store.renew_lease(
+                    self.job_id, self.worker, self.lease_seconds
+                ):
+                    # Someone else owns the job now (we were presumed dead).
+                    self.cancel_requested.set()
+            except Exception:
+                logger.exception("could not renew the lease of job %s", self.job_id)
+
+
+def _find_registered_version(registry: FileModelRegistry, job: Job) -> int | None:
+    """The version an earlier delivery of this job already registered, if any."""
+    try:
+        versions = registry.versions(job.model_name)
+    except Exception:  # noqa: BLE001 - no such model yet
+        return None
+    for version in reversed(versions):
+        if registry.get_card(job.model_name, version).get("job_id") == job.job_id:
+            return version
+    return None
+
+
+def run_job(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Execute job ``job_id`` once; a second delivery of a claimed or ended job is a no-op."""
+    settings = settings or get_settings()
+    store = open_job_store(settings.redis_url, settings.jobs_db_path)
+    registry = FileModelRegistry(settings.resolved_registry_dir)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    job = store.claim(job_id, worker, settings.job_lease_seconds)
+    if job is None:
+        logger.info("job %s is not claimable (ended, cancelled or running elsewhere)", job_id)
+        return {"job_id": job_id, "skipped": True}
+
+    earlier_version = _find_registered_version(registry, job)
+    if earlier_version is not None:
+        store.finish(job_id, "succeeded", version=earlier_version)
+        return {"job_id": job_id, "version": earlier_version}
+
+    lease = _LeaseKeeper(store, job_id, worker, settings.job_lease_seconds)
+    lease.start()
+
+    def record_epoch(record: EpochRecord) -> None:
+        store.record_epoch(job_id, EpochProgress(**record.model_dump(exclude={"learning_rate"})))
+
+    try:
+        registered = train_and_register(
+            parse_training_spec(job.spec),
+            data_dir=settings.resolved_data_dir,
+            registry=registry,
+            job_id=job_id,
+            progress=[record_epoch],
+            should_cancel=lease.cancel_requested.is_set,
+        )
+    except TrainingCancelledError:
+        store.finish(job_id, "cancelled")
+        return {"job_id": job_id, "status": "cancelled"}
+    except Exception as error:
+        logger.exception("job %s failed", job_id)
+        store.finish(
+            job_id, "failed", error=JobError(type=type(error).__name__, message=str(error))
+        )
+        return {"job_id": job_id, "status": "failed"}
+    finally:
+        lease.stopped.set()
+        lease.join()
+    store.finish(job_id, "succeeded", version=registered.version)
+    return {"job_id": job_id, "model_name": registered.model_name, "version": registered.version}

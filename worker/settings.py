@@ -1,0 +1,76 @@
+"""The one settings object, read from the environment once.
+
+Shared by the API and the workers (both must agree on where the registry,
+the job store and the broker are). Reach it through ``get_settings()``;
+tests clear its cache or override the dependency.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str) -> AliasChoices:
+    # The issue's short names (DATA_DIR, REDIS_URL) and prefixed ones both work.
+    return AliasChoices(name, f"DACIAVISION_{name}")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DACIAVISION_", extra="ignore")
+
+    home: Path = Field(
+        Path.home() / ".daciavision",
+        description="Root for everything the service writes when no other path is set.",
+    )
+    data_dir: Path | None = Field(
+        None,
+        validation_alias=_env("DATA_DIR"),
+        description="Where {dataset}.npz files live (default: $DACIAVISION_HOME/datasets).",
+    )
+    registry_dir: Path | None = Field(
+        None,
+        validation_alias=_env("REGISTRY_DIR"),
+        description="Model registry root (default: $DACIAVISION_HOME/registry).",
+    )
+    redis_url: str | None = Field(
+        None,
+        validation_alias=_env("REDIS_URL"),
+        description="Broker and job store; empty means embedded mode (no server needed).",
+    )
+    model_cache_size: int = Field(4, ge=1, description="Loaded model versions kept in memory.")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_instances: int = Field(256, ge=1, description="Images per /predict request.")
+    job_lease_seconds: float = Field(
+        60.0, gt=1, description="A running job whose worker is silent this long is requeued."
+    )
+    job_max_attempts: int = Field(3, ge=1)
+    api_url: str = Field("http://127.0.0.1:8000", description="Where the client CLI sends calls.")
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir or self.home / "datasets"
+
+    @property
+    def resolved_registry_dir(self) -> Path:
+        return self.registry_dir or self.home / "registry"
+
+    @property
+    def jobs_db_path(self) -> Path:
+        return self.home / "jobs.sqlite3"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,33 @@
+"""Celery tasks: thin and idempotent, keyed by job_id.
+
+TensorFlow is imported inside the task body, i.e. only in the forked child
+that runs one job, never in the worker's main process before a fork.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import signals
+
+from worker.app import TRAIN_TASK, app
+from worker.jobstore import open_job_store
+from worker.recovery import requeue_orphaned_jobs
+from worker.settings import get_settings
+
+
+@app.task(name=TRAIN_TASK, acks_late=True, ignore_result=True)
+def train_job(job_id: str) -> dict[str, Any]:
+    """Run training job ``job_id`` from the job store; safe to deliver twice."""
+    from worker.runner import run_job
+
+    return run_job(job_id)
+
+
+@signals.worker_ready.connect
+def _requeue_orphaned_jobs(**_: Any) -> None:
+    # A worker that starts after a crash gives the crashed worker's jobs back
+    # to the queue as soon as their leases have run out.
+    settings = get_settings()
+    store = open_job_store(settings.redis_url, settings.jobs_db_path)
+    requeue_orphaned_jobs(store, app, settings.job_max_attempts)
