@@ -1,0 +1,91 @@
+"""The FastAPI application: routers, error handlers, telemetry, lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.deps import Services
+from service.errors import install_error_handlers
+from service.monitoring import install_monitoring
+from service.routes import health, jobs, metrics, models, predict, tfserving
+from worker.recovery import requeue_orphaned_jobs
+from worker.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Train, version and serve image classifiers.
+
+* **Jobs** queue trainings (CIFAR-10, MNIST, Fashion-MNIST, scikit-learn digits) to
+  Celery workers; watch their per-epoch progress, cancel them.
+* **Models** are versioned (1, 2, 3 …, immutable) with movable aliases such as
+  `production` and `staging`, each with a history.
+* **Predict** classifies uploaded images or JSON pixel arrays; a TensorFlow Serving
+  compatible route serves existing clients.
+* **Metrics** are per-class reports (precision, recall, F1, support, confusion
+  matrix, weak classes) of any registered version.
+
+Every error has the shape `{"detail": {"code": ..., "message": ...}}`.
+"""
+
+TAGS = [
+    {"name": "jobs", "description": "Queue, watch and cancel training jobs."},
+    {"name": "models", "description": "Registered models, versions and aliases."},
+    {"name": "predict", "description": "Classify images with a registered version."},
+    {"name": "metrics", "description": "Per-class evaluation reports."},
+    {"name": "tensorflow-serving", "description": "TensorFlow Serving compatible REST API."},
+    {"name": "health", "description": "Liveness and readiness probes."},
+    {"name": "monitoring", "description": "Service telemetry for Prometheus."},
+]
+
+
+async def _recover_orphaned_jobs_forever(services: Services) -> None:
+    # Workers die; their leases expire. Whoever notices first requeues the job,
+    # so a crash never leaves a job "running" forever.
+    interval = max(1.0, services.settings.job_lease_seconds / 2)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(
+                requeue_orphaned_jobs,
+                services.job_store,
+                services.dispatcher.celery_app,
+                services.settings.job_max_attempts,
+            )
+        except Exception:
+            logger.warning("could not check for orphaned jobs", exc_info=True)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    services = Services(settings or get_settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        recovery = asyncio.create_task(_recover_orphaned_jobs_forever(services))
+        try:
+            yield
+        finally:
+            recovery.cancel()
+
+    app = FastAPI(
+        title="DaciaVision",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    install_monitoring(app)
+    for router in (
+        jobs.router, models.router, predict.router, metrics.router,
+        tfserving.router, health.router,
+    ):  # fmt: skip
+        app.include_router(router)
+    return app

@@ -1,0 +1,149 @@
+"""One error shape everywhere: ``{"detail": {"code", "message", ...}}``.
+
+Domain errors carry a stable code; this table maps codes to HTTP statuses,
+as MLflow's REST layer does, so routes never pick status codes themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from trainer.errors import DaciaVisionError
+
+RETRY_AFTER_SECONDS = 5
+
+
+class PayloadTooLargeError(DaciaVisionError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(DaciaVisionError):
+    code = "unsupported_media_type"
+
+
+class BrokerUnavailableError(DaciaVisionError):
+    code = "broker_unavailable"
+
+
+class ModelLoadError(DaciaVisionError):
+    code = "model_load_failed"
+
+
+STATUS_BY_CODE: dict[str, int] = {
+    "invalid_input": 422,
+    "invalid_model_name": 422,
+    "dataset_not_found": 422,
+    "not_found": 404,
+    "model_not_found": 404,
+    "version_not_found": 404,
+    "alias_not_found": 404,
+    "job_not_found": 404,
+    "conflict": 409,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "broker_unavailable": 503,
+    "corrupt_model": 500,
+    "model_load_failed": 500,
+}
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["version_not_found"])
+    message: str = Field(examples=["model 'cifar10-custom' has no version 7; live versions: 1, 2"])
+
+
+class ErrorResponse(BaseModel):
+    detail: ErrorBody
+
+
+_DESCRIPTIONS = {
+    404: "The model, version, alias or job does not exist.",
+    409: "The request conflicts with the current state (e.g. the job already ended).",
+    413: "The upload or batch is larger than the service accepts.",
+    415: "The content type or image format is not supported.",
+    422: "The input is invalid; `errors` names each field, the value received and what is allowed.",
+    503: "The broker or job store is unreachable; retry after the `Retry-After` seconds.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses."""
+    return {
+        status: {"model": ErrorResponse, "description": _DESCRIPTIONS[status]}
+        for status in statuses
+    }
+
+
+def error_json(
+    status_code: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status_code == 503 else None
+    # Details never override the two fields every client relies on.
+    body = {"detail": {**jsonable_encoder(details or {}), "code": code, "message": message}}
+    return JSONResponse(status_code=status_code, content=body, headers=headers)
+
+
+async def _domain_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, DaciaVisionError)
+    status = STATUS_BY_CODE.get(error.code, 400)
+    return error_json(status, error.code, error.message, error.details)
+
+
+def _field_path(location: tuple[Any, ...]) -> str:
+    # Drop the discriminator tag pydantic adds for the architecture union.
+    parts = [str(part) for part in location if part not in ("custom_cnn", "alexnet", "resnet")]
+    return ".".join(parts)
+
+
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    errors = [
+        {
+            "field": _field_path(tuple(item["loc"])),
+            "received": item.get("input"),
+            "expected": item["msg"],
+            "type": item["type"],
+        }
+        for item in error.errors()
+    ]
+    summary = "; ".join(f"{entry['field']}: {entry['expected']}" for entry in errors[:5])
+    return error_json(422, "invalid_input", f"invalid request: {summary}", {"errors": errors})
+
+
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    code = codes.get(error.status_code, "http_error")
+    message = error.detail if isinstance(error.detail, str) else str(error.detail)
+    if error.status_code == 404 and message == "Not Found":
+        message = f"no route {request.method} {request.url.path}; see /docs for the API"
+    response = error_json(error.status_code, code, message)
+    if error.headers:
+        response.headers.update(error.headers)
+    return response
+
+
+async def _store_unreachable(request: Request, error: Exception) -> JSONResponse:
+    # Redis is both broker and job store: when it is down, nothing can be queued.
+    return error_json(
+        503,
+        "broker_unavailable",
+        f"the job store is unreachable ({type(error).__name__}: {error}); retry later",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DaciaVisionError, _domain_error)
+    app.add_exception_handler(RedisConnectionError, _store_unreachable)
+    app.add_exception_handler(RedisTimeoutError, _store_unreachable)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,0 +1,56 @@
+"""Submitting training jobs: check what can be checked now, store, then enqueue."""
+
+from __future__ import annotations
+
+from service.deps import JobDispatcher
+from service.errors import BrokerUnavailableError
+from trainer.data import dataset_info
+from trainer.errors import InvalidInputError
+from trainer.registry import FileModelRegistry
+from trainer.spec import AnyTrainingSpec
+from worker.jobstore import Job, JobError, JobStore
+
+
+def _check_augmentation_targets(spec: AnyTrainingSpec, registry: FileModelRegistry) -> None:
+    targets = spec.augmentation.target_classes
+    if targets == "weak":
+        reference = spec.augmentation.reference_model
+        assert reference is not None  # guaranteed by the spec validator
+        registry.resolve(reference.model_name, reference.version)  # 404 if it does not exist
+        return
+    class_names = dataset_info(spec.dataset).class_names
+    unknown = [name for name in targets if name not in class_names]
+    if unknown:
+        raise InvalidInputError(
+            f"augmentation.target_classes {unknown} are not classes of {spec.dataset}; "
+            f"expected some of: {', '.join(class_names)}",
+            field="augmentation.target_classes",
+            received=unknown,
+        )
+
+
+def submit_job(
+    spec: AnyTrainingSpec,
+    store: JobStore,
+    dispatcher: JobDispatcher,
+    registry: FileModelRegistry,
+) -> Job:
+    """Store the job as queued, then hand it to the workers.
+
+    The job is stored first so a worker can never receive an id the store
+    does not know; if the broker then refuses it, the job ends ``failed``
+    with the reason instead of waiting forever.
+    """
+    _check_augmentation_targets(spec, registry)
+    job = Job.new(spec=spec.model_dump(mode="json"), model_name=spec.registered_name)
+    store.create(job)
+    try:
+        dispatcher.enqueue(job.job_id)
+    except BrokerUnavailableError as error:
+        store.finish(
+            job.job_id,
+            "failed",
+            error=JobError(type="BrokerUnavailable", message=error.message),
+        )
+        raise
+    return job

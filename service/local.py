@@ -1,0 +1,189 @@
+"""CLI commands that run here: serve, worker, train (in-process), models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from trainer.errors import InvalidInputError
+from trainer.registry import FileModelRegistry
+from worker.app import TRAINING_QUEUE
+from worker.settings import get_settings
+
+
+def _celery_worker_command(concurrency: int, loglevel: str, node_name: str) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+        "--concurrency", str(concurrency), "--loglevel", loglevel,
+        "--queues", TRAINING_QUEUE, "--hostname", node_name, "-O", "fair",
+    ]  # fmt: skip
+
+
+def worker_command(arguments: argparse.Namespace) -> int:
+    """Replace this process with a Celery worker (so signals reach Celery directly)."""
+    command = _celery_worker_command(arguments.concurrency, arguments.loglevel, "worker@%h")
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
+def serve_command(arguments: argparse.Namespace) -> int:
+    """Run the API; in embedded mode (no REDIS_URL) also run local worker processes."""
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = get_settings()
+    workers: list[subprocess.Popen[bytes]] = []
+    if settings.embedded:
+        print(f"embedded mode: jobs and broker under {settings.home} (set REDIS_URL to scale out)")
+        for index in range(arguments.workers):
+            command = _celery_worker_command(1, "INFO", f"embedded{index}@%h")
+            workers.append(subprocess.Popen(command))
+    try:
+        uvicorn.run(create_app(settings), host=arguments.host, port=arguments.port)
+    finally:
+        for process in workers:
+            process.send_signal(signal.SIGTERM)
+        for process in workers:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                # A job cut short here is requeued when its lease runs out.
+                process.kill()
+    return 0
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _spec_from_arguments(arguments: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if arguments.spec:
+        spec = json.loads(Path(arguments.spec).read_text())
+    hyperparameters = dict(spec.get("hyperparameters", {}))
+    for assignment in arguments.hyperparameters:
+        name, separator, value = assignment.partition("=")
+        if not separator:
+            raise InvalidInputError(f"hyperparameter {assignment!r} must look like NAME=VALUE")
+        hyperparameters[name] = _parse_value(value)
+    augmentation: dict[str, Any] = dict(spec.get("augmentation", {}))
+    if arguments.augment:
+        augmentation["enabled"] = True
+    if arguments.augment_classes:
+        classes = arguments.augment_classes
+        augmentation["target_classes"] = "weak" if classes == "weak" else classes.split(",")
+        augmentation["oversample_factor"] = arguments.oversample_factor
+    if arguments.reference_model:
+        name, _, version = arguments.reference_model.partition(":")
+        augmentation["reference_model"] = {"model_name": name, "version": version or None}
+    spec.update(
+        dataset=arguments.dataset,
+        sample_fraction=arguments.sample_fraction,
+        architecture=arguments.architecture,
+        hyperparameters=hyperparameters,
+        epochs=arguments.epochs,
+        batch_size=arguments.batch_size,
+        learning_rate=arguments.learning_rate,
+        optimizer=arguments.optimizer,
+        weight_decay=arguments.weight_decay,
+        lr_schedule=arguments.lr_schedule,
+        label_smoothing=arguments.label_smoothing,
+        validation_fraction=arguments.validation_fraction,
+        early_stopping_patience=arguments.early_stopping_patience,
+        seed=arguments.seed,
+        augmentation=augmentation,
+        model_name=arguments.model_name or spec.get("model_name"),
+    )
+    return spec
+
+
+def train_command(arguments: argparse.Namespace) -> int:
+    """Train in this process with a progress bar per epoch, register, print the report."""
+    from trainer.run import train_and_register
+    from trainer.spec import parse_training_spec
+
+    try:
+        spec = parse_training_spec(_spec_from_arguments(arguments))
+    except ValidationError as error:
+        print(f"error: invalid training spec:\n{error}", file=sys.stderr)
+        return 2
+    settings = get_settings()
+    registry = FileModelRegistry(settings.resolved_registry_dir)
+    print(f"training {spec.architecture} on {spec.dataset} ({spec.sample_fraction:.0%} sample)")
+    registered = train_and_register(
+        spec, data_dir=settings.resolved_data_dir, registry=registry, verbose=1
+    )
+    print_report(registered.card, registry.root)
+    return 0
+
+
+def print_report(card: dict[str, Any], registry_root: Path) -> None:
+    test = card["metrics"]["test"]
+    print()
+    print(f"registered {card['model_name']} version {card['version']}")
+    print(f"  saved in         {registry_root / card['model_name'] / str(card['version'])}")
+    print(f"  test accuracy    {test['accuracy']:.4f}   loss {test['loss']:.4f}")
+    print(f"  parameters       {card['parameter_count']:,}")
+    print(f"  training time    {card['timings']['fit_seconds']:.1f} s")
+    print(f"  generalization   gap {card['metrics']['generalization_gap']:+.4f}")
+    print()
+    print(f"  {'class':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+    for entry in test["per_class"]:
+        print(
+            f"  {entry['class_name']:<14}{entry['precision']:>10.3f}{entry['recall']:>10.3f}"
+            f"{entry['f1']:>10.3f}{entry['support']:>10}"
+        )
+    macro = test["macro_avg"]
+    print(
+        f"  {'macro avg':<14}{macro['precision']:>10.3f}{macro['recall']:>10.3f}"
+        f"{macro['f1']:>10.3f}"
+    )
+    weak = ", ".join(f"{w['class_name']} ({w['f1']:.3f})" for w in test["weak_classes"]) or "none"
+    print(f"\n  weak classes ({test['weak_class_rule']}): {weak}")
+
+
+def models_command(arguments: argparse.Namespace) -> int:
+    """List models with versions, aliases and test accuracy, straight from the registry."""
+    registry = FileModelRegistry(get_settings().resolved_registry_dir)
+    rows = []
+    for summary in registry.list_models():
+        for version in summary.versions:
+            card = registry.get_card(summary.model_name, version)
+            aliases = [alias for alias, target in summary.aliases.items() if target == version]
+            rows.append(
+                {
+                    "model_name": summary.model_name,
+                    "version": version,
+                    "aliases": aliases,
+                    "architecture": card.get("architecture"),
+                    "dataset": card.get("dataset", {}).get("name"),
+                    "test_accuracy": card.get("metrics", {}).get("test", {}).get("accuracy"),
+                    "created_at": card.get("created_at"),
+                }
+            )
+    if arguments.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no models registered in {registry.root}")
+        return 0
+    print(f"{'model':<24}{'version':>8}  {'aliases':<20}{'architecture':<14}{'accuracy':>9}")
+    for row in rows:
+        accuracy = "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.4f}"
+        print(
+            f"{row['model_name']:<24}{row['version']:>8}  {','.join(row['aliases']):<20}"
+            f"{row['architecture'] or '-':<14}{accuracy:>9}"
+        )
+    return 0

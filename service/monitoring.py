@@ -1,0 +1,89 @@
+"""Service telemetry in Prometheus' text format at /monitoring/prometheus/metrics.
+
+``/metrics`` is taken by the per-class reports, so telemetry lives apart:
+requests and latency by route template, predictions by model and version,
+jobs by status (read from the job store at scrape time).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.routing import Match
+
+from service.deps import JobStoreDep
+
+TELEMETRY = CollectorRegistry()
+REQUESTS = Counter(
+    "daciavision_http_requests",
+    "HTTP requests by route template, method and status.",
+    ["route", "method", "status"],
+    registry=TELEMETRY,
+)
+LATENCY = Histogram(
+    "daciavision_http_request_duration_seconds",
+    "HTTP request latency by route template.",
+    ["route", "method"],
+    registry=TELEMETRY,
+)
+PREDICTIONS = Counter(
+    "daciavision_predictions",
+    "Images classified, by model and version.",
+    ["model_name", "version"],
+    registry=TELEMETRY,
+)
+JOBS = Gauge("daciavision_jobs", "Training jobs by status.", ["status"], registry=TELEMETRY)
+
+router = APIRouter(prefix="/monitoring", tags=["monitoring"])
+
+
+def record_predictions(model_name: str, version: int, count: int) -> None:
+    PREDICTIONS.labels(model_name=model_name, version=str(version)).inc(count)
+
+
+def _route_template(request: Request) -> str:
+    # Label by template ("/jobs/{job_id}"), never by raw path: ids would make
+    # the label set grow without bound.
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "unmatched"))
+    return "unmatched"
+
+
+@router.get(
+    "/prometheus/metrics",
+    summary="Service telemetry (Prometheus text format)",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
+def prometheus_metrics(store: JobStoreDep) -> Response:
+    """Requests and latency by route, predictions by model/version, jobs by status."""
+    for status, count in store.count_by_status().items():
+        JOBS.labels(status=status).set(count)
+    return Response(generate_latest(TELEMETRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def install_monitoring(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = _route_template(request)
+        LATENCY.labels(route=route, method=request.method).observe(time.perf_counter() - started)
+        REQUESTS.labels(route=route, method=request.method, status=str(response.status_code)).inc()
+        return response
+
+    app.include_router(router)

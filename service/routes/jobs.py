@@ -1,0 +1,141 @@
+"""Training jobs: submit, list, inspect, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query, status
+
+from service.deps import DispatcherDep, JobStoreDep, RegistryDep
+from service.errors import error_responses
+from service.jobs import submit_job
+from service.schemas import JobList, JobView
+from trainer.spec import AnyTrainingSpec, TrainingSpec
+from worker.jobstore import JobStatus
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JobIdPath = Annotated[str, Path(description="The id `POST /jobs` returned.")]
+
+SPEC_EXAMPLES: dict[str, Any] = {
+    "lab_custom_cnn": {
+        "summary": "The lab's custom CNN on 25% of CIFAR-10",
+        "value": {
+            "dataset": "cifar10",
+            "sample_fraction": 0.25,
+            "architecture": "custom_cnn",
+            "hyperparameters": {"filters1": 64, "filters2": 128, "dense_units": 256},
+            "epochs": 30,
+            "batch_size": 64,
+            "model_name": "cifar10-custom",
+        },
+    },
+    "alexnet": {
+        "summary": "The AlexNet-inspired CNN with early stopping",
+        "value": {
+            "dataset": "cifar10",
+            "sample_fraction": 0.25,
+            "architecture": "alexnet",
+            "epochs": 30,
+            "early_stopping_patience": 5,
+            "model_name": "cifar10-alexnet",
+        },
+    },
+    "resnet": {
+        "summary": "The stronger residual network with a one-cycle schedule",
+        "value": {
+            "dataset": "cifar10",
+            "sample_fraction": 0.25,
+            "architecture": "resnet",
+            "epochs": 15,
+            "batch_size": 128,
+            "optimizer": "sgd",
+            "learning_rate": 0.1,
+            "weight_decay": 0.0005,
+            "lr_schedule": "one_cycle",
+            "augmentation": {"enabled": True, "rotation_degrees": 0, "zoom": 0},
+            "model_name": "cifar10-resnet",
+        },
+    },
+    "weak_classes": {
+        "summary": "Oversample and augment a reference model's weak classes",
+        "value": {
+            "dataset": "cifar10",
+            "sample_fraction": 0.25,
+            "architecture": "custom_cnn",
+            "hyperparameters": {"filters1": 64, "filters2": 128, "dense_units": 256},
+            "epochs": 30,
+            "augmentation": {
+                "target_classes": "weak",
+                "oversample_factor": 2,
+                "reference_model": {"model_name": "cifar10-custom", "version": "1"},
+            },
+            "model_name": "cifar10-custom",
+        },
+    },
+    "smoke_test": {
+        "summary": "A one-minute smoke test on scikit-learn's bundled digits",
+        "value": {"dataset": "digits", "epochs": 5, "model_name": "digits-smoke"},
+    },
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobView,
+    summary="Queue a training job",
+    responses=error_responses(404, 422, 503),
+)
+def create_job(
+    spec: Annotated[TrainingSpec, Body(openapi_examples=SPEC_EXAMPLES)],
+    store: JobStoreDep,
+    dispatcher: DispatcherDep,
+    registry: RegistryDep,
+) -> JobView:
+    """Validate the spec against the architecture's hyperparameter schema, store the job as
+    `queued` and hand it to a worker. Poll `GET /jobs/{job_id}` for per-epoch progress; on
+    success the job names the registered `model_name` and `version`."""
+    typed_spec: AnyTrainingSpec = spec
+    return JobView.from_job(submit_job(typed_spec, store, dispatcher, registry))
+
+
+@router.get("", response_model=JobList, summary="List jobs, newest first")
+def list_jobs(
+    store: JobStoreDep,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    model_name: Annotated[str | None, Query(description="Only jobs for this model.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobList:
+    """Jobs newest first, optionally filtered by status and model name, a page at a time."""
+    jobs, total = store.list(status=status, model_name=model_name, limit=limit, offset=offset)
+    return JobList(
+        items=[JobView.from_job(job) for job in jobs], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobView,
+    summary="Status, progress and result of a job",
+    responses=error_responses(404),
+)
+def get_job(store: JobStoreDep, job_id: JobIdPath) -> JobView:
+    """Status (`queued`, `running`, `succeeded`, `failed`, `cancelled`), the spec, the last
+    epoch's figures and the whole per-epoch history, timestamps, the error of a failed job,
+    and the registered `model_name` and `version` of a succeeded one."""
+    return JobView.from_job(store.get(job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobView,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Cancel a job",
+    responses=error_responses(404, 409),
+)
+def cancel_job(store: JobStoreDep, job_id: JobIdPath) -> JobView:
+    """A queued job is cancelled at once; a running one stops within one training batch and
+    ends `cancelled` with no version registered. Cancelling an ended job is a 409."""
+    return JobView.from_job(store.request_cancel(job_id))

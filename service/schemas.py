@@ -1,0 +1,143 @@
+"""Response and request bodies of the jobs, models and metrics routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from trainer.evaluate import (
+    AverageMetrics,
+    ClassMetrics,
+    ConfusionMatrix,
+    WeakClass,
+)
+from worker.jobstore import EpochProgress, Job, JobError, JobStatus
+
+
+class JobView(BaseModel):
+    """A training job as clients see it."""
+
+    job_id: str
+    status: JobStatus
+    model_name: str = Field(description="Where the result is (or will be) registered.")
+    version: int | None = Field(None, description="The registered version, once succeeded.")
+    spec: dict[str, Any] = Field(description="The validated training spec, defaults filled in.")
+    progress: EpochProgress | None = Field(None, description="The last finished epoch.")
+    history: list[EpochProgress] = Field(default_factory=list)
+    error: JobError | None = None
+    cancel_requested: bool = False
+    attempts: int = Field(0, description="How many times a worker started this job.")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobView:
+        return cls.model_validate(job.model_dump(exclude={"lease_expires_at", "worker"}))
+
+
+class JobList(BaseModel):
+    items: list[JobView]
+    total: int = Field(description="Jobs matching the filters, over all pages.")
+    limit: int
+    offset: int
+
+
+class VersionSummary(BaseModel):
+    version: int
+    created_at: str | None = None
+    architecture: str | None = None
+    dataset: str | None = None
+    test_accuracy: float | None = None
+    aliases: list[str] = Field(default_factory=list)
+    job_id: str | None = None
+
+
+class ModelSummaryView(BaseModel):
+    model_name: str
+    latest_version: int | None
+    versions: list[int]
+    aliases: dict[str, int]
+
+
+class ModelDetail(BaseModel):
+    model_name: str
+    latest_version: int | None
+    aliases: dict[str, int]
+    versions: list[VersionSummary]
+
+
+class AliasUpdate(BaseModel):
+    version: int = Field(ge=1, description="The version the alias should point to.")
+
+    model_config = {"json_schema_extra": {"examples": [{"version": 2}]}}
+
+
+class AliasChangeView(BaseModel):
+    model_name: str
+    alias: str
+    from_version: int | None
+    to_version: int | None = Field(description="Empty when the alias was deleted.")
+    changed_at: str
+
+
+class MetricsReport(BaseModel):
+    """The per-class evaluation of one version on its held-out test split."""
+
+    model_name: str
+    version: int
+    dataset: str
+    architecture: str
+    test_samples: int
+    accuracy: float
+    loss: float
+    per_class: list[ClassMetrics]
+    macro_avg: AverageMetrics
+    weighted_avg: AverageMetrics
+    confusion_matrix: ConfusionMatrix
+    weak_classes: list[WeakClass]
+    weak_class_rule: str
+    parameter_count: int
+    training_seconds: float
+    epochs_run: int
+    final_train_accuracy: float
+    validation_accuracy: float
+    generalization_gap: float = Field(description="Final train accuracy minus validation accuracy.")
+    history: list[dict[str, Any]]
+
+
+class VersionRef(BaseModel):
+    model_name: str
+    version: int
+
+
+class ClassDifference(BaseModel):
+    class_name: str
+    precision_a: float
+    precision_b: float
+    recall_a: float
+    recall_b: float
+    f1_a: float
+    f1_b: float
+    f1_delta: float = Field(description="f1_b − f1_a: positive means b is better.")
+    support_a: int
+    support_b: int
+
+
+class MetricsComparison(BaseModel):
+    a: VersionRef
+    b: VersionRef
+    accuracy_a: float
+    accuracy_b: float
+    accuracy_delta: float
+    macro_f1_a: float
+    macro_f1_b: float
+    macro_f1_delta: float
+    per_class: list[ClassDifference]
+    improved_classes: list[str] = Field(description="F1 up by more than 0.01 from a to b.")
+    regressed_classes: list[str] = Field(description="F1 down by more than 0.01 from a to b.")
+    weak_classes_a: list[str]
+    weak_classes_b: list[str]
