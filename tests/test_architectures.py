@@ -86,7 +86,7 @@ def test_spec_validates_hyperparameters_against_the_architecture() -> None:
 
 
 def test_spec_rejects_unsafe_model_names_and_bad_fractions() -> None:
-    with pytest.raises(ValidationError, match="model name '../etc' is not allowed"):
+    with pytest.raises(ValidationError, match=r"model name '\.\./etc' is not allowed"):
         parse_training_spec({"dataset": "mnist", "model_name": "../etc"})
     with pytest.raises(ValidationError, match="sample_fraction"):
         parse_training_spec({"dataset": "mnist", "sample_fraction": 0})

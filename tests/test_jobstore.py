@@ -507,7 +507,7 @@ def claim_all_in_subprocess(
         start_together.wait(timeout=60)
         won = [job_id for job_id in job_ids if store.claim(job_id, worker, 60) is not None]
         results.put(won)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001
         # Report instead of dying silently, so the parent fails fast with the cause.
         results.put(f"{worker} failed: {error!r}")
     finally:

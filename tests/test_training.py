@@ -108,13 +108,19 @@ def test_oversample_repeats_target_classes_and_flags_them() -> None:
 
 def test_flip_is_off_for_digits_and_on_for_natural_images() -> None:
     default = AugmentationSpec(enabled=True)
-    digit_layers = [type(layer).__name__ for layer in build_augmenter(default, DATASETS["mnist"], 1).layers]
-    cifar_layers = [type(layer).__name__ for layer in build_augmenter(default, DATASETS["cifar10"], 1).layers]
+    digit_layers = [
+        type(layer).__name__ for layer in build_augmenter(default, DATASETS["mnist"], 1).layers
+    ]
+    cifar_layers = [
+        type(layer).__name__ for layer in build_augmenter(default, DATASETS["cifar10"], 1).layers
+    ]
     assert "RandomFlip" not in digit_layers
     assert cifar_layers[0] == "RandomFlip"
     assert {"RandomRotation", "RandomTranslation", "RandomZoom"} <= set(digit_layers)
     forced = AugmentationSpec(enabled=True, horizontal_flip=True)
-    assert "RandomFlip" in [type(layer).__name__ for layer in build_augmenter(forced, DATASETS["mnist"], 1).layers]
+    assert "RandomFlip" in [
+        type(layer).__name__ for layer in build_augmenter(forced, DATASETS["mnist"], 1).layers
+    ]
 
 
 def test_augmenter_changes_images_but_keeps_shape() -> None:

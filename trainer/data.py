@@ -119,7 +119,7 @@ def load_raw(name: str, data_dir: Path | None) -> RawDataset:
     looked_at.append(f"keras.datasets.{name}.load_data() (needs internet)")
     try:
         return _load_from_keras(name)
-    except Exception as download_error:  # noqa: BLE001 - any failure means "not available"
+    except Exception as download_error:
         raise DatasetNotFoundError(
             f"dataset {name!r} was not found. Looked at: {'; '.join(looked_at)} "
             f"(download failed: {type(download_error).__name__}). Provide it as "
@@ -220,7 +220,10 @@ def _load_digits() -> RawDataset:
     # Values are 0..16; stretch to 0..255 and upscale like MNIST's 28×28.
     small = (bunch.images * (255.0 / 16.0)).round().astype(np.uint8)
     images = np.stack(
-        [np.asarray(Image.fromarray(img).resize((28, 28), Image.Resampling.BILINEAR)) for img in small]
+        [
+            np.asarray(Image.fromarray(img).resize((28, 28), Image.Resampling.BILINEAR))
+            for img in small
+        ]
     )
     labels = bunch.target.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(

@@ -111,7 +111,9 @@ def evaluate_predictions(
     return EvaluationReport(
         samples=len(y_true),
         accuracy=round(float(np.mean(y_pred == y_true)), 6),
-        loss=round(float(log_loss(y_true, clipped / clipped.sum(1, keepdims=True), labels=labels)), 6),
+        loss=round(
+            float(log_loss(y_true, clipped / clipped.sum(1, keepdims=True), labels=labels)), 6
+        ),
         per_class=per_class,
         macro_avg=macro,
         weighted_avg=_average(report["weighted avg"]),

@@ -130,4 +130,6 @@ def train_and_register(
         card["model_file_bytes"] = path.stat().st_size
 
     version = registry.register(spec.registered_name, write_model, card)
-    return RegisteredModel(spec.registered_name, version, registry.get_card(spec.registered_name, version))
+    return RegisteredModel(
+        spec.registered_name, version, registry.get_card(spec.registered_name, version)
+    )
