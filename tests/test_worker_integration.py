@@ -48,7 +48,10 @@ class Deployment:
         self.redis_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}"
         self.data_dir = home / "datasets"
         self.data_dir.mkdir(parents=True)
-        extra = {"DATA_DIR": str(self.data_dir), "DACIAVISION_JOB_LEASE_SECONDS": str(lease_seconds)}
+        extra = {
+            "DATA_DIR": str(self.data_dir),
+            "DACIAVISION_JOB_LEASE_SECONDS": str(lease_seconds),
+        }
         self.environment = service_environment(home, self.redis_url, **extra)
         self.settings = Settings(
             home=home, redis_url=self.redis_url, data_dir=self.data_dir,

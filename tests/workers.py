@@ -62,7 +62,8 @@ def service_environment(home: Path, redis_url: str | None, **extra: str) -> dict
     environment = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith("DACIAVISION_") and key not in {"REDIS_URL", "DATA_DIR", "REGISTRY_DIR"}
+        if not key.startswith("DACIAVISION_")
+        and key not in {"REDIS_URL", "DATA_DIR", "REGISTRY_DIR"}
     }
     environment.update(
         DACIAVISION_HOME=str(home),

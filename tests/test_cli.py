@@ -1,0 +1,131 @@
+"""The `daciavision` command: local training, and the client against a real server."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from service.cli import main
+from service.client import progress_line
+from tests.workers import Process, free_port, running, service_environment, wait_until
+from trainer.data import load_raw
+from trainer.registry import FileModelRegistry
+from worker.settings import get_settings
+
+CLI = [sys.executable, "-m", "service.cli"]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DACIAVISION_HOME", str(tmp_path))
+    for name in ("REDIS_URL", "DATA_DIR", "REGISTRY_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def test_train_registers_a_version_and_prints_the_report(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["train", "--dataset", "digits", "--epochs", "6", "--batch-size", "32",
+         "-p", "filters1=8", "-p", "filters2=16", "-p", "dense_units=32",
+         "--model-name", "digits-cli"]
+    )  # fmt: skip
+    output = capsys.readouterr().out
+    assert code == 0
+    assert "registered digits-cli version 1" in output
+    assert "test accuracy" in output and "weak classes" in output
+    card = FileModelRegistry(home / "registry").get_card("digits-cli", 1)
+    assert card["spec"]["hyperparameters"]["filters1"] == 8
+    assert card["metrics"]["test"]["accuracy"] >= 0.8
+    assert f"{card['metrics']['test']['accuracy']:.4f}" in output
+
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "digits-cli" in listing and f"{card['metrics']['test']['accuracy']:.4f}" in listing
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["model_name"] == "digits-cli" and rows[0]["version"] == 1
+
+
+def test_train_rejects_a_bad_spec_with_the_field_named(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["train", "--dataset", "digits", "-p", "filters1=-3"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "hyperparameters.filters1" in error and "greater than or equal to 1" in error
+    assert not (home / "registry" / "digits-custom-cnn").exists()
+
+
+def test_progress_line_draws_finished_epochs() -> None:
+    job = {
+        "status": "running",
+        "spec": {"epochs": 10},
+        "progress": {"epoch": 5, "epochs": 10, "loss": 0.5, "accuracy": 0.8,
+                     "val_loss": 0.6, "val_accuracy": 0.75, "seconds": 2.0},
+    }  # fmt: skip
+    line = progress_line(job, width=10)
+    assert "[#####.....] 5/10" in line and "val_acc 0.7500" in line
+    assert "[..........] 0/10" in progress_line({"status": "queued", "spec": {"epochs": 10}}, 10)
+
+
+@pytest.mark.integration
+def test_embedded_serve_runs_jobs_and_the_client_cli_talks_to_it(tmp_path: Path) -> None:
+    """The README's run command: API plus worker with no external server."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    environment = service_environment(tmp_path / "home", None, DACIAVISION_API_URL=url)
+    server = Process([*CLI, "serve", "--port", str(port)], environment, tmp_path / "serve.log")
+    with running([server]):
+        wait_until(lambda: _ready(url), timeout=60, what="the embedded server to be ready")
+        spec = tmp_path / "spec.json"
+        spec.write_text(json.dumps({"dataset": "digits", "epochs": 4, "batch_size": 32}))
+        submitted = subprocess.run(
+            [*CLI, "jobs", "submit", str(spec), "--model-name", "digits-served", "--follow"],
+            env=environment, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        assert "registered digits-served version 1" in submitted.stdout
+        assert "4/4" in submitted.stdout
+
+        listed = subprocess.run(
+            [*CLI, "jobs", "list"], env=environment, capture_output=True, text=True, timeout=60
+        )
+        assert "succeeded" in listed.stdout and "digits-served" in listed.stdout
+
+        image = tmp_path / "digit.png"
+        raw = load_raw("digits", None)
+        buffer = io.BytesIO()
+        Image.fromarray(raw.x_test[3]).save(buffer, format="PNG")
+        image.write_bytes(buffer.getvalue())
+        predicted = subprocess.run(
+            [*CLI, "predict", str(image), "--model-name", "digits-served"],
+            env=environment, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert predicted.returncode == 0, predicted.stderr
+        assert "digits-served version 1" in predicted.stdout
+        assert f"{image}:" in predicted.stdout
+
+        missing = subprocess.run(
+            [*CLI, "jobs", "show", "no-such-job"],
+            env=environment, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert missing.returncode == 1
+        assert "404" in missing.stderr and "job_not_found" in missing.stderr
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
