@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -94,10 +94,8 @@ class Process:
 
     def kill_group(self, sig: int = signal.SIGKILL) -> None:
         """Signal the process and every child it forked (a crash of the whole worker)."""
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(self.popen.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self, timeout: float = 20) -> None:
         if self.popen.poll() is None:
