@@ -1,0 +1,211 @@
+"""Turn request inputs (image bytes, base64 strings, pixel arrays) into model batches.
+
+Every function returns float32 in [0, 1] shaped like the model's input (H, W, C), the
+same scaling ``trainer.data.normalize`` applies to training images, so the service
+feeds models exactly what they were trained on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import PayloadTooLargeError, UnsupportedMediaTypeError
+from trainer.errors import InvalidInputError
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
+ACCEPTED_FORMATS_TEXT = "PNG, JPEG, BMP or GIF (first frame)"
+PixelRange = Literal["0-255", "0-1"]
+InputShape = tuple[int, int, int]
+Batch = NDArray[np.float32]
+
+_MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}
+_PIXEL_MAXIMUM: dict[str, float] = {"0-255": 255.0, "0-1": 1.0}
+_WHITE = (255, 255, 255, 255)
+
+
+def _target_mode(input_shape: InputShape) -> str:
+    channels = input_shape[2]
+    if channels not in _MODE_FOR_CHANNELS:
+        raise InvalidInputError(
+            f"this model takes {channels}-channel input, which images cannot be converted to; "
+            "send pixel arrays instead",
+            input_shape=list(input_shape),
+        )
+    return _MODE_FOR_CHANNELS[channels]
+
+
+def _to_eight_bits(image: Image.Image) -> Image.Image:
+    # Pillow converts 16-bit grayscale (PNG's I;16) to L by clipping at 255, which turns
+    # most of the picture white; scale the full 16-bit range down instead.
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
+        return Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8))
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8))
+    return image
+
+
+def _flatten_transparency(image: Image.Image) -> Image.Image:
+    # Composite on white rather than drop the alpha channel: the model then sees the image
+    # as every viewer shows it, while a plain convert() exposes whatever colours happen to
+    # be stored under fully transparent pixels (often black, sometimes editor leftovers).
+    has_alpha = image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
+    if not has_alpha:
+        return image
+    background = Image.new("RGBA", image.size, _WHITE)
+    return Image.alpha_composite(background, image.convert("RGBA"))
+
+
+def decode_image(
+    data: bytes, input_shape: InputShape, *, description: str = "the image"
+) -> NDArray[np.float32]:
+    """Decode PNG/JPEG/BMP/GIF bytes into a float32 (H, W, C) array in [0, 1]."""
+    height, width, _ = input_shape
+    target_mode = _target_mode(input_shape)
+    try:
+        image: Image.Image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        _check_pixel_count(image, description)
+        # JPEG can decode straight to a smaller scale (DCT scaling): much faster for photos.
+        # A square request keeps both sides large enough even if EXIF then rotates the image.
+        image.draft(target_mode, (max(width, height),) * 2)
+        # Phones store rotation as EXIF metadata; apply it so the model sees the upright image.
+        image = ImageOps.exif_transpose(image)
+        image = _flatten_transparency(_to_eight_bits(image)).convert(target_mode)
+        # Stretch to the model's size, as training images were; reducing_gap first shrinks
+        # by whole factors (BOX), then LANCZOS antialiases the rest: fast and sharp.
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # Pillow's own guard; its warning arrives as an exception where warnings are errors.
+        raise _too_many_pixels(description, str(error)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+        raise UnsupportedMediaTypeError(
+            f"{description} is not a readable image ({type(error).__name__}: {error}); "
+            f"send {ACCEPTED_FORMATS_TEXT}",
+            accepted_formats=list(ACCEPTED_FORMATS),
+        ) from None
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    return pixels.reshape(input_shape)
+
+
+def _check_pixel_count(image: Image.Image, description: str) -> None:
+    # A few kilobytes of PNG can claim gigapixels; refuse before decoding, not after.
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and image.width * image.height > limit:
+        raise _too_many_pixels(description, f"{image.width}x{image.height} pixels")
+
+
+def _too_many_pixels(description: str, received: str) -> PayloadTooLargeError:
+    limit = Image.MAX_IMAGE_PIXELS
+    return PayloadTooLargeError(
+        f"{description} is too large to decode ({received}); at most {limit} pixels are "
+        "accepted, as a guard against decompression bombs. Downscale the image",
+        max_pixels=limit,
+    )
+
+
+def decode_base64(text: Any, index: int) -> bytes:
+    """Bytes of a base64 string (standard or URL-safe alphabet, padding optional)."""
+    if not isinstance(text, str):
+        raise InvalidInputError(
+            f"instances[{index}].b64 must be a base64 string, got {type(text).__name__}",
+            index=index,
+        )
+    compact = "".join(text.split()).replace("-", "+").replace("_", "/")
+    compact += "=" * (-len(compact) % 4)
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInputError(
+            f"instances[{index}].b64 is not valid base64 (received {len(text)} characters "
+            f"starting {text[:16]!r}); encode the image file's bytes with base64",
+            index=index,
+        ) from None
+
+
+def pixels_to_array(
+    instance: Any, index: int, input_shape: InputShape, pixel_range: PixelRange
+) -> NDArray[np.float32]:
+    """One JSON pixel array → float32 (H, W, C) in [0, 1]; strict about shape and range."""
+    expected = _shape_text(input_shape)
+    try:
+        pixels = np.asarray(instance, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise InvalidInputError(
+            f"instances[{index}] is not a rectangular array of numbers; expected shape {expected}",
+            index=index,
+            expected_shape=list(input_shape),
+        ) from None
+    if pixels.shape == input_shape[:2] and input_shape[2] == 1:
+        pixels = pixels[..., np.newaxis]
+    if pixels.shape != input_shape:
+        raise InvalidInputError(
+            f"instances[{index}] has shape {list(pixels.shape)}; this model expects {expected}",
+            index=index,
+            received_shape=list(pixels.shape),
+            expected_shape=list(input_shape),
+        )
+    maximum = _PIXEL_MAXIMUM[pixel_range]
+    if not np.all(np.isfinite(pixels)) or pixels.min() < 0 or pixels.max() > maximum:
+        raise InvalidInputError(
+            f"instances[{index}] has values from {pixels.min()} to {pixels.max()}, outside "
+            f"pixel_range {pixel_range}; scale the values or set pixel_range",
+            index=index,
+            pixel_range=pixel_range,
+        )
+    return (pixels / maximum).astype(np.float32)
+
+
+def pixels_to_batch(
+    instances: Sequence[Any], input_shape: InputShape, pixel_range: PixelRange = "0-255"
+) -> Batch:
+    """JSON pixel arrays → a float32 (N, H, W, C) batch in [0, 1]."""
+    arrays = [
+        pixels_to_array(instance, index, input_shape, pixel_range)
+        for index, instance in enumerate(instances)
+    ]
+    return np.stack(arrays) if arrays else np.zeros((0, *input_shape), dtype=np.float32)
+
+
+def instances_to_batch(
+    instances: Sequence[Any],
+    input_shape: InputShape,
+    pixel_range: PixelRange,
+    max_image_bytes: int,
+) -> Batch:
+    """JSON instances, each ``{"b64": ...}`` image bytes or a pixel array, → one batch."""
+    arrays = []
+    for index, instance in enumerate(instances):
+        if isinstance(instance, dict) and "b64" in instance:
+            data = decode_base64(instance["b64"], index)
+            check_upload_size(len(data), max_image_bytes, f"instances[{index}]")
+            arrays.append(decode_image(data, input_shape, description=f"instances[{index}]"))
+        else:
+            arrays.append(pixels_to_array(instance, index, input_shape, pixel_range))
+    return np.stack(arrays) if arrays else np.zeros((0, *input_shape), dtype=np.float32)
+
+
+def check_upload_size(size: int, max_bytes: int, description: str) -> None:
+    """PayloadTooLargeError (413) if one image is larger than the service accepts."""
+    if size > max_bytes:
+        raise PayloadTooLargeError(
+            f"{description} is {size} bytes; each image may be at most {max_bytes} bytes. "
+            "Downscale or recompress it",
+            size=size,
+            max_bytes=max_bytes,
+        )
+
+
+def _shape_text(input_shape: InputShape) -> str:
+    height, width, channels = input_shape
+    alternative = f" or [{height}, {width}]" if channels == 1 else ""
+    return f"[{height}, {width}, {channels}]{alternative}"

@@ -1,0 +1,296 @@
+"""POST /predict: classify uploaded images or JSON instances with one model version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.deps import ModelCacheDep, ModelVersion, QueryModelVersionDep, SettingsDep
+from service.errors import PayloadTooLargeError, UnsupportedMediaTypeError, error_responses
+from service.images import (
+    ACCEPTED_FORMATS_TEXT,
+    PixelRange,
+    check_upload_size,
+    decode_image,
+    instances_to_batch,
+)
+from service.model_cache import LoadedModel, ModelCache
+from service.monitoring import record_predictions
+from trainer.errors import InvalidInputError
+from worker.settings import Settings
+
+router = APIRouter(tags=["predict"])
+
+JSON_TYPE = "application/json"
+MULTIPART_TYPE = "multipart/form-data"
+UPLOAD_FIELDS = ("files", "file")
+DEFAULT_TOP_K = 3
+# Room for a 224x224x3 pixel array written as JSON integers.
+PIXEL_ARRAY_JSON_BYTES = 1024 * 1024
+BodyT = TypeVar("BodyT", bound=BaseModel)
+
+
+class PredictRequest(BaseModel):
+    """JSON body of /predict."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[Any] = Field(
+        min_length=1,
+        description='Each instance is `{"b64": "<base64 of a PNG/JPEG/BMP/GIF file>"}` or a '
+        "pixel array of the model's input shape [H, W, C] (or [H, W] for one channel).",
+    )
+    pixel_range: PixelRange = Field(
+        "0-255", description="Value range of pixel arrays; ignored for b64 images."
+    )
+
+
+class LabelProbability(BaseModel):
+    label: str = Field(examples=["cat"])
+    probability: float = Field(examples=[0.91])
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="The most probable class.", examples=["cat"])
+    class_index: int = Field(description="Index of `label` in the model's class_names.")
+    confidence: float = Field(description="Probability of `label`.", examples=[0.91])
+    top_k: list[LabelProbability] = Field(description="The k most probable classes, best first.")
+    filename: str | None = Field(None, description="The uploaded file's name (uploads only).")
+
+
+class PredictResponse(BaseModel):
+    model_name: str
+    version: int
+    predictions: list[Prediction]
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str | None
+    data: bytes
+
+
+PredictInputs = PredictRequest | list[Upload]
+
+
+async def read_inputs(request: Request, settings: Settings) -> PredictInputs:
+    """Parse the body by its content type: multipart uploads or JSON instances."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == MULTIPART_TYPE:
+        return await _read_uploads(request, settings)
+    if content_type == JSON_TYPE:
+        parsed = await read_json_body(request, settings, PredictRequest)
+        check_instance_count(len(parsed.instances), settings)
+        return parsed
+    raise UnsupportedMediaTypeError(
+        f"content type {content_type or 'none'!r} is not accepted; send {MULTIPART_TYPE} with "
+        f"image files in the field 'files', or {JSON_TYPE} with "
+        '{"instances": [...]}',
+        accepted_content_types=[MULTIPART_TYPE, JSON_TYPE],
+    )
+
+
+async def _read_uploads(request: Request, settings: Settings) -> list[Upload]:
+    try:
+        async with request.form(max_files=settings.max_instances) as form:
+            files = [value for field in UPLOAD_FIELDS for value in form.getlist(field)]
+            uploads = [await _read_upload(value, settings) for value in files]
+    except StarletteHTTPException as error:  # Starlette's multipart parser reports 400s
+        if str(error.detail).startswith("Too many files"):
+            raise _too_many(f"more than {settings.max_instances}", settings) from None
+        raise InvalidInputError(f"malformed multipart body: {error.detail}") from None
+    if not uploads:
+        raise InvalidInputError(
+            f"the form has no image files; send them in the field 'files' (or 'file'), "
+            f"fields received: {sorted(set(form.keys())) or 'none'}",
+            fields=sorted(set(form.keys())),
+        )
+    return uploads
+
+
+async def _read_upload(value: Any, settings: Settings) -> Upload:
+    if not isinstance(value, UploadFile):
+        raise InvalidInputError("the fields 'files' and 'file' must hold files, not text")
+    description = f"file {value.filename!r}"
+    # Starlette spooled the part to disk; check its size before reading it into memory.
+    check_upload_size(value.size or 0, settings.max_upload_bytes, description)
+    data = await value.read(settings.max_upload_bytes + 1)
+    check_upload_size(len(data), settings.max_upload_bytes, description)
+    return Upload(value.filename, data)
+
+
+async def read_json_body(request: Request, settings: Settings, schema: type[BodyT]) -> BodyT:
+    """Read a JSON body of bounded size and validate it, whatever content type it came with."""
+    # Per instance: an image in base64 (4/3 larger), or a pixel array as JSON text.
+    per_instance = max(settings.max_upload_bytes * 4 // 3, PIXEL_ARRAY_JSON_BYTES) + 1024
+    limit = per_instance * settings.max_instances
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLargeError(
+                f"the JSON body is larger than {limit} bytes; send fewer or smaller instances",
+                max_bytes=limit,
+            )
+    try:
+        return schema.model_validate_json(bytes(body))
+    except ValidationError as error:
+        errors = error.errors(include_url=False, include_context=False)
+        raise RequestValidationError(
+            [{**item, "loc": ("body", *item["loc"])} for item in errors]
+        ) from None
+
+
+def check_instance_count(count: int, settings: Settings) -> None:
+    """PayloadTooLargeError (413) past the per-request limit on inputs."""
+    if count > settings.max_instances:
+        raise _too_many(str(count), settings)
+
+
+def _too_many(received: str, settings: Settings) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"{received} inputs in one request; at most {settings.max_instances} are accepted, "
+        "split them over several requests",
+        max_instances=settings.max_instances,
+    )
+
+
+def predict_inputs(
+    cache: ModelCache,
+    model_version: ModelVersion,
+    inputs: PredictInputs,
+    top_k: int | None,
+    max_upload_bytes: int,
+) -> PredictResponse:
+    """Decode the inputs, run the model once on the whole batch, rank the classes."""
+    loaded = cache.get(model_version.model_name, model_version.version)
+    k = _check_top_k(top_k, loaded)
+    filenames: list[str | None]
+    if isinstance(inputs, PredictRequest):
+        batch = instances_to_batch(
+            inputs.instances, loaded.input_shape, inputs.pixel_range, max_upload_bytes
+        )
+        filenames = [None] * len(batch)
+    else:
+        arrays = [
+            decode_image(upload.data, loaded.input_shape, description=f"file {upload.filename!r}")
+            for upload in inputs
+        ]
+        batch, filenames = np.stack(arrays), [upload.filename for upload in inputs]
+    probabilities = loaded.predict(batch)
+    return PredictResponse(
+        model_name=loaded.model_name,
+        version=loaded.version,
+        predictions=[
+            _prediction(row, loaded.class_names, k, filename)
+            for row, filename in zip(probabilities, filenames, strict=True)
+        ],
+    )
+
+
+def _check_top_k(top_k: int | None, loaded: LoadedModel) -> int:
+    if top_k is None:
+        return min(DEFAULT_TOP_K, loaded.num_classes)
+    if top_k > loaded.num_classes:
+        raise InvalidInputError(
+            f"top_k is {top_k} but model {loaded.model_name!r} version {loaded.version} has "
+            f"{loaded.num_classes} classes; use 1 to {loaded.num_classes}",
+            top_k=top_k,
+            num_classes=loaded.num_classes,
+        )
+    return top_k
+
+
+def _prediction(
+    probabilities: NDArray[np.float32], class_names: tuple[str, ...], k: int, filename: str | None
+) -> Prediction:
+    # Stable sort: ties keep class order, so equal probabilities rank the same every time.
+    ranked = np.argsort(-probabilities, kind="stable")[:k]
+    best = int(ranked[0])
+    return Prediction(
+        label=class_names[best],
+        class_index=best,
+        confidence=float(probabilities[best]),
+        top_k=[
+            LabelProbability(label=class_names[index], probability=float(probabilities[index]))
+            for index in ranked
+        ],
+        filename=filename,
+    )
+
+
+# A 1x1 black PNG: small enough to paste into the docs' "Try it out".
+_PNG_B64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+)
+_FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
+_JSON_EXAMPLES = {
+    "base64": {"summary": "Image files, base64", "value": {"instances": [{"b64": _PNG_B64}]}},
+    "pixels": {
+        "summary": "Pixels 0-255, 2x2x1",
+        "value": {"instances": [[[[0], [255]], [[9], [0]]]]},
+    },
+    "unit": {
+        "summary": "Pixels 0-1, 2x2",
+        "value": {"instances": [[[0, 1], [1, 0]]], "pixel_range": "0-1"},
+    },
+}
+_OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            MULTIPART_TYPE: {"schema": {"type": "object", "properties": {"files": _FILES}}},
+            JSON_TYPE: {"schema": PredictRequest.model_json_schema(), "examples": _JSON_EXAMPLES},
+        },
+    }
+}
+
+TopKQuery = Annotated[
+    int | None,
+    Query(ge=1, description="Classes ranked per prediction, 1 to the number of classes "
+          f"(default {DEFAULT_TOP_K}, or fewer if the model has fewer classes)."),
+]  # fmt: skip
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    summary="Classify images",
+    description=(
+        "Classifies images with one model version (a number, an alias such as `production`, "
+        "or empty for `production` if set, else the latest version).\n\n"
+        f"* `{MULTIPART_TYPE}`: one or more files in the field `files` (or `file`), "
+        f"{ACCEPTED_FORMATS_TEXT}, any size and colour mode; they are converted to the "
+        "model's channels (transparency composited on white) and resized to its input.\n"
+        f'* `{JSON_TYPE}`: `{{"instances": [...]}}`, each `{{"b64": "..."}}` or a pixel array '
+        'of the input shape, with `"pixel_range"` `"0-255"` (default) or `"0-1"`.\n\n'
+        "Per-file and per-request limits answer 413."
+    ),
+    responses=error_responses(404, 413, 415, 422),
+    openapi_extra=_OPENAPI_BODY,
+)
+async def predict(
+    request: Request,
+    model_version: QueryModelVersionDep,
+    cache: ModelCacheDep,
+    settings: SettingsDep,
+    top_k: TopKQuery = None,
+) -> PredictResponse:
+    """Classify uploaded images or JSON instances with one model version."""
+    inputs = await read_inputs(request, settings)
+    # Decoding and inference are CPU-bound: keep them off the event loop.
+    response = await run_in_threadpool(
+        predict_inputs, cache, model_version, inputs, top_k, settings.max_upload_bytes
+    )
+    record_predictions(response.model_name, response.version, len(response.predictions))
+    return response
