@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service import __version__
 from service.deps import Services
@@ -73,7 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             recovery.cancel()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc served from the package, not a CDN: /docs works offline.
+    app = FastAPIOffline(
         title="DaciaVision",
         version=__version__,
         description=DESCRIPTION,

@@ -92,10 +92,24 @@ def error_json(
     return JSONResponse(status_code=status_code, content=body, headers=headers)
 
 
+def _field_errors(error: DaciaVisionError) -> list[dict[str, Any]]:
+    # Every 422 carries `errors`, as documented; a domain error names its field in
+    # its details, e.g. InvalidModelNameError(..., model_name="Bad_Name").
+    details = error.details
+    if "field" in details:
+        field, received = details["field"], details.get("received")
+    else:
+        field, received = next(iter(details.items()), (None, None))
+    return [{"field": field, "received": received, "expected": error.message, "type": error.code}]
+
+
 async def _domain_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DaciaVisionError)
     status = STATUS_BY_CODE.get(error.code, 400)
-    return error_json(status, error.code, error.message, error.details)
+    details = dict(error.details)
+    if status == 422 and "errors" not in details:
+        details["errors"] = _field_errors(error)
+    return error_json(status, error.code, error.message, details)
 
 
 def _field_path(location: tuple[Any, ...]) -> str:
@@ -104,17 +118,18 @@ def _field_path(location: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+def _validation_entry(item: Any) -> dict[str, Any]:
+    field = _field_path(tuple(item["loc"]))
+    received = item.get("input")
+    if item["type"] == "unknown_architecture" and isinstance(received, dict):
+        # The discriminator reports the whole body; name the field that chose wrong.
+        field, received = f"{field}.architecture", received.get("architecture")
+    return {"field": field, "received": received, "expected": item["msg"], "type": item["type"]}
+
+
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
-    errors = [
-        {
-            "field": _field_path(tuple(item["loc"])),
-            "received": item.get("input"),
-            "expected": item["msg"],
-            "type": item["type"],
-        }
-        for item in error.errors()
-    ]
+    errors = [_validation_entry(item) for item in error.errors()]
     summary = "; ".join(f"{entry['field']}: {entry['expected']}" for entry in errors[:5])
     return error_json(422, "invalid_input", f"invalid request: {summary}", {"errors": errors})
 
@@ -126,6 +141,9 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
     message = error.detail if isinstance(error.detail, str) else str(error.detail)
     if error.status_code == 404 and message == "Not Found":
         message = f"no route {request.method} {request.url.path}; see /docs for the API"
+    if error.status_code == 405 and message == "Method Not Allowed":
+        allowed = (error.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
     response = error_json(error.status_code, code, message)
     if error.headers:
         response.headers.update(error.headers)

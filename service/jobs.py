@@ -24,7 +24,7 @@ def _check_augmentation_targets(spec: AnyTrainingSpec, registry: FileModelRegist
         raise InvalidInputError(
             f"augmentation.target_classes {unknown} are not classes of {spec.dataset}; "
             f"expected some of: {', '.join(class_names)}",
-            field="augmentation.target_classes",
+            field="body.augmentation.target_classes",  # as request validation names it
             received=unknown,
         )
 
@@ -46,11 +46,13 @@ def submit_job(
     store.create(job)
     try:
         dispatcher.enqueue(job.job_id)
-    except BrokerUnavailableError as error:
-        store.finish(
-            job.job_id,
-            "failed",
-            error=JobError(type="BrokerUnavailable", message=error.message),
-        )
+    except Exception as error:
+        # Whatever stopped the hand-over, no worker will ever see this job: end it
+        # now rather than leave it queued forever (the orphan sweep only sees running jobs).
+        if isinstance(error, BrokerUnavailableError):
+            reason = JobError(type="BrokerUnavailable", message=error.message)
+        else:
+            reason = JobError(type=type(error).__name__, message=f"could not be queued: {error}")
+        store.finish(job.job_id, "failed", error=reason)
         raise
     return job

@@ -24,6 +24,8 @@ def _celery_worker_command(concurrency: int, loglevel: str, node_name: str) -> l
         sys.executable, "-m", "celery", "-A", "worker.app", "worker",
         "--concurrency", str(concurrency), "--loglevel", loglevel,
         "--queues", TRAINING_QUEUE, "--hostname", node_name, "-O", "fair",
+        # Jobs are coordinated by the job store, not by worker-to-worker chatter.
+        "--without-gossip", "--without-mingle",
     ]  # fmt: skip
 
 

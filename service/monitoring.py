@@ -53,11 +53,17 @@ def record_predictions(model_name: str, version: int, count: int) -> None:
 
 def _route_template(request: Request) -> str:
     # Label by template ("/jobs/{job_id}"), never by raw path: ids would make
-    # the label set grow without bound.
+    # the label set grow without bound. The router records the route it chose in
+    # the scope; FastAPI nests included routers, so re-matching the top-level
+    # routes would find a pathless router that matches every request.
+    chosen = getattr(request.scope.get("route"), "path", None)
+    if chosen:
+        return str(chosen)
     for route in request.app.router.routes:
         match, _ = route.matches(request.scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", "unmatched"))
+        path = getattr(route, "path", None)
+        if match == Match.FULL and path:
+            return str(path)
     return "unmatched"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel
 
@@ -34,10 +36,12 @@ def live() -> Liveness:
 def ready(services: ServicesDep, response: Response) -> Readiness:
     """200 when the registry is readable and writable and the broker and job store are
     reachable; 503 otherwise, saying which check failed and why."""
-    probes = {
-        "registry": services.registry.ping,
-        "broker": services.dispatcher.ping,
-        "job_store": services.job_store.ping,
+    # Lambdas: building a part (creating the registry dir, opening the job store)
+    # can fail too, and must show as a failed check, not a 500.
+    probes: dict[str, Callable[[], None]] = {
+        "registry": lambda: services.registry.ping(),
+        "broker": lambda: services.dispatcher.ping(),
+        "job_store": lambda: services.job_store.ping(),
     }
     checks: dict[str, str] = {}
     for name, probe in probes.items():

@@ -100,7 +100,12 @@ def create_job(
     return JobView.from_job(submit_job(typed_spec, store, dispatcher, registry))
 
 
-@router.get("", response_model=JobList, summary="List jobs, newest first")
+@router.get(
+    "",
+    response_model=JobList,
+    summary="List jobs, newest first",
+    responses=error_responses(422),
+)
 def list_jobs(
     store: JobStoreDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
@@ -119,7 +124,7 @@ def list_jobs(
     "/{job_id}",
     response_model=JobView,
     summary="Status, progress and result of a job",
-    responses=error_responses(404),
+    responses=error_responses(404, 422),
 )
 def get_job(store: JobStoreDep, job_id: JobIdPath) -> JobView:
     """Status (`queued`, `running`, `succeeded`, `failed`, `cancelled`), the spec, the last
@@ -133,7 +138,7 @@ def get_job(store: JobStoreDep, job_id: JobIdPath) -> JobView:
     response_model=JobView,
     status_code=status.HTTP_202_ACCEPTED,
     summary="Cancel a job",
-    responses=error_responses(404, 409),
+    responses=error_responses(404, 409, 422),
 )
 def cancel_job(store: JobStoreDep, job_id: JobIdPath) -> JobView:
     """A queued job is cancelled at once; a running one stops within one training batch and

@@ -130,6 +130,9 @@ def rollback_alias(
 ) -> AliasChangeView:
     """Undoes the alias' last move in one call (the previous version is warmed first)."""
     history = registry.alias_history(model_name, alias)
-    if history and history[-1].from_version is not None:
-        model_cache.preload(model_name, history[-1].from_version)
+    # A deleted previous version is not warmed: the registry refuses that rollback
+    # with a 409 that says why, where loading it would only say "not found".
+    previous = history[-1].from_version if history else None
+    if previous is not None and previous in registry.versions(model_name):
+        model_cache.preload(model_name, previous)
     return _view(model_name, registry.rollback_alias(model_name, alias))
