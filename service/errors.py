@@ -6,6 +6,7 @@ as MLflow's REST layer does, so routes never pick status codes themselves.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,6 +19,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trainer.errors import DaciaVisionError
+
+logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
 
@@ -159,7 +162,18 @@ async def _store_unreachable(request: Request, error: Exception) -> JSONResponse
     )
 
 
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    # Keep the one error shape even for bugs; the traceback goes to the log.
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return error_json(
+        500,
+        "internal_error",
+        f"the server failed unexpectedly ({type(error).__name__}); see its log",
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Exception, _unexpected_error)
     app.add_exception_handler(DaciaVisionError, _domain_error)
     app.add_exception_handler(RedisConnectionError, _store_unreachable)
     app.add_exception_handler(RedisTimeoutError, _store_unreachable)
