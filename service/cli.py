@@ -96,6 +96,7 @@ def _add_client_parsers(commands: Any) -> None:
     listing.add_argument("--model-name")
     listing.add_argument("--limit", type=int, default=20)
     listing.set_defaults(handler=client.list_command)
+    followers: list[argparse.ArgumentParser] = []
     for name, handler, text in (
         ("show", client.show_command, "one job as JSON"),
         ("cancel", client.cancel_command, "cancel a queued or running job"),
@@ -104,13 +105,14 @@ def _add_client_parsers(commands: Any) -> None:
         action = actions.add_parser(name, help=text)
         action.add_argument("job_id")
         action.set_defaults(handler=handler)
+        followers.append(action)
     predict = commands.add_parser("predict", help="classify image files with a served model")
     predict.add_argument("files", nargs="+")
     predict.add_argument("--model-name", required=True)
     predict.add_argument("--version", help="number or alias (default: production, else latest)")
     predict.add_argument("--top-k", type=int, default=3)
     predict.set_defaults(handler=client.predict_command)
-    for command in (jobs, predict):
+    for command in (submit, listing, *followers, predict):
         command.add_argument(
             "--url", help="server URL (default: DACIAVISION_API_URL or http://127.0.0.1:8000)"
         )

@@ -101,6 +101,8 @@ def _field_errors(error: DaciaVisionError) -> list[dict[str, Any]]:
     details = error.details
     if "field" in details:
         field, received = details["field"], details.get("received")
+    elif "index" in details:  # one of the instances of a /predict request
+        field, received = f"instances[{details['index']}]", details.get("received_shape")
     else:
         field, received = next(iter(details.items()), (None, None))
     return [{"field": field, "received": received, "expected": error.message, "type": error.code}]
