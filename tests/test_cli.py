@@ -98,9 +98,11 @@ def test_embedded_serve_runs_jobs_and_the_client_cli_talks_to_it(tmp_path: Path)
         assert "registered digits-served version 1" in submitted.stdout
         assert "4/4" in submitted.stdout
 
+        elsewhere = {**environment, "DACIAVISION_API_URL": "http://127.0.0.1:9"}
         listed = subprocess.run(
-            [*CLI, "jobs", "list"], env=environment, capture_output=True, text=True, timeout=60
-        )
+            [*CLI, "jobs", "list", "--url", url],
+            env=elsewhere, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
         assert "succeeded" in listed.stdout and "digits-served" in listed.stdout
 
         image = tmp_path / "digit.png"

@@ -1,0 +1,40 @@
+"""Import boundaries that keep workers healthy and the architecture readable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _modules_after_import(statement: str) -> set[str]:
+    script = f"{statement}\nimport sys\nprint('\\n'.join(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    return set(result.stdout.split())
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import worker.tasks",  # what `celery -A worker.app worker` loads before forking
+        "import worker.app, worker.recovery, worker.jobstore",
+        "import trainer.spec, trainer.registry, trainer.data, trainer.errors",
+        "import service.cli",  # the client CLI starts fast
+    ],
+)
+def test_tensorflow_is_not_imported(statement: str) -> None:
+    # TensorFlow loaded before a worker forks hangs the child; it must load only
+    # inside the child that runs a job.
+    modules = _modules_after_import(statement)
+    assert "tensorflow" not in modules
+    assert "keras" not in modules
+
+
+def test_trainer_knows_nothing_of_http_or_queues() -> None:
+    modules = _modules_after_import(
+        "import trainer.run, trainer.train, trainer.evaluate, trainer.augmentation"
+    )
+    assert not {"fastapi", "celery", "redis", "service", "worker"} & modules
