@@ -567,3 +567,30 @@ def test_importing_the_registry_does_not_import_tensorflow() -> None:
         [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_round_trip_of_a_keras_model_and_its_card_predicts_identically(tmp_path: Path) -> None:
+    import keras
+    import numpy as np
+
+    from trainer.architectures import build_model
+    from trainer.hyperparameters import CustomCnnHyperparameters
+    from trainer.train import inference_copy
+
+    keras.utils.set_random_seed(5)
+    model = build_model(
+        "custom_cnn", CustomCnnHyperparameters(filters1=4, filters2=8), (28, 28, 1), 10
+    )
+    registry = FileModelRegistry(tmp_path)
+    card = {"class_names": [str(digit) for digit in range(10)], "input_shape": [28, 28, 1]}
+    version = registry.register("round-trip", inference_copy(model).save, card)
+
+    registry.verify_checksum("round-trip", version)
+    loaded = keras.saving.load_model(
+        registry.model_path("round-trip", version), safe_mode=True, compile=False
+    )
+    images = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_array_equal(loaded(images).numpy(), model(images).numpy())
+    stored = registry.get_card("round-trip", version)
+    assert stored["class_names"] == card["class_names"]
+    assert stored["input_shape"] == card["input_shape"]
