@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -18,6 +20,8 @@ from trainer.registry import FileModelRegistry
 from worker.app import TRAINING_QUEUE
 from worker.settings import get_settings
 
+_PR_SET_PDEATHSIG = 1
+
 
 def _celery_worker_command(concurrency: int, loglevel: str, node_name: str) -> list[str]:
     return [
@@ -27,6 +31,13 @@ def _celery_worker_command(concurrency: int, loglevel: str, node_name: str) -> l
         # Jobs are coordinated by the job store, not by worker-to-worker chatter.
         "--without-gossip", "--without-mingle",
     ]  # fmt: skip
+
+
+def _die_with_parent() -> None:
+    # Linux: if `serve` itself is killed outright, its embedded workers get
+    # SIGTERM instead of running on as orphans.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def worker_command(arguments: argparse.Namespace) -> int:
@@ -48,7 +59,7 @@ def serve_command(arguments: argparse.Namespace) -> int:
         print(f"embedded mode: jobs and broker under {settings.home} (set REDIS_URL to scale out)")
         for index in range(arguments.workers):
             command = _celery_worker_command(1, "INFO", f"embedded{index}@%h")
-            workers.append(subprocess.Popen(command))
+            workers.append(subprocess.Popen(command, preexec_fn=_die_with_parent))
     try:
         uvicorn.run(create_app(settings), host=arguments.host, port=arguments.port)
     finally:
