@@ -14,8 +14,6 @@ loaded before a worker forks hangs the child. ``write_model`` does the saving.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -23,15 +21,25 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+# AliasChange, ALIAS_PATTERN and ALIASES_FILE are re-exported: callers import them from here.
+from trainer.aliases import ALIAS_PATTERN as ALIAS_PATTERN
+from trainer.aliases import ALIASES_FILE as ALIASES_FILE
+from trainer.aliases import AliasChange as AliasChange
+from trainer.aliases import (
+    AliasStore,
+    alias_target,
+    check_alias,
+    fsync_path,
+    joined,
+    utc_now,
+    write_json_atomically,
+)
 from trainer.errors import (
-    AliasNotFoundError,
-    ConflictError,
     CorruptModelError,
     InvalidInputError,
     InvalidModelNameError,
@@ -40,28 +48,14 @@ from trainer.errors import (
 )
 from trainer.spec import validate_model_name
 
-ALIAS_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 PRODUCTION_ALIAS = "production"
 MODEL_FILE = "model.keras"
 CARD_FILE = "card.json"
 DELETED_MARKER = "deleted.json"
-ALIASES_FILE = "aliases.json"
-_ALIASES_LOCK_FILE = ".aliases.lock"
 _STAGING_DIR = ".staging"
 _RESERVED_DIR = ".reserved"
-_ALIAS_RE = re.compile(ALIAS_PATTERN)
 _VERSION_NAME_RE = re.compile(r"[1-9][0-9]*")
 _DIGITS_RE = re.compile(r"[0-9]+")
-
-
-@dataclass(frozen=True)
-class AliasChange:
-    """One move of an alias; ``to_version`` None means the alias was deleted."""
-
-    alias: str
-    from_version: int | None
-    to_version: int | None
-    changed_at: str
 
 
 @dataclass(frozen=True)
@@ -70,35 +64,6 @@ class ModelSummary:
     versions: list[int]
     aliases: dict[str, int]
     latest_version: int | None
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def _fsync_path(path: Path) -> None:
-    # Directories too: a new entry or a rename survives a power cut only once its parent is synced.
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _write_json_atomically(path: Path, data: Any) -> None:
-    # Write-temp + fsync + replace: a reader sees the old file or the new one, never half of one.
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with temporary.open("w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent)
 
 
 def _sha256(path: Path) -> str:
@@ -114,14 +79,6 @@ def _check_model_name(model_name: str) -> str:
         raise InvalidModelNameError(str(error), model_name=model_name) from None
 
 
-def _check_alias(alias: str) -> str:
-    if not isinstance(alias, str) or not _ALIAS_RE.fullmatch(alias):
-        message = f"alias {alias!r} is not allowed: use 1-64 lowercase letters, digits or '-', "
-        message += f"starting with a letter or digit (pattern {ALIAS_PATTERN}), e.g. 'production'"
-        raise InvalidInputError(message, alias=alias)
-    return alias
-
-
 def _check_version(version: int) -> int:
     # bool is an int subclass; True must not silently mean version 1.
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -131,16 +88,13 @@ def _check_version(version: int) -> int:
     return version
 
 
-def _joined(values: list[int] | list[str]) -> str:
-    return ", ".join(str(value) for value in values) or "none"
-
-
 class FileModelRegistry:
     """Model versions and aliases stored as plain files under ``root``."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._aliases = AliasStore(self.root)
 
     def register(
         self, model_name: str, write_model: Callable[[Path], None], card: dict[str, Any]
@@ -160,22 +114,22 @@ class FileModelRegistry:
             if not model_file.is_file():
                 message = f"write_model did not create {model_file}; it must save the model there"
                 raise InvalidInputError(message, model_name=model_name, version=version)
-            _fsync_path(model_file)
+            fsync_path(model_file)
             full_card = {
                 **card,
                 "model_name": model_name,
                 "version": version,
-                "created_at": _utc_now(),
+                "created_at": utc_now(),
                 "checksum": {"algorithm": "sha256", "value": _sha256(model_file)},
                 "model_file": MODEL_FILE,
             }
-            _write_json_atomically(staging / CARD_FILE, full_card)
+            write_json_atomically(staging / CARD_FILE, full_card)
             # The rename is the moment of publication: readers see the whole directory or nothing.
             os.rename(staging, model_dir / str(version))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _fsync_path(model_dir)
+        fsync_path(model_dir)
         return version
 
     def list_models(self) -> list[ModelSummary]:
@@ -206,13 +160,7 @@ class FileModelRegistry:
         elif not isinstance(reference, str):
             target = reference
         else:
-            aliases = self.aliases(model_name)
-            if _check_alias(reference) not in aliases:
-                message = f"model {model_name!r} has no alias {reference!r}; aliases: "
-                raise AliasNotFoundError(
-                    message + _joined(sorted(aliases)), model_name=model_name, alias=reference
-                )
-            target = aliases[reference]
+            target = alias_target(model_name, self.aliases(model_name), check_alias(reference))
         self._require_version(model_name, target)
         return target
 
@@ -239,76 +187,44 @@ class FileModelRegistry:
     def aliases(self, model_name: str) -> dict[str, int]:
         """Current aliases of a model, alias → version, sorted by alias."""
         self._require_model(model_name)
-        return dict(sorted(self._read_alias_state(model_name)["aliases"].items()))
+        return self._aliases.current(model_name)
 
     def set_alias(self, model_name: str, alias: str, version: int) -> AliasChange:
         """Point ``alias`` at a live version; a real move is appended to the alias history."""
-        _check_alias(alias)
+        check_alias(alias)
         self._require_version(model_name, version)
-        with self._alias_lock(model_name):
+        with self._aliases.lock(model_name):
             # Checked again under the lock, which delete_version also holds.
             self._require_version(model_name, version)
-            state = self._read_alias_state(model_name)
-            if state["aliases"].get(alias) == version:
-                # Not recorded: a no-op entry would make the next rollback a no-op too.
-                return AliasChange(alias, version, version, _utc_now())
-            return self._record_change(model_name, state, alias, version)
+            return self._aliases.move(model_name, alias, version)
 
     def delete_alias(self, model_name: str, alias: str) -> AliasChange:
         """Remove an alias; the removal is kept in its history so it can be rolled back."""
-        _check_alias(alias)
+        check_alias(alias)
         self._require_model(model_name)
-        with self._alias_lock(model_name):
-            state = self._read_alias_state(model_name)
-            if alias not in state["aliases"]:
-                message = f"model {model_name!r} has no alias {alias!r} to delete; aliases: "
-                message += _joined(sorted(state["aliases"]))
-                raise AliasNotFoundError(message, model_name=model_name, alias=alias)
-            return self._record_change(model_name, state, alias, None)
+        with self._aliases.lock(model_name):
+            return self._aliases.remove(model_name, alias)
 
     def alias_history(self, model_name: str, alias: str) -> list[AliasChange]:
         """Every recorded move of ``alias``, oldest first."""
-        _check_alias(alias)
+        check_alias(alias)
         self._require_model(model_name)
-        history = self._read_alias_state(model_name)["history"]
-        return [AliasChange(**entry) for entry in history if entry["alias"] == alias]
+        return self._aliases.history(model_name, alias)
 
     def rollback_alias(self, model_name: str, alias: str) -> AliasChange:
         """Move ``alias`` back to where it pointed before its last change."""
-        _check_alias(alias)
+        check_alias(alias)
         live_versions = self._require_model(model_name)
-        with self._alias_lock(model_name):
-            state = self._read_alias_state(model_name)
-            changes = [entry for entry in state["history"] if entry["alias"] == alias]
-            details = {"model_name": model_name, "alias": alias}
-            if not changes:
-                message = f"model {model_name!r} never had an alias {alias!r}; nothing to roll back"
-                raise AliasNotFoundError(message, **details)
-            previous = changes[-1]["from_version"]
-            if previous is None:
-                message = f"alias {alias!r} of model {model_name!r} has no earlier version: its "
-                message += f"last change created it at version {changes[-1]['to_version']}; "
-                raise ConflictError(message + "use set_alias or delete_alias instead", **details)
-            if previous not in live_versions:
-                message = f"cannot roll back alias {alias!r} of model {model_name!r} to version "
-                message += f"{previous}: it was deleted; live versions: {_joined(live_versions)}"
-                raise ConflictError(message, version=previous, **details)
-            return self._record_change(model_name, state, alias, previous)
+        with self._aliases.lock(model_name):
+            return self._aliases.roll_back(model_name, alias, live_versions)
 
     def delete_version(self, model_name: str, version: int) -> None:
         """Hide a version for good with a deleted.json marker; its number is never reused."""
         self._require_version(model_name, version)
-        with self._alias_lock(model_name):
+        with self._aliases.lock(model_name):
             version_dir = self._require_version(model_name, version)
-            aliases = self._read_alias_state(model_name)["aliases"]
-            pointing = sorted(alias for alias, target in aliases.items() if target == version)
-            if pointing:
-                message = f"version {version} of model {model_name!r} is the target of alias(es) "
-                message += f"{', '.join(pointing)}; move or delete them first"
-                raise ConflictError(
-                    message, model_name=model_name, version=version, aliases=pointing
-                )
-            _write_json_atomically(version_dir / DELETED_MARKER, {"deleted_at": _utc_now()})
+            self._aliases.require_unaliased(model_name, version)
+            write_json_atomically(version_dir / DELETED_MARKER, {"deleted_at": utc_now()})
 
     def ping(self) -> None:
         """Raise OSError unless the root can be listed, written and cleaned."""
@@ -348,7 +264,7 @@ class FileModelRegistry:
             except FileExistsError:
                 candidate += 1
                 continue
-            _fsync_path(reserved_root)
+            fsync_path(reserved_root)
             return candidate
 
     def _live_versions(self, model_name: str) -> list[int]:
@@ -382,41 +298,10 @@ class FileModelRegistry:
         if version not in live_versions:
             deleted = " (it was deleted)" if (version_dir / DELETED_MARKER).exists() else ""
             message = f"model {model_name!r} has no version {version}{deleted}; "
-            message += f"live versions: {_joined(live_versions)}"
+            message += f"live versions: {joined(live_versions)}"
             raise VersionNotFoundError(message, model_name=model_name, version=version)
         return version_dir
 
     def _summary(self, model_name: str, live_versions: list[int]) -> ModelSummary:
-        aliases = dict(sorted(self._read_alias_state(model_name)["aliases"].items()))
+        aliases = self._aliases.current(model_name)
         return ModelSummary(model_name, live_versions, aliases, live_versions[-1])
-
-    def _read_alias_state(self, model_name: str) -> dict[str, Any]:
-        # No lock needed to read: aliases.json is only ever replaced whole.
-        try:
-            with (self.root / model_name / ALIASES_FILE).open(encoding="utf-8") as handle:
-                state: dict[str, Any] = json.load(handle)
-        except FileNotFoundError:
-            return {"aliases": {}, "history": []}
-        return state
-
-    @contextlib.contextmanager
-    def _alias_lock(self, model_name: str) -> Iterator[None]:
-        # Serialises read-modify-write of aliases.json (and deletes against alias moves).
-        descriptor = os.open(self.root / model_name / _ALIASES_LOCK_FILE, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(descriptor)  # closing the descriptor releases the lock
-
-    def _record_change(
-        self, model_name: str, state: dict[str, Any], alias: str, to_version: int | None
-    ) -> AliasChange:
-        change = AliasChange(alias, state["aliases"].get(alias), to_version, _utc_now())
-        if to_version is None:
-            del state["aliases"][alias]
-        else:
-            state["aliases"][alias] = to_version
-        state["history"].append(dataclasses.asdict(change))
-        _write_json_atomically(self.root / model_name / ALIASES_FILE, state)
-        return change
