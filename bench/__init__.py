@@ -1,0 +1,1 @@
+"""Benchmarks: reproducible training runs whose figures go to docs/benchmarks.md."""

@@ -1,0 +1,256 @@
+"""Run one benchmark: train and register a spec, print its figures, record them in the docs.
+
+Each benchmark owns one section of ``docs/benchmarks.md``, fenced by HTML
+comments, so that re-running a benchmark replaces its own figures and leaves
+the rest of the page alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.registry import FileModelRegistry
+from trainer.run import RegisteredModel, train_and_register
+from trainer.spec import AnyTrainingSpec
+from trainer.train import EpochRecord
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
+DEFAULT_DOC = PROJECT_ROOT / "docs" / "benchmarks.md"
+DOC_HEADER = """# Benchmarks
+
+Figures measured by the scripts in `bench/`; each script rewrites its own section.
+Fit wall time is `model.fit` only (no data loading, evaluation or saving). Test
+figures are on the 2,500-image test sample, which nothing in training looks at.
+"""
+
+
+def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="Directory holding cifar10.npz (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--registry-dir",
+        type=Path,
+        default=None,
+        help="Register the trained model here (default: a temporary directory, removed after).",
+    )
+    parser.add_argument(
+        "--doc", type=Path, default=DEFAULT_DOC, help="Markdown file to update (%(default)s)."
+    )
+    parser.add_argument("--no-doc", action="store_true", help="Print the figures only.")
+    return parser.parse_args(argv)
+
+
+def print_epoch(record: EpochRecord) -> None:
+    learning_rate = "" if record.learning_rate is None else f"  lr {record.learning_rate:.2e}"
+    print(
+        f"epoch {record.epoch:3d}/{record.epochs}  loss {record.loss:.4f}  "
+        f"accuracy {record.accuracy:.4f}  val_loss {record.val_loss or 0:.4f}  "
+        f"val_accuracy {record.val_accuracy or 0:.4f}  {record.seconds:6.1f} s{learning_rate}",
+        flush=True,
+    )
+
+
+def _busy_cpu_seconds() -> float:
+    """CPU seconds all processes spent busy since boot, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """Shares of the machine's CPU time (cores × wall time) during a run."""
+
+    others: float
+    own: float
+
+
+def measure_cpu_use(busy_before: float, own_before: float, wall_seconds: float) -> CpuUse:
+    capacity = wall_seconds * nproc()
+    own = _own_cpu_seconds() - own_before
+    others = max(0.0, _busy_cpu_seconds() - busy_before - own)
+    return CpuUse(others=others / capacity, own=own / capacity)
+
+
+def epoch_seconds(card: dict[str, Any]) -> list[float]:
+    """Wall seconds of each epoch after the first, which also traces the graph."""
+    seconds = [float(record["seconds"]) for record in card["history"]]
+    return seconds[1:] or seconds
+
+
+def load_verdict(card: dict[str, Any], cpu: CpuUse) -> str:
+    """Whether the timings were taken on a quiet machine, in words."""
+    seconds = epoch_seconds(card)
+    if cpu.others >= 0.05:
+        return "**busy: other processes competed, the timings are pessimistic**"
+    if max(seconds) > 1.3 * min(seconds):
+        return (
+            "**uneven: no other process ran here, yet some epochs were much slower than "
+            "others, so the host was busy; the timings are pessimistic**"
+        )
+    return "quiet"
+
+
+def nproc() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def figures(card: dict[str, Any]) -> list[tuple[str, str]]:
+    """The headline figures of a model card as (label, value) rows."""
+    test = card["metrics"]["test"]
+    timings = card["timings"]
+    weak = ", ".join(f"{c['class_name']} ({c['f1']:.3f})" for c in test["weak_classes"])
+    return [
+        ("Test accuracy", f"{test['accuracy']:.4f} ({test['samples']:,} images)"),
+        ("Test macro F1", f"{test['macro_avg']['f1']:.4f}"),
+        (
+            "Fit wall time",
+            f"{timings['fit_seconds']:.1f} s = {timings['fit_seconds'] / 60:.1f} min "
+            f"({timings['epochs_run']} epochs, {timings['seconds_per_epoch']:.1f} s/epoch)",
+        ),
+        ("Epoch wall times", _epoch_time_summary(card)),
+        ("Parameters", f"{card['parameter_count']:,}"),
+        ("Model file", f"{card['model_file_bytes'] / 1e6:.1f} MB (`model.keras`)"),
+        (
+            "Generalization gap",
+            f"{card['metrics']['generalization_gap']:+.4f} (last-epoch train accuracy "
+            f"{card['metrics']['final_train_accuracy']:.4f} − validation accuracy "
+            f"{card['metrics']['validation_accuracy']:.4f})",
+        ),
+        ("Weak classes (test F1)", weak or "none"),
+    ]
+
+
+def _epoch_time_summary(card: dict[str, Any]) -> str:
+    seconds = epoch_seconds(card)
+    median = statistics.median(seconds)
+    return (
+        f"median {median:.1f} s (fastest {min(seconds):.1f} s, slowest {max(seconds):.1f} s); "
+        f"{len(card['history'])} epochs at the median pace: {median * len(card['history']):.0f} s"
+    )
+
+
+def section(key: str, title: str, card: dict[str, Any], command: str, cpu: CpuUse) -> str:
+    """The markdown section for one benchmark run."""
+    versions = ", ".join(f"{name} {version}" for name, version in card["library_versions"].items())
+    dataset = card["dataset"]
+    rows = "\n".join(f"| {label} | {value} |" for label, value in figures(card))
+    spec_json = json.dumps(card["spec"], indent=2)
+    data = (
+        f"{dataset['name']}, sample fraction {dataset['sample_fraction']}, seed {dataset['seed']}: "
+        f"{dataset['train_samples']:,} train, {dataset['validation_samples']:,} validation and "
+        f"{dataset['test_samples']:,} test images"
+    )
+    load = (
+        f"{load_verdict(card, cpu)}. During the run other processes used {cpu.others:.0%} "
+        f"of the machine's CPU time and this one {cpu.own:.0%}"
+    )
+    return f"""<!-- bench:{key}:start -->
+## {title}
+
+- **When:** {card["trained_at"][:16].replace("T", " ")} UTC
+- **Machine:** {nproc()} CPU cores (`nproc`), {cpu_model()}
+- **Load:** {load}
+- **Libraries:** {versions}
+- **Data:** {data}
+
+| Figure | Value |
+|---|---|
+{rows}
+
+Reproduce from the project root:
+
+```
+{command}
+```
+
+Spec:
+
+```json
+{spec_json}
+```
+<!-- bench:{key}:end -->
+"""
+
+
+def update_doc(doc: Path, key: str, text: str) -> None:
+    """Replace the section fenced for ``key`` in ``doc``, or append it."""
+    current = doc.read_text() if doc.exists() else DOC_HEADER
+    fence = re.compile(
+        rf"<!-- bench:{re.escape(key)}:start -->.*?<!-- bench:{re.escape(key)}:end -->\n?",
+        re.DOTALL,
+    )
+    if fence.search(current):
+        updated = fence.sub(lambda _: text, current, count=1)
+    else:
+        updated = current.rstrip("\n") + "\n\n" + text
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    staging = doc.with_suffix(".md.tmp")
+    staging.write_text(updated)
+    staging.replace(doc)
+
+
+def run_benchmark(
+    key: str,
+    title: str,
+    spec: AnyTrainingSpec,
+    argv: Sequence[str] | None = None,
+) -> RegisteredModel:
+    """Train and register ``spec`` as the command line asks; print and record the figures."""
+    args = parse_args(title, argv)
+    command = shlex.join(
+        [".venv/bin/python", "-m", f"bench.{key.replace('-', '_')}", *(argv or sys.argv[1:])]
+    )
+    print(f"{title}\nspec: {spec.model_dump_json()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-registry-") as scratch:
+        registry_dir = args.registry_dir or Path(scratch)
+        busy_before, own_before = _busy_cpu_seconds(), _own_cpu_seconds()
+        started = time.perf_counter()
+        registered = train_and_register(
+            spec,
+            data_dir=args.data_dir,
+            registry=FileModelRegistry(registry_dir),
+            progress=[print_epoch],
+        )
+        cpu = measure_cpu_use(busy_before, own_before, time.perf_counter() - started)
+    card = registered.card
+    print(f"\nregistered {registered.model_name} v{registered.version} in {registry_dir}")
+    for label, value in figures(card):
+        print(f"{label}: {value}")
+    print(f"CPU time used by other processes: {cpu.others:.0%}, by this one: {cpu.own:.0%}")
+    print(f"Load: {load_verdict(card, cpu)}")
+    if not args.no_doc:
+        update_doc(args.doc, key, section(key, title, card, command, cpu))
+        print(f"updated {args.doc}")
+    return registered
