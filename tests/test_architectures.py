@@ -92,3 +92,13 @@ def test_spec_rejects_unsafe_model_names_and_bad_fractions() -> None:
         parse_training_spec({"dataset": "mnist", "sample_fraction": 0})
     spec = parse_training_spec({"dataset": "fashion_mnist", "architecture": "alexnet"})
     assert spec.registered_name == "fashion-mnist-alexnet"
+
+
+def test_resnet_defaults_are_the_benchmarked_recipe() -> None:
+    spec = parse_training_spec({"dataset": "cifar10", "architecture": "resnet"})
+    assert (spec.optimizer, spec.learning_rate, spec.lr_schedule) == ("sgd", 0.2, "one_cycle")
+    assert (spec.epochs, spec.batch_size, spec.label_smoothing) == (16, 128, 0.1)
+    assert spec.augmentation.enabled and spec.augmentation.rotation_degrees == 0
+    # The other architectures keep the lab's training defaults.
+    lab = parse_training_spec({"dataset": "cifar10"})
+    assert (lab.optimizer, lab.learning_rate, lab.augmentation.enabled) == ("adam", 1e-3, False)

@@ -151,9 +151,28 @@ class AlexNetSpec(_TrainingSpecBase):
     hyperparameters: AlexNetHyperparameters = Field(default_factory=AlexNetHyperparameters)
 
 
+def _standard_cifar_augmentation() -> AugmentationSpec:
+    # Flips (where they keep the meaning) and shifts of up to 4 pixels: the
+    # usual CIFAR recipe; rotation and zoom cost accuracy at this budget.
+    return AugmentationSpec(
+        enabled=True, rotation_degrees=0, zoom=0, width_shift=0.125, height_shift=0.125
+    )
+
+
 class ResNetSpec(_TrainingSpecBase):
+    """Training defaults are the benchmarked recipe (docs/benchmarks.md): 0.84 test
+    accuracy on 25% of CIFAR-10 in about six minutes on two CPU cores."""
+
     architecture: Literal["resnet"] = "resnet"
     hyperparameters: ResNetHyperparameters = Field(default_factory=ResNetHyperparameters)
+    epochs: int = Field(16, ge=1, le=500)
+    batch_size: int = Field(128, ge=1, le=4096)
+    learning_rate: float = Field(0.2, gt=0, le=10)
+    optimizer: Literal["adam", "adamw", "sgd"] = "sgd"
+    weight_decay: float = Field(5e-3, ge=0, le=1, description="Decoupled weight decay.")
+    lr_schedule: Literal["constant", "one_cycle", "cosine"] = "one_cycle"
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    augmentation: AugmentationSpec = Field(default_factory=_standard_cifar_augmentation)
 
 
 def _architecture_of(value: Any) -> str:
