@@ -168,7 +168,9 @@ def test_create_job_queues_the_spec_with_defaults_filled_in(
     assert job["status"] == "queued"
     assert job["model_name"] == model_name
     assert job["version"] is None and job["error"] is None and job["attempts"] == 0
-    assert job["spec"]["epochs"] == 10 and job["spec"]["batch_size"] == 64
+    # resnet's training defaults are its own benchmarked recipe.
+    epochs, batch_size = (16, 128) if spec.get("architecture") == "resnet" else (10, 64)
+    assert job["spec"]["epochs"] == epochs and job["spec"]["batch_size"] == batch_size
     assert job["spec"]["sample_fraction"] == 1.0 and job["spec"]["seed"] == 42
     assert job["spec"]["augmentation"]["target_classes"] == []
     assert job["spec"]["architecture"] == spec.get("architecture", "custom_cnn")
