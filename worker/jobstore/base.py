@@ -197,3 +197,57 @@ def recovered_orphan(job: Job, max_attempts: int, now: datetime) -> Job | None:
         ),
     )
     return job.model_copy(update={**base, "status": "failed", "error": error, "finished_at": now})
+
+
+Change = Callable[[Job, datetime], Job | None]
+
+
+class JobTransitions:
+    """The state-changing calls of a JobStore, written once on top of ``_update``.
+
+    A backend provides ``get`` and an atomic ``_update(job_id, change)`` that
+    loads the job, applies ``change`` and writes the result back (nothing when
+    ``change`` returns None).
+    """
+
+    def get(self, job_id: str) -> Job:
+        raise NotImplementedError
+
+    def _update(self, job_id: str, change: Change) -> Job | None:
+        raise NotImplementedError
+
+    def claim(self, job_id: str, worker: str, lease_seconds: float) -> Job | None:
+        """Take the job for ``worker`` if it is queued or its lease expired; else None."""
+        return self._update(job_id, lambda job, now: claimed(job, worker, lease_seconds, now))
+
+    def renew_lease(self, job_id: str, worker: str, lease_seconds: float) -> bool:
+        """Extend the lease; False if ``worker`` no longer runs this job."""
+        result = self._update(job_id, lambda job, now: renewed(job, worker, lease_seconds, now))
+        return result is not None
+
+    def record_epoch(self, job_id: str, progress: EpochProgress) -> None:
+        """Set the latest progress and append it to the job's history."""
+        self._update(job_id, lambda job, now: with_epoch(job, progress, now))
+
+    def finish(
+        self,
+        job_id: str,
+        status: TerminalStatus,
+        *,
+        version: int | None = None,
+        error: JobError | None = None,
+    ) -> Job:
+        """Move the job to a terminal status; ConflictError if it already ended."""
+        ended = self._update(job_id, lambda job, now: finished(job, status, version, error, now))
+        assert ended is not None  # finished() never declines, it raises
+        return ended
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Cancel a queued job now, or flag a running one for its worker to stop."""
+        cancelled = self._update(job_id, cancel_requested)
+        assert cancelled is not None  # cancel_requested() never declines, it raises
+        return cancelled
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        """Whether someone asked to cancel the job (checked by the training callback)."""
+        return self.get(job_id).cancel_requested

@@ -19,10 +19,10 @@ import redis
 from redis.client import Pipeline
 
 from . import base
-from .models import JOB_STATUSES, EpochProgress, Job, JobError, JobStatus, TerminalStatus, utc_now
+from .models import JOB_STATUSES, Job, JobStatus, utc_now
 
 
-class RedisJobStore:
+class RedisJobStore(base.JobTransitions):
     """Job store in Redis, shared by API and worker processes on any machine."""
 
     def __init__(
@@ -135,46 +135,6 @@ class RedisJobStore:
             return []
         documents: builtins.list[Any] = self.client.mget([self._job_key(i) for i in job_ids])
         return [Job.model_validate_json(document) for document in documents if document]
-
-    def claim(self, job_id: str, worker: str, lease_seconds: float) -> Job | None:
-        """Take the job for ``worker`` if it is queued or its lease expired; else None."""
-        return self._update(job_id, lambda job, now: base.claimed(job, worker, lease_seconds, now))
-
-    def renew_lease(self, job_id: str, worker: str, lease_seconds: float) -> bool:
-        """Extend the lease; False if ``worker`` no longer runs this job."""
-        renewed = self._update(
-            job_id, lambda job, now: base.renewed(job, worker, lease_seconds, now)
-        )
-        return renewed is not None
-
-    def record_epoch(self, job_id: str, progress: EpochProgress) -> None:
-        """Set the latest progress and append it to the job's history."""
-        self._update(job_id, lambda job, now: base.with_epoch(job, progress, now))
-
-    def finish(
-        self,
-        job_id: str,
-        status: TerminalStatus,
-        *,
-        version: int | None = None,
-        error: JobError | None = None,
-    ) -> Job:
-        """Move the job to a terminal status; ConflictError if it already ended."""
-        finished = self._update(
-            job_id, lambda job, now: base.finished(job, status, version, error, now)
-        )
-        assert finished is not None  # base.finished never declines, it raises
-        return finished
-
-    def request_cancel(self, job_id: str) -> Job:
-        """Cancel a queued job now, or flag a running one for its worker to stop."""
-        cancelled = self._update(job_id, base.cancel_requested)
-        assert cancelled is not None  # base.cancel_requested never declines, it raises
-        return cancelled
-
-    def is_cancel_requested(self, job_id: str) -> bool:
-        """Whether someone asked to cancel the job (checked by the training callback)."""
-        return self.get(job_id).cancel_requested
 
     # builtins.list: inside the class body, plain ``list`` names the method above.
     def requeue_orphans(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import base
-from .models import JOB_STATUSES, EpochProgress, Job, JobError, JobStatus, TerminalStatus, utc_now
+from .models import JOB_STATUSES, Job, JobStatus, utc_now
 
 BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -38,7 +38,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_model ON jobs (model_name, created_at_us DESC
 """
 
 
-class SqliteJobStore:
+class SqliteJobStore(base.JobTransitions):
     """Job store in one SQLite file, shared by the API and worker processes."""
 
     def __init__(self, path: Path, *, clock: base.Clock = utc_now) -> None:
@@ -146,46 +146,6 @@ class SqliteJobStore:
             ).fetchall()
             connection.execute("COMMIT")
         return [Job.model_validate_json(row[0]) for row in rows], int(total[0])
-
-    def claim(self, job_id: str, worker: str, lease_seconds: float) -> Job | None:
-        """Take the job for ``worker`` if it is queued or its lease expired; else None."""
-        return self._update(job_id, lambda job, now: base.claimed(job, worker, lease_seconds, now))
-
-    def renew_lease(self, job_id: str, worker: str, lease_seconds: float) -> bool:
-        """Extend the lease; False if ``worker`` no longer runs this job."""
-        renewed = self._update(
-            job_id, lambda job, now: base.renewed(job, worker, lease_seconds, now)
-        )
-        return renewed is not None
-
-    def record_epoch(self, job_id: str, progress: EpochProgress) -> None:
-        """Set the latest progress and append it to the job's history."""
-        self._update(job_id, lambda job, now: base.with_epoch(job, progress, now))
-
-    def finish(
-        self,
-        job_id: str,
-        status: TerminalStatus,
-        *,
-        version: int | None = None,
-        error: JobError | None = None,
-    ) -> Job:
-        """Move the job to a terminal status; ConflictError if it already ended."""
-        finished = self._update(
-            job_id, lambda job, now: base.finished(job, status, version, error, now)
-        )
-        assert finished is not None  # base.finished never declines, it raises
-        return finished
-
-    def request_cancel(self, job_id: str) -> Job:
-        """Cancel a queued job now, or flag a running one for its worker to stop."""
-        cancelled = self._update(job_id, base.cancel_requested)
-        assert cancelled is not None  # base.cancel_requested never declines, it raises
-        return cancelled
-
-    def is_cancel_requested(self, job_id: str) -> bool:
-        """Whether someone asked to cancel the job (checked by the training callback)."""
-        return self.get(job_id).cancel_requested
 
     # builtins.list: inside the class body, plain ``list`` names the method above.
     def requeue_orphans(
