@@ -169,23 +169,14 @@ def print_report(card: dict[str, Any], registry_root: Path) -> None:
 
 def models_command(arguments: argparse.Namespace) -> int:
     """List models with versions, aliases and test accuracy, straight from the registry."""
+    from service.reports import model_detail
+
     registry = FileModelRegistry(get_settings().resolved_registry_dir)
-    rows = []
-    for summary in registry.list_models():
-        for version in summary.versions:
-            card = registry.get_card(summary.model_name, version)
-            aliases = [alias for alias, target in summary.aliases.items() if target == version]
-            rows.append(
-                {
-                    "model_name": summary.model_name,
-                    "version": version,
-                    "aliases": aliases,
-                    "architecture": card.get("architecture"),
-                    "dataset": card.get("dataset", {}).get("name"),
-                    "test_accuracy": card.get("metrics", {}).get("test", {}).get("accuracy"),
-                    "created_at": card.get("created_at"),
-                }
-            )
+    rows = [
+        {"model_name": summary.model_name, **version.model_dump()}
+        for summary in registry.list_models()
+        for version in model_detail(registry, summary.model_name).versions
+    ]
     if arguments.json:
         print(json.dumps(rows, indent=2))
         return 0
