@@ -102,3 +102,11 @@ def test_resnet_defaults_are_the_benchmarked_recipe() -> None:
     # The other architectures keep the lab's training defaults.
     lab = parse_training_spec({"dataset": "cifar10"})
     assert (lab.optimizer, lab.learning_rate, lab.augmentation.enabled) == ("adam", 1e-3, False)
+
+
+def test_resnet_bfloat16_switch_sets_the_compute_dtype_but_keeps_float32_output() -> None:
+    on = build_model("resnet", ResNetHyperparameters(bfloat16=True), CIFAR10, 10)
+    off = build_model("resnet", ResNetHyperparameters(bfloat16=False), CIFAR10, 10)
+    assert on.get_layer("stem").compute_dtype == "bfloat16"
+    assert off.get_layer("stem").compute_dtype == "float32"
+    assert on.output.dtype == off.output.dtype == "float32"

@@ -6,8 +6,10 @@ a softmax over the classes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -83,6 +85,16 @@ def _resnet_conv(
     return layers.Activation("relu", dtype=dtype, name=f"{name}_relu")(x)
 
 
+@functools.cache
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX or AVX-512 BF16, per /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def build_resnet(
     hyperparameters: ResNetHyperparameters, input_shape: Shape, num_classes: int
 ) -> keras.Model:
@@ -90,7 +102,8 @@ def build_resnet(
     hp = hyperparameters
     # A per-layer policy rather than the global one, so that building this model
     # never changes how other models in the same process compute.
-    dtype = "mixed_bfloat16" if hp.bfloat16 else None
+    use_bfloat16 = cpu_has_bfloat16() if hp.bfloat16 is None else hp.bfloat16
+    dtype = "mixed_bfloat16" if use_bfloat16 else None
     inputs = keras.Input(shape=input_shape, name="image")
     x = _resnet_conv(inputs, hp.stem_filters, hp, dtype, name="stem", pool=False)
     for stage, filters in enumerate(hp.stage_filters, start=1):

@@ -83,10 +83,11 @@ class ResNetHyperparameters(_Hyperparameters):
         description="Momentum of the batch-norm moving statistics; 0.9 keeps them current "
         "in runs of only a few thousand steps.",
     )
-    bfloat16: bool = Field(
-        True,
+    bfloat16: bool | None = Field(
+        None,
         description="Mixed precision: compute in bfloat16, keep weights and the softmax in "
-        "float32. About 1.5x faster on CPUs with AMX or AVX-512 BF16; turn it off elsewhere.",
+        "float32. About 1.5x faster on CPUs with AMX or AVX-512 BF16, slower elsewhere; "
+        "empty means on exactly when the CPU has them.",
     )
 
     @model_validator(mode="after")
