@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.progress import EpochProgress
 from trainer.registry import FileModelRegistry
 from trainer.run import RegisteredModel, train_and_register
 from trainer.spec import AnyTrainingSpec
-from trainer.train import EpochRecord
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
@@ -59,7 +59,7 @@ def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespa
     return parser.parse_args(argv)
 
 
-def print_epoch(record: EpochRecord) -> None:
+def print_epoch(record: EpochProgress) -> None:
     learning_rate = "" if record.learning_rate is None else f"  lr {record.learning_rate:.2e}"
     print(
         f"epoch {record.epoch:3d}/{record.epochs}  loss {record.loss:.4f}  "

@@ -9,8 +9,9 @@ from trainer.augmentation import build_augmenter, oversample
 from trainer.data import DATASETS, prepare
 from trainer.errors import TrainingCancelledError
 from trainer.evaluate import evaluate
+from trainer.progress import EpochProgress
 from trainer.spec import AugmentationSpec, parse_training_spec
-from trainer.train import EpochRecord, inference_copy, train
+from trainer.train import inference_copy, train
 
 SMALL_CNN = {"filters1": 16, "filters2": 32, "dense_units": 64}
 
@@ -24,7 +25,7 @@ def test_custom_cnn_learns_digits_to_ninety_percent(digits) -> None:  # type: ig
     spec = parse_training_spec(
         {"dataset": "digits", "hyperparameters": SMALL_CNN, "epochs": 12, "batch_size": 32}
     )
-    epochs: list[EpochRecord] = []
+    epochs: list[EpochProgress] = []
     result = train(spec, None, data=digits, progress=[epochs.append])
     report = evaluate(result.model, digits.test.x, digits.test.y, digits.info.class_names)
     assert report.accuracy >= 0.90, report.accuracy
@@ -73,7 +74,7 @@ def test_cancel_stops_within_one_batch(digits) -> None:  # type: ignore[no-untyp
         checks += 1
         return checks >= 5
 
-    epochs: list[EpochRecord] = []
+    epochs: list[EpochProgress] = []
     with pytest.raises(TrainingCancelledError):
         train(spec, None, data=digits, progress=[epochs.append], should_cancel=should_cancel)
     assert checks == 5  # no batch ran after the one that saw the request

@@ -15,29 +15,15 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-from pydantic import BaseModel
 
 from trainer.architectures import build_model
 from trainer.augmentation import build_augmenter, oversample
 from trainer.data import PreparedData, prepare
 from trainer.errors import InvalidInputError, TrainingCancelledError
+from trainer.progress import EpochProgress
 from trainer.spec import AnyTrainingSpec
 
-
-class EpochRecord(BaseModel):
-    """One epoch's figures, as reported to progress listeners and kept in the history."""
-
-    epoch: int
-    epochs: int
-    loss: float
-    accuracy: float
-    val_loss: float | None = None
-    val_accuracy: float | None = None
-    seconds: float
-    learning_rate: float | None = None
-
-
-ProgressListener = Callable[[EpochRecord], None]
+ProgressListener = Callable[[EpochProgress], None]
 CancelCheck = Callable[[], bool]
 
 
@@ -45,7 +31,7 @@ CancelCheck = Callable[[], bool]
 class TrainingResult:
     model: keras.Model
     data: PreparedData
-    history: list[EpochRecord]
+    history: list[EpochProgress]
     fit_seconds: float
     prepare_seconds: float
     stopped_early: bool
@@ -63,7 +49,7 @@ class _ProgressCallback(keras.callbacks.Callback):
         super().__init__()
         self.epochs = epochs
         self.listeners = listeners
-        self.history: list[EpochRecord] = []
+        self.history: list[EpochProgress] = []
         self._epoch_started = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -71,7 +57,7 @@ class _ProgressCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
-        record = EpochRecord(
+        record = EpochProgress(
             epoch=epoch + 1,
             epochs=self.epochs,
             loss=float(logs["loss"]),

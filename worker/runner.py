@@ -15,7 +15,6 @@ from trainer.errors import TrainingCancelledError
 from trainer.registry import FileModelRegistry
 from trainer.run import train_and_register
 from trainer.spec import parse_training_spec
-from trainer.train import EpochRecord
 from worker.jobstore import EpochProgress, Job, JobError, JobStore, open_job_store
 from worker.settings import Settings, get_settings
 
@@ -85,8 +84,8 @@ def run_job(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
     lease = _LeaseKeeper(store, job_id, worker, settings.job_lease_seconds)
     lease.start()
 
-    def record_epoch(record: EpochRecord) -> None:
-        store.record_epoch(job_id, EpochProgress(**record.model_dump(exclude={"learning_rate"})))
+    def record_epoch(progress: EpochProgress) -> None:
+        store.record_epoch(job_id, progress)
 
     try:
         registered = train_and_register(

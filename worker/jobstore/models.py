@@ -8,6 +8,8 @@ from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field
 
+from trainer.progress import EpochProgress as EpochProgress  # re-exported: one type end to end
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TerminalStatus = Literal["succeeded", "failed", "cancelled"]
 
@@ -24,18 +26,6 @@ TERMINAL: Final[frozenset[str]] = frozenset({"succeeded", "failed", "cancelled"}
 def utc_now() -> datetime:
     """Current time as a timezone-aware UTC datetime."""
     return datetime.now(UTC)
-
-
-class EpochProgress(BaseModel):
-    """Metrics of one finished epoch, as reported by the training callback."""
-
-    epoch: int
-    epochs: int
-    loss: float
-    accuracy: float
-    val_loss: float | None = None
-    val_accuracy: float | None = None
-    seconds: float
 
 
 class JobError(BaseModel):
