@@ -113,16 +113,19 @@ def renewed(job: Job, worker: str, lease_seconds: float, now: datetime) -> Job |
     )
 
 
+def _ended(job: Job, refusal: str) -> ConflictError:
+    return ConflictError(
+        f"Job {job.job_id!r} already ended with status {job.status!r}; {refusal}",
+        job_id=job.job_id,
+        status=job.status,
+    )
+
+
 def with_epoch(job: Job, progress: EpochProgress, now: datetime) -> Job:
     if job.is_terminal:
         # A worker that lost its job (declared lost, then failed) must stop
         # writing; the error tells it so.
-        raise ConflictError(
-            f"Job {job.job_id!r} already ended with status {job.status!r}; "
-            "epochs can only be recorded while it is queued or running.",
-            job_id=job.job_id,
-            status=job.status,
-        )
+        raise _ended(job, "epochs can only be recorded while it is queued or running.")
     return job.model_copy(
         update={"progress": progress, "history": [*job.history, progress], "updated_at": now}
     )
@@ -136,12 +139,7 @@ def finished(
     now: datetime,
 ) -> Job:
     if job.is_terminal:
-        raise ConflictError(
-            f"Job {job.job_id!r} already ended with status {job.status!r}; "
-            f"it cannot be finished again as {status!r}.",
-            job_id=job.job_id,
-            status=job.status,
-        )
+        raise _ended(job, f"it cannot be finished again as {status!r}.")
     return job.model_copy(
         update={
             "status": status,
@@ -156,12 +154,7 @@ def finished(
 
 def cancel_requested(job: Job, now: datetime) -> Job:
     if job.is_terminal:
-        raise ConflictError(
-            f"Job {job.job_id!r} already ended with status {job.status!r}; "
-            "only queued or running jobs can be cancelled.",
-            job_id=job.job_id,
-            status=job.status,
-        )
+        raise _ended(job, "only queued or running jobs can be cancelled.")
     if job.status == "queued":
         # No worker holds it yet, so nobody else has to act: cancel outright.
         return job.model_copy(
