@@ -9,8 +9,6 @@ where each process uses the real clock.
 from __future__ import annotations
 
 import multiprocessing
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.workers import REDIS_HOST, REDIS_PORT, ensure_redis
 from trainer.errors import ConflictError, JobNotFoundError
 from worker.jobstore import (
     EpochProgress,
@@ -35,7 +34,7 @@ from worker.jobstore import (
 from worker.jobstore.base import Clock
 from worker.jobstore.models import utc_now
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
 
 
 @dataclass(frozen=True)
@@ -65,32 +64,8 @@ class FakeClock:
 
 @pytest.fixture(scope="session")
 def redis_server() -> None:
-    """Make sure a Redis server answers on 127.0.0.1:6379, starting one if needed."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            pass
-        subprocess.run(
-            [
-                *("redis-server", "--daemonize", "yes", "--port", "6379"),
-                *("--save", "", "--appendonly", "no"),
-            ],
-            check=True,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-    finally:
-        client.close()
+    """Make sure the test Redis server answers, starting one if needed."""
+    ensure_redis()
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -15,7 +15,9 @@ from typing import IO, Any
 
 import redis
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+# Parallel checkouts can each point their tests at their own server.
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = int(os.environ.get("DACIAVISION_TEST_REDIS_PORT", "6379"))
 
 
 def ensure_redis() -> None:
