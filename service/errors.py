@@ -54,8 +54,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "broker_unavailable": 503,
-    "corrupt_model": 500,
-    "model_load_failed": 500,
+    # The version's files are broken: it cannot be served, the others still can.
+    "corrupt_model": 503,
+    "model_load_failed": 503,
 }
 
 
@@ -74,7 +75,8 @@ _DESCRIPTIONS = {
     413: "The upload or batch is larger than the service accepts.",
     415: "The content type or image format is not supported.",
     422: "The input is invalid; `errors` names each field, the value received and what is allowed.",
-    503: "The broker or job store is unreachable; retry after the `Retry-After` seconds.",
+    503: "The broker or job store is unreachable, or the model version's files are broken "
+    "(`corrupt_model`, `model_load_failed`); retry after the `Retry-After` seconds.",
 }
 
 

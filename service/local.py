@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from trainer.card import ModelCard
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
 from worker.app import TRAINING_QUEUE
@@ -142,29 +143,26 @@ def train_command(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def print_report(card: dict[str, Any], registry_root: Path) -> None:
-    test = card["metrics"]["test"]
+def print_report(card: ModelCard, registry_root: Path) -> None:
+    test = card.metrics.test
     print()
-    print(f"registered {card['model_name']} version {card['version']}")
-    print(f"  saved in         {registry_root / card['model_name'] / str(card['version'])}")
-    print(f"  test accuracy    {test['accuracy']:.4f}   loss {test['loss']:.4f}")
-    print(f"  parameters       {card['parameter_count']:,}")
-    print(f"  training time    {card['timings']['fit_seconds']:.1f} s")
-    print(f"  generalization   gap {card['metrics']['generalization_gap']:+.4f}")
+    print(f"registered {card.model_name} version {card.version}")
+    print(f"  saved in         {registry_root / card.model_name / str(card.version)}")
+    print(f"  test accuracy    {test.accuracy:.4f}   loss {test.loss:.4f}")
+    print(f"  parameters       {card.parameter_count:,}")
+    print(f"  training time    {card.timings.fit_seconds:.1f} s")
+    print(f"  generalization   gap {card.metrics.generalization_gap:+.4f}")
     print()
     print(f"  {'class':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
-    for entry in test["per_class"]:
+    for entry in test.per_class:
         print(
-            f"  {entry['class_name']:<14}{entry['precision']:>10.3f}{entry['recall']:>10.3f}"
-            f"{entry['f1']:>10.3f}{entry['support']:>10}"
+            f"  {entry.class_name:<14}{entry.precision:>10.3f}{entry.recall:>10.3f}"
+            f"{entry.f1:>10.3f}{entry.support:>10}"
         )
-    macro = test["macro_avg"]
-    print(
-        f"  {'macro avg':<14}{macro['precision']:>10.3f}{macro['recall']:>10.3f}"
-        f"{macro['f1']:>10.3f}"
-    )
-    weak = ", ".join(f"{w['class_name']} ({w['f1']:.3f})" for w in test["weak_classes"]) or "none"
-    print(f"\n  weak classes ({test['weak_class_rule']}): {weak}")
+    macro = test.macro_avg
+    print(f"  {'macro avg':<14}{macro.precision:>10.3f}{macro.recall:>10.3f}{macro.f1:>10.3f}")
+    weak = ", ".join(f"{w.class_name} ({w.f1:.3f})" for w in test.weak_classes) or "none"
+    print(f"\n  weak classes ({test.weak_class_rule}): {weak}")
 
 
 def models_command(arguments: argparse.Namespace) -> int:

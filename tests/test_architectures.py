@@ -6,12 +6,10 @@ import pytest
 from pydantic import ValidationError
 
 from trainer.architectures import ARCHITECTURES, build_model
-from trainer.hyperparameters import (
-    AlexNetHyperparameters,
-    CustomCnnHyperparameters,
-    ResNetHyperparameters,
-)
-from trainer.spec import CustomCnnSpec, parse_training_spec
+from trainer.architectures.alexnet import AlexNetHyperparameters
+from trainer.architectures.custom_cnn import CustomCnnHyperparameters, CustomCnnSpec
+from trainer.architectures.resnet import ResNetHyperparameters
+from trainer.spec import parse_training_spec
 
 CIFAR10 = (32, 32, 3)
 MNIST = (28, 28, 1)

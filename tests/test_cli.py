@@ -44,7 +44,7 @@ def test_train_registers_a_version_and_prints_the_report(
     assert code == 0
     assert "registered digits-cli version 1" in output
     assert "test accuracy" in output and "weak classes" in output
-    card = FileModelRegistry(home / "registry").get_card("digits-cli", 1)
+    card = FileModelRegistry(home / "registry").get_card("digits-cli", 1).model_dump(mode="json")
     assert card["spec"]["hyperparameters"]["filters1"] == 8
     assert card["metrics"]["test"]["accuracy"] >= 0.8
     assert f"{card['metrics']['test']['accuracy']:.4f}" in output

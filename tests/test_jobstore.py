@@ -22,6 +22,7 @@ import redis
 
 from tests.workers import REDIS_HOST, REDIS_PORT, ensure_redis
 from trainer.errors import ConflictError, JobNotFoundError
+from trainer.files import utc_now
 from worker.jobstore import (
     EpochProgress,
     Job,
@@ -32,7 +33,6 @@ from worker.jobstore import (
     open_job_store,
 )
 from worker.jobstore.base import Clock
-from worker.jobstore.models import utc_now
 
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
 

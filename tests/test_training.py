@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from trainer.augmentation import build_augmenter, oversample
-from trainer.data import DATASETS, prepare
+from trainer.data import prepare
+from trainer.datasets import DATASETS
 from trainer.errors import TrainingCancelledError
 from trainer.evaluate import evaluate
 from trainer.progress import EpochProgress
-from trainer.spec import AugmentationSpec, parse_training_spec
+from trainer.spec import parse_training_spec
+from trainer.spec_base import AugmentationSpec
 from trainer.train import inference_copy, train
 
 SMALL_CNN = {"filters1": 16, "filters2": 32, "dense_units": 64}

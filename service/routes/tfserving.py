@@ -246,9 +246,9 @@ def _tensor(dims: list[int], name: str) -> dict[str, Any]:
 def model_metadata(registry: FileModelRegistry, model_name: str, version: int) -> dict[str, Any]:
     """TF Serving's GetModelMetadata answer, from the card: no model is loaded."""
     card = registry.get_card(model_name, version)
-    class_names = [str(name) for name in card.get("class_names", [])]
+    class_names = card.class_names
     signature = {
-        "inputs": {INPUT_NAME: _tensor([-1, *card.get("input_shape", [])], f"{INPUT_NAME}:0")},
+        "inputs": {INPUT_NAME: _tensor([-1, *card.input_shape], f"{INPUT_NAME}:0")},
         "outputs": {OUTPUT_NAME: _tensor([-1, len(class_names)], f"{OUTPUT_NAME}:0")},
         "method_name": "tensorflow/serving/predict",
     }
