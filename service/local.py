@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
+from service.spec_arguments import spec_from_arguments
 from trainer.card import ModelCard
-from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
 from worker.app import TRAINING_QUEUE
 from worker.settings import get_settings
@@ -75,61 +74,13 @@ def serve_command(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _spec_from_arguments(arguments: argparse.Namespace) -> dict[str, Any]:
-    spec: dict[str, Any] = {}
-    if arguments.spec:
-        spec = json.loads(Path(arguments.spec).read_text())
-    hyperparameters = dict(spec.get("hyperparameters", {}))
-    for assignment in arguments.hyperparameters:
-        name, separator, value = assignment.partition("=")
-        if not separator:
-            raise InvalidInputError(f"hyperparameter {assignment!r} must look like NAME=VALUE")
-        hyperparameters[name] = _parse_value(value)
-    augmentation: dict[str, Any] = dict(spec.get("augmentation", {}))
-    if arguments.augment:
-        augmentation["enabled"] = True
-    if arguments.augment_classes:
-        classes = arguments.augment_classes
-        augmentation["target_classes"] = "weak" if classes == "weak" else classes.split(",")
-        augmentation["oversample_factor"] = arguments.oversample_factor
-    if arguments.reference_model:
-        name, _, version = arguments.reference_model.partition(":")
-        augmentation["reference_model"] = {"model_name": name, "version": version or None}
-    spec.update(
-        dataset=arguments.dataset,
-        sample_fraction=arguments.sample_fraction,
-        architecture=arguments.architecture,
-        hyperparameters=hyperparameters,
-        epochs=arguments.epochs,
-        batch_size=arguments.batch_size,
-        learning_rate=arguments.learning_rate,
-        optimizer=arguments.optimizer,
-        weight_decay=arguments.weight_decay,
-        lr_schedule=arguments.lr_schedule,
-        label_smoothing=arguments.label_smoothing,
-        validation_fraction=arguments.validation_fraction,
-        early_stopping_patience=arguments.early_stopping_patience,
-        seed=arguments.seed,
-        augmentation=augmentation,
-        model_name=arguments.model_name or spec.get("model_name"),
-    )
-    return spec
-
-
 def train_command(arguments: argparse.Namespace) -> int:
     """Train in this process with a progress bar per epoch, register, print the report."""
     from trainer.run import train_and_register
     from trainer.spec import parse_training_spec
 
     try:
-        spec = parse_training_spec(_spec_from_arguments(arguments))
+        spec = parse_training_spec(spec_from_arguments(arguments))
     except ValidationError as error:
         print(f"error: invalid training spec:\n{error}", file=sys.stderr)
         return 2

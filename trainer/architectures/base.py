@@ -118,7 +118,7 @@ class ArchitectureDefinition:
 
     @property
     def summary(self) -> str:
-        return self.description.split("\n", 1)[0]
+        return self.description.split("\n", 1)[0].rstrip(".")
 
 
 def conv_block(x: Any, filters: int, kernel_size: int, batch_norm: bool, name: str) -> Any:
