@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from trainer.architectures import ARCHITECTURES
 from trainer.errors import DaciaVisionError
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ async def _domain_error(request: Request, error: Exception) -> JSONResponse:
 
 def _field_path(location: tuple[Any, ...]) -> str:
     # Drop the discriminator tag pydantic adds for the architecture union.
-    parts = [str(part) for part in location if part not in ("custom_cnn", "alexnet", "resnet")]
+    parts = [str(part) for part in location if part not in ARCHITECTURES]
     return ".".join(parts)
 
 
