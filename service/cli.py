@@ -40,6 +40,11 @@ def _add_server_parsers(commands: Any) -> None:
     serve.add_argument(
         "--workers", type=int, default=1, help="embedded worker processes (embedded mode only)"
     )
+    serve.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the embedded workers' and the server's logs here instead of in log files",
+    )
     serve.set_defaults(handler=local.serve_command)
     worker = commands.add_parser("worker", help="run a Celery worker for training jobs")
     worker.add_argument("--concurrency", type=int, default=1)

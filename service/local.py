@@ -11,26 +11,18 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
+from service import __version__
 from service.spec_arguments import spec_from_arguments
 from trainer.card import ModelCard
 from trainer.registry import FileModelRegistry
-from worker.app import TRAINING_QUEUE
-from worker.settings import get_settings
+from worker.command import celery_worker_command
+from worker.settings import Settings, get_settings
 
 _PR_SET_PDEATHSIG = 1
-
-
-def _celery_worker_command(concurrency: int, loglevel: str, node_name: str) -> list[str]:
-    return [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-        "--concurrency", str(concurrency), "--loglevel", loglevel,
-        "--queues", TRAINING_QUEUE, "--hostname", node_name, "-O", "fair",
-        # Jobs are coordinated by the job store, not by worker-to-worker chatter.
-        "--without-gossip", "--without-mingle",
-    ]  # fmt: skip
 
 
 def _die_with_parent() -> None:
@@ -42,9 +34,49 @@ def _die_with_parent() -> None:
 
 def worker_command(arguments: argparse.Namespace) -> int:
     """Replace this process with a Celery worker (so signals reach Celery directly)."""
-    command = _celery_worker_command(arguments.concurrency, arguments.loglevel, "worker@%h")
+    command = celery_worker_command(concurrency=arguments.concurrency, loglevel=arguments.loglevel)
     os.execv(sys.executable, command)
     return 0  # not reached
+
+
+def _start_embedded_workers(
+    settings: Settings, count: int, verbose: bool
+) -> list[subprocess.Popen[bytes]]:
+    # Celery's banner and TensorFlow's warnings go to a log file a user can open
+    # when something goes wrong; --verbose shows them here instead.
+    log_dir = settings.home / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for index in range(count):
+        command = celery_worker_command(node_name=f"embedded{index}@%h")
+        output: Any = None if verbose else (log_dir / f"worker-{index}.log").open("ab")
+        workers.append(
+            subprocess.Popen(
+                command, stdout=output, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+        )
+        if output is not None:
+            output.close()  # the child holds its own descriptor
+    return workers
+
+
+def _start_up_lines(settings: Settings, host: str, port: int, workers: int) -> list[str]:
+    url = f"http://{host}:{port}"
+    if settings.embedded:
+        mode = "embedded (no Redis: broker and job store under the home folder)"
+        worker_line = f"{workers} embedded, logs in {settings.home / 'logs'}"
+    else:
+        mode = "Redis (start workers with `daciavision worker`)"
+        worker_line = "none here: `daciavision worker` runs them"
+    return [
+        f"DaciaVision {__version__}",
+        f"  API        {url}",
+        f"  docs       {url}/docs",
+        f"  mode       {mode}",
+        f"  data       {settings.resolved_data_dir}",
+        f"  registry   {settings.resolved_registry_dir}",
+        f"  workers    {worker_line}",
+    ]
 
 
 def serve_command(arguments: argparse.Namespace) -> int:
@@ -56,12 +88,16 @@ def serve_command(arguments: argparse.Namespace) -> int:
     settings = get_settings()
     workers: list[subprocess.Popen[bytes]] = []
     if settings.embedded:
-        print(f"embedded mode: jobs and broker under {settings.home} (set REDIS_URL to scale out)")
-        for index in range(arguments.workers):
-            command = _celery_worker_command(1, "INFO", f"embedded{index}@%h")
-            workers.append(subprocess.Popen(command, preexec_fn=_die_with_parent))
+        workers = _start_embedded_workers(settings, arguments.workers, arguments.verbose)
+    print("\n".join(_start_up_lines(settings, arguments.host, arguments.port, len(workers))))
+    print("Press Ctrl+C to stop.", flush=True)
     try:
-        uvicorn.run(create_app(settings), host=arguments.host, port=arguments.port)
+        uvicorn.run(
+            create_app(settings),
+            host=arguments.host,
+            port=arguments.port,
+            log_level="info" if arguments.verbose else "warning",
+        )
     finally:
         for process in workers:
             process.send_signal(signal.SIGTERM)
