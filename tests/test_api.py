@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from httpx import Response
+from httpx2 import Response
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app

@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,7 @@ CLI = [sys.executable, "-m", "service.cli"]
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("DACIAVISION_HOME", str(tmp_path))
     for name in ("REDIS_URL", "DATA_DIR", "REGISTRY_DIR"):
         monkeypatch.delenv(name, raising=False)

@@ -12,6 +12,7 @@ from trainer.evaluate import WeakClass
 from trainer.registry import FileModelRegistry
 from trainer.run import resolve_target_classes
 from trainer.spec import parse_training_spec
+from trainer.spec_base import TrainingSpecBase
 
 
 def _register_reference(registry: FileModelRegistry, weak_on_validation: list[str]) -> int:
@@ -31,7 +32,7 @@ def test_weak_means_the_reference_models_weak_validation_classes(tmp_path: Path)
     version = _register_reference(registry, ["dog"])
     registry.set_alias("reference", "production", version - 1)
 
-    def spec(reference: dict[str, object]) -> object:
+    def spec(reference: dict[str, object]) -> TrainingSpecBase:
         return parse_training_spec(
             {
                 "dataset": "cifar10",

@@ -90,7 +90,7 @@ class FileModelRegistry:
         self._aliases = AliasStore(self.root)
 
     def register(
-        self, model_name: str, write_model: Callable[[Path], None], record: TrainingRecord
+        self, model_name: str, write_model: Callable[[Path], object], record: TrainingRecord
     ) -> int:
         """Save a new version through ``write_model``, publish it atomically, return its number."""
         model_dir = self.root / _check_model_name(model_name)
