@@ -15,6 +15,7 @@ from fastapi import Depends, Path, Query, Request
 from kombu.exceptions import OperationalError
 
 from service.errors import BrokerUnavailableError
+from service.locks import redis_alias_lock
 from service.model_cache import ModelCache
 from trainer.registry import FileModelRegistry
 from worker.app import create_celery_app, enqueue_training
@@ -47,7 +48,13 @@ class Services:
 
     @cached_property
     def registry(self) -> FileModelRegistry:
-        return FileModelRegistry(self.settings.resolved_registry_dir)
+        redis_url = self.settings.redis_url
+        return FileModelRegistry(
+            self.settings.resolved_registry_dir,
+            alias_history_limit=self.settings.alias_history_limit,
+            # Several API hosts may share the registry: alias moves lock across hosts.
+            shared_lock=redis_alias_lock(redis_url) if redis_url else None,
+        )
 
     @cached_property
     def job_store(self) -> JobStore:

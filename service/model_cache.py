@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from service.errors import ModelLoadError
 from trainer.card import ModelCard
-from trainer.errors import NotFoundError
+from trainer.errors import CorruptModelError, NotFoundError
 from trainer.registry import FileModelRegistry
 
 CacheKey = tuple[str, int]
@@ -130,8 +130,8 @@ class ModelCache:
     def _load(self, model_name: str, version: int) -> LoadedModel:
         try:
             return self._load_and_warm(model_name, version)
-        except NotFoundError:
-            raise  # the version vanished: a 404, not a broken model
+        except (NotFoundError, CorruptModelError):
+            raise  # the version vanished (404) or its files are known broken (corrupt_model)
         except Exception as error:
             message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
             raise ModelLoadError(

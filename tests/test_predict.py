@@ -32,7 +32,7 @@ from tests.conftest import make_record
 from trainer.architectures import build_model
 from trainer.architectures.custom_cnn import CustomCnnHyperparameters
 from trainer.data import PreparedData, prepare
-from trainer.errors import InvalidInputError
+from trainer.errors import CorruptModelError, InvalidInputError
 from trainer.registry import FileModelRegistry
 from trainer.train import inference_copy
 from worker.settings import Settings
@@ -642,7 +642,7 @@ def test_a_failing_load_changes_nothing(
         model_file.write(b"tampered")
     cache = ModelCache(registry, capacity=4)
     cache.preload("flaky", good)
-    with pytest.raises(ModelLoadError, match="sha256"):
+    with pytest.raises(CorruptModelError, match="sha256"):
         cache.preload("flaky", corrupt)
     with pytest.raises(ModelLoadError, match="card names 3 classes but the model outputs 10"):
         cache.preload("flaky", mislabelled)
@@ -653,8 +653,16 @@ def test_a_failing_load_changes_nothing(
         "/predict", params={"model_name": "flaky", "version": str(corrupt)},
         json={"instances": [GOOD_PIXELS]},
     )  # fmt: skip
-    assert (response.status_code, error_code(response)) == (503, "model_load_failed")
+    assert (response.status_code, error_code(response)) == (503, "corrupt_model")
     assert "Retry-After" in response.headers
+    mislabelled_response = client.post(
+        "/predict", params={"model_name": "flaky", "version": str(mislabelled)},
+        json={"instances": [GOOD_PIXELS]},
+    )  # fmt: skip
+    assert (mislabelled_response.status_code, error_code(mislabelled_response)) == (
+        503,
+        "model_load_failed",
+    )
 
 
 def test_alias_switch_under_load_fails_no_request(

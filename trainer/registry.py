@@ -29,7 +29,7 @@ from pathlib import Path
 from trainer.aliases import ALIAS_PATTERN as ALIAS_PATTERN
 from trainer.aliases import ALIASES_FILE as ALIASES_FILE
 from trainer.aliases import AliasChange as AliasChange
-from trainer.aliases import AliasStore, alias_target, check_alias, joined
+from trainer.aliases import AliasStore, SharedLock, alias_target, check_alias, joined
 from trainer.card import ModelCard, TrainingRecord, upgrade_card
 from trainer.errors import (
     CorruptModelError,
@@ -84,10 +84,18 @@ def _check_version(version: int) -> int:
 class FileModelRegistry:
     """Model versions and aliases stored as plain files under ``root``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        alias_history_limit: int = 100,
+        shared_lock: SharedLock | None = None,
+    ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._aliases = AliasStore(self.root)
+        self._aliases = AliasStore(
+            self.root, history_limit=alias_history_limit, shared_lock=shared_lock
+        )
 
     def register(
         self, model_name: str, write_model: Callable[[Path], object], record: TrainingRecord
@@ -305,5 +313,9 @@ class FileModelRegistry:
         return version_dir
 
     def _summary(self, model_name: str, live_versions: list[int]) -> ModelSummary:
-        aliases = self._aliases.current(model_name)
+        try:
+            aliases = self._aliases.current(model_name)
+        except CorruptModelError:
+            # Listings stay usable; resolving an alias of this model says what is wrong.
+            aliases = {}
         return ModelSummary(model_name, live_versions, aliases, live_versions[-1])

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         60.0, gt=1, description="A running job whose worker is silent this long is requeued."
     )
     job_max_attempts: int = Field(3, ge=1)
+    alias_history_limit: int = Field(
+        100, ge=2, le=100_000, description="Moves kept in each alias' history (oldest dropped)."
+    )
     staging_max_age_seconds: float = Field(
         3600.0,
         ge=0,
