@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import ipaddress
 import json
 import os
 import signal
@@ -15,10 +16,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service.security import Keyring, check_scopes, new_key, parse_api_keys, settings_entry
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
 from worker.app import TRAINING_QUEUE
-from worker.settings import get_settings
+from worker.settings import Settings, get_settings
 
 _PR_SET_PDEATHSIG = 1
 
@@ -47,6 +49,25 @@ def worker_command(arguments: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, keyring: Keyring) -> None:
+    """Refuse to serve an open API (no keys) on any address but loopback."""
+    if keyring.open and not _is_loopback(host):
+        raise InvalidInputError(
+            f"refusing to listen on {host} without API keys: anyone who can reach it could "
+            "train, delete and roll back models. Create a key with `daciavision keys new "
+            "--scopes admin` and set DACIAVISION_API_KEYS, or listen on 127.0.0.1"
+        )
+
+
 def serve_command(arguments: argparse.Namespace) -> int:
     """Run the API; in embedded mode (no REDIS_URL) also run local worker processes."""
     import uvicorn
@@ -54,6 +75,13 @@ def serve_command(arguments: argparse.Namespace) -> int:
     from service.app import create_app
 
     settings = get_settings()
+    keyring = Keyring(parse_api_keys(settings.api_keys))
+    check_bind(arguments.host, keyring)
+    if keyring.open:
+        print(
+            f"open mode: no API keys configured, so anyone on this machine can use the API "
+            f"on {arguments.host}; set DACIAVISION_API_KEYS before exposing it"
+        )
     workers: list[subprocess.Popen[bytes]] = []
     if settings.embedded:
         print(f"embedded mode: jobs and broker under {settings.home} (set REDIS_URL to scale out)")
@@ -61,7 +89,15 @@ def serve_command(arguments: argparse.Namespace) -> int:
             command = _celery_worker_command(1, "INFO", f"embedded{index}@%h")
             workers.append(subprocess.Popen(command, preexec_fn=_die_with_parent))
     try:
-        uvicorn.run(create_app(settings), host=arguments.host, port=arguments.port)
+        uvicorn.run(
+            create_app(settings),
+            host=arguments.host,
+            port=arguments.port,
+            # Idle keep-alive connections and slow request heads cost a bounded time.
+            timeout_keep_alive=5,
+            h11_max_incomplete_event_size=16 * 1024,
+            server_header=False,
+        )
     finally:
         for process in workers:
             process.send_signal(signal.SIGTERM)
@@ -69,9 +105,24 @@ def serve_command(arguments: argparse.Namespace) -> int:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                # A job cut short here is requeued when its lease runs out.
                 process.kill()
+        if workers:
+            _release_jobs_of_stopped_workers(settings)
     return 0
+
+
+def _release_jobs_of_stopped_workers(settings: Settings) -> None:
+    # We stopped these workers ourselves: their jobs go back to the queue at once and
+    # without spending an attempt, instead of waiting for their leases to expire.
+    from worker.jobstore import open_job_store
+    from worker.recovery import release_jobs_of_dead_local_workers
+
+    try:
+        store = open_job_store(settings.redis_url, settings.jobs_db_path)
+        for job_id in release_jobs_of_dead_local_workers(store):
+            print(f"job {job_id} goes back to the queue (its worker was stopped with the server)")
+    except Exception as error:  # noqa: BLE001 - shutting down; the lease sweep catches up
+        print(f"could not release the stopped workers' jobs: {type(error).__name__}")
 
 
 def _parse_value(text: str) -> Any:
@@ -190,4 +241,19 @@ def models_command(arguments: argparse.Namespace) -> int:
             f"{row['model_name']:<24}{row['version']:>8}  {','.join(row['aliases']):<20}"
             f"{row['architecture'] or '-':<14}{accuracy:>9}"
         )
+    return 0
+
+
+def keys_new_command(arguments: argparse.Namespace) -> int:
+    """Print a new API key and the DACIAVISION_API_KEYS entry (its hash) that accepts it."""
+    try:
+        scopes = check_scopes(arguments.scopes.split(","))
+    except ValueError as error:
+        raise InvalidInputError(str(error)) from None
+    key = new_key()
+    entry = settings_entry(key, scopes)
+    current = get_settings().api_keys.strip().strip(";")
+    print(f"key (give it to the client, it is shown only once): {key}")
+    print(f"settings entry (only its hash is stored):           {entry}")
+    print(f"DACIAVISION_API_KEYS={';'.join(filter(None, [current, entry]))}")
     return 0
