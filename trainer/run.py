@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from trainer.errors import TrainingCancelledError
 from trainer.evaluate import evaluate
 from trainer.registry import FileModelRegistry
 from trainer.spec import AnyTrainingSpec
@@ -110,7 +111,17 @@ def train_and_register(
     should_cancel: CancelCheck | None = None,
     verbose: int = 0,
 ) -> RegisteredModel:
-    """Train ``spec``, evaluate once on the test split, register the result as a new version."""
+    """Train ``spec``, evaluate once on the test split, register the result as a new version.
+
+    ``should_cancel`` is honoured between every phase (data, each training batch,
+    evaluation, registration), not only while Keras trains.
+    """
+
+    def check_cancel(phase: str) -> None:
+        if should_cancel is not None and should_cancel():
+            raise TrainingCancelledError(f"training was cancelled on request ({phase})")
+
+    check_cancel("before preparing the data")
     target_classes = resolve_target_classes(spec, registry)
     result = train(
         spec,
@@ -120,9 +131,11 @@ def train_and_register(
         should_cancel=should_cancel,
         verbose=verbose,
     )
+    check_cancel("before evaluation")
     evaluate_started = time.perf_counter()
     card = build_card(spec, result, job_id)
     card["timings"]["evaluate_seconds"] = round(time.perf_counter() - evaluate_started, 3)
+    check_cancel("before registration")
     servable = inference_copy(result.model)
 
     def write_model(path: Path) -> None:
