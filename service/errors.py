@@ -13,11 +13,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from trainer.errors import DaciaVisionError
 
@@ -231,6 +232,12 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     )
 
 
+async def _client_gone(request: Request, error: Exception) -> Response:
+    # The client left mid-body (or the body limit cut it off and answers itself):
+    # nobody reads this answer, and it is no server error worth a traceback.
+    return Response(status_code=400)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_exception_handler(DaciaVisionError, _domain_error)
@@ -239,3 +246,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sqlite3.OperationalError, _store_busy)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)

@@ -15,7 +15,6 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_json
@@ -38,18 +37,13 @@ def body_limit_for(max_request_bytes: int, max_json_body_bytes: int) -> LimitFor
     return limit_for
 
 
-def _too_large_message(limit: int) -> str:
-    return (
-        f"the request body is larger than {limit} bytes, the most this route accepts; "
-        "send fewer or smaller images (or a smaller document)"
-    )
-
-
 class BodyLimitMiddleware:
     """Refuses a body past its limit with 413, having read at most the limit.
 
-    A declared Content-Length over the limit is refused before a byte is read; a
-    chunked or lying body is cut off as soon as the running count passes it.
+    A declared Content-Length over the limit is refused before a byte is read. A
+    chunked or lying body is cut off as soon as the running count passes the limit:
+    the app is told the client left (so it stops reading and answers nothing) and
+    this middleware sends the 413 in the one error shape.
     """
 
     def __init__(self, app: ASGIApp, limit_for: LimitFor) -> None:
@@ -63,27 +57,52 @@ class BodyLimitMiddleware:
         limit = self.limit_for(scope["path"])
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            response = error_json(
-                413, "payload_too_large", _too_large_message(limit), {"max_bytes": limit}
-            )
-            # Tell the server not to wait for a body nobody will read.
-            response.headers["Connection"] = "close"
-            await response(scope, receive, send)
+            await _refuse(limit, scope, receive, send)
             return
         received = 0
+        exceeded = False
+        started = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    # Raised inside the route's own body reading, so the app's error
-                    # handler answers with the one error shape.
-                    raise HTTPException(413, _too_large_message(limit))
+                    exceeded = True
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if exceeded:
+                return  # the app's answer to a "disconnect"; ours follows
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not started:
+            await _refuse(limit, scope, receive, send)
+
+
+async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+    response = error_json(
+        413,
+        "payload_too_large",
+        f"the request body is larger than {limit} bytes, the most this route accepts; "
+        "send fewer or smaller images (or a smaller document)",
+        {"max_bytes": limit},
+    )
+    # Tell the client and the server that the rest of the body will not be read.
+    response.headers["Connection"] = "close"
+    await response(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
