@@ -8,7 +8,6 @@ the rest of the page alone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -20,8 +19,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from trainer.card import ModelCard
 from trainer.progress import EpochProgress
 from trainer.registry import FileModelRegistry
 from trainer.run import RegisteredModel, train_and_register
@@ -96,13 +95,13 @@ def measure_cpu_use(busy_before: float, own_before: float, wall_seconds: float) 
     return CpuUse(others=others / capacity, own=own / capacity)
 
 
-def epoch_seconds(card: dict[str, Any]) -> list[float]:
+def epoch_seconds(card: ModelCard) -> list[float]:
     """Wall seconds of each epoch after the first, which also traces the graph."""
-    seconds = [float(record["seconds"]) for record in card["history"]]
+    seconds = [record.seconds for record in card.history]
     return seconds[1:] or seconds
 
 
-def load_verdict(card: dict[str, Any], cpu: CpuUse) -> str:
+def load_verdict(card: ModelCard, cpu: CpuUse) -> str:
     """Whether the timings were taken on a quiet machine, in words."""
     seconds = epoch_seconds(card)
     if cpu.others >= 0.05:
@@ -126,51 +125,51 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def figures(card: dict[str, Any]) -> list[tuple[str, str]]:
+def figures(card: ModelCard) -> list[tuple[str, str]]:
     """The headline figures of a model card as (label, value) rows."""
-    test = card["metrics"]["test"]
-    timings = card["timings"]
-    weak = ", ".join(f"{c['class_name']} ({c['f1']:.3f})" for c in test["weak_classes"])
+    test = card.metrics.test
+    timings = card.timings
+    weak = ", ".join(f"{c.class_name} ({c.f1:.3f})" for c in test.weak_classes)
     return [
-        ("Test accuracy", f"{test['accuracy']:.4f} ({test['samples']:,} images)"),
-        ("Test macro F1", f"{test['macro_avg']['f1']:.4f}"),
+        ("Test accuracy", f"{test.accuracy:.4f} ({test.samples:,} images)"),
+        ("Test macro F1", f"{test.macro_avg.f1:.4f}"),
         (
             "Fit wall time",
-            f"{timings['fit_seconds']:.1f} s = {timings['fit_seconds'] / 60:.1f} min "
-            f"({timings['epochs_run']} epochs, {timings['seconds_per_epoch']:.1f} s/epoch)",
+            f"{timings.fit_seconds:.1f} s = {timings.fit_seconds / 60:.1f} min "
+            f"({timings.epochs_run} epochs, {timings.seconds_per_epoch:.1f} s/epoch)",
         ),
         ("Epoch wall times", _epoch_time_summary(card)),
-        ("Parameters", f"{card['parameter_count']:,}"),
-        ("Model file", f"{card['model_file_bytes'] / 1e6:.1f} MB (`model.keras`)"),
+        ("Parameters", f"{card.parameter_count:,}"),
+        ("Model file", f"{card.model_file_bytes / 1e6:.1f} MB (`model.keras`)"),
         (
             "Generalization gap",
-            f"{card['metrics']['generalization_gap']:+.4f} (last-epoch train accuracy "
-            f"{card['metrics']['final_train_accuracy']:.4f} − validation accuracy "
-            f"{card['metrics']['validation_accuracy']:.4f})",
+            f"{card.metrics.generalization_gap:+.4f} (last-epoch train accuracy "
+            f"{card.metrics.final_train_accuracy:.4f} − validation accuracy "
+            f"{card.metrics.validation_accuracy:.4f})",
         ),
         ("Weak classes (test F1)", weak or "none"),
     ]
 
 
-def _epoch_time_summary(card: dict[str, Any]) -> str:
+def _epoch_time_summary(card: ModelCard) -> str:
     seconds = epoch_seconds(card)
     median = statistics.median(seconds)
     return (
         f"median {median:.1f} s (fastest {min(seconds):.1f} s, slowest {max(seconds):.1f} s); "
-        f"{len(card['history'])} epochs at the median pace: {median * len(card['history']):.0f} s"
+        f"{len(card.history)} epochs at the median pace: {median * len(card.history):.0f} s"
     )
 
 
-def section(key: str, title: str, card: dict[str, Any], command: str, cpu: CpuUse) -> str:
+def section(key: str, title: str, card: ModelCard, command: str, cpu: CpuUse) -> str:
     """The markdown section for one benchmark run."""
-    versions = ", ".join(f"{name} {version}" for name, version in card["library_versions"].items())
-    dataset = card["dataset"]
+    versions = ", ".join(f"{name} {version}" for name, version in card.library_versions.items())
+    dataset = card.dataset
     rows = "\n".join(f"| {label} | {value} |" for label, value in figures(card))
-    spec_json = json.dumps(card["spec"], indent=2)
+    spec_json = card.spec.model_dump_json(indent=2)
     data = (
-        f"{dataset['name']}, sample fraction {dataset['sample_fraction']}, seed {dataset['seed']}: "
-        f"{dataset['train_samples']:,} train, {dataset['validation_samples']:,} validation and "
-        f"{dataset['test_samples']:,} test images"
+        f"{dataset.name}, sample fraction {dataset.sample_fraction}, seed {dataset.seed}: "
+        f"{dataset.train_samples:,} train, {dataset.validation_samples:,} validation and "
+        f"{dataset.test_samples:,} test images"
     )
     load = (
         f"{load_verdict(card, cpu)}. During the run other processes used {cpu.others:.0%} "
@@ -179,7 +178,7 @@ def section(key: str, title: str, card: dict[str, Any], command: str, cpu: CpuUs
     return f"""<!-- bench:{key}:start -->
 ## {title}
 
-- **When:** {card["trained_at"][:16].replace("T", " ")} UTC
+- **When:** {card.trained_at[:16].replace("T", " ")} UTC
 - **Machine:** {nproc()} CPU cores (`nproc`), {cpu_model()}
 - **Load:** {load}
 - **Libraries:** {versions}

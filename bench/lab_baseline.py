@@ -9,8 +9,7 @@ Conv(64) → MaxPool → Conv(128) → MaxPool → Dropout(0.25) → Dense(256) 
 from __future__ import annotations
 
 from bench.harness import run_benchmark
-from trainer.hyperparameters import CustomCnnHyperparameters
-from trainer.spec import CustomCnnSpec
+from trainer.architectures.custom_cnn import CustomCnnHyperparameters, CustomCnnSpec
 
 SPEC = CustomCnnSpec(
     dataset="cifar10",

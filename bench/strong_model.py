@@ -11,8 +11,8 @@ flips and shifts of up to 4 pixels (12.5%), nothing else.
 from __future__ import annotations
 
 from bench.harness import run_benchmark
-from trainer.hyperparameters import ResNetHyperparameters
-from trainer.spec import AugmentationSpec, ResNetSpec
+from trainer.architectures.resnet import ResNetHyperparameters, ResNetSpec
+from trainer.spec_base import AugmentationSpec
 
 SPEC = ResNetSpec(
     dataset="cifar10",

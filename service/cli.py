@@ -9,52 +9,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from service import client, local
+from service.spec_arguments import add_training_spec_arguments
 from trainer.errors import DaciaVisionError
 
 
 def _add_train_parser(commands: Any) -> None:
-    train = commands.add_parser("train", help="train in this process and register a version")
-    train.add_argument(
-        "--dataset", required=True, choices=["cifar10", "mnist", "fashion_mnist", "digits"]
+    train = commands.add_parser(
+        "train",
+        help="train in this process and register a version",
+        description="Train in this process and register a version. Only the flags you give "
+        "are sent: everything else comes from --spec FILE, then from the architecture's own "
+        "recipe — the same spec POST /jobs builds from the same fields.",
     )
-    train.add_argument("--sample-fraction", type=float, default=1.0)
     train.add_argument(
-        "--architecture", default="custom_cnn", choices=["custom_cnn", "alexnet", "resnet"]
+        "--spec", metavar="FILE", help="a JSON training spec ('-' for stdin); flags override it"
     )
-    train.add_argument(
-        "--hyperparameters",
-        "-p",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="architecture hyperparameter, JSON value (repeatable), e.g. -p filters1=64",
-    )
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument(
-        "--lr-schedule", choices=["constant", "one_cycle", "cosine"], default="constant"
-    )
-    train.add_argument("--label-smoothing", type=float, default=0.0)
-    train.add_argument("--validation-fraction", type=float, default=0.1)
-    train.add_argument("--early-stopping-patience", type=int)
-    train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--augment", action="store_true", help="augment every training image")
-    train.add_argument(
-        "--augment-classes",
-        metavar="NAMES",
-        help="comma-separated class names to oversample and augment, or 'weak'",
-    )
-    train.add_argument("--oversample-factor", type=int, default=2)
-    train.add_argument(
-        "--reference-model", metavar="NAME[:VERSION]", help="model whose weak classes 'weak' means"
-    )
-    train.add_argument("--model-name")
-    train.add_argument(
-        "--spec", metavar="FILE", help="a JSON training spec; flags given override it"
-    )
+    add_training_spec_arguments(train)
     train.set_defaults(handler=local.train_command)
     models = commands.add_parser("models", help="list registered models, versions and aliases")
     models.set_defaults(handler=local.models_command)
@@ -69,6 +39,11 @@ def _add_server_parsers(commands: Any) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
         "--workers", type=int, default=1, help="embedded worker processes (embedded mode only)"
+    )
+    serve.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the embedded workers' and the server's logs here instead of in log files",
     )
     serve.set_defaults(handler=local.serve_command)
     worker = commands.add_parser("worker", help="run a Celery worker for training jobs")
@@ -92,13 +67,14 @@ def _add_client_parsers(commands: Any) -> None:
         "jobs", help="training jobs on a running server (DACIAVISION_API_URL)"
     )
     actions = jobs.add_subparsers(dest="action", required=True)
-    submit = actions.add_parser("submit", help="queue a job from a JSON spec file or flags")
-    submit.add_argument("spec", nargs="?", help="JSON spec file ('-' for stdin)")
-    submit.add_argument("--dataset")
-    submit.add_argument("--architecture")
-    submit.add_argument("--sample-fraction", type=float)
-    submit.add_argument("--epochs", type=int)
-    submit.add_argument("--model-name")
+    submit = actions.add_parser(
+        "submit",
+        help="queue a job from a JSON spec file and/or flags (the same flags as train)",
+    )
+    submit.add_argument(
+        "spec", nargs="?", help="JSON spec file ('-' for stdin); flags given override it"
+    )
+    add_training_spec_arguments(submit)
     submit.add_argument("--follow", action="store_true", help="then show live progress")
     submit.set_defaults(handler=client.submit_command)
     listing = actions.add_parser("list", help="newest first")

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from service.spec_arguments import spec_from_arguments
 from worker.settings import get_settings
 
 TERMINAL_STATUSES = {"succeeded", "failed", "cancelled"}
@@ -51,19 +52,8 @@ def _print_json(value: Any) -> None:
 
 
 def submit_command(arguments: argparse.Namespace) -> int:
-    spec: dict[str, Any] = {}
-    if arguments.spec == "-":
-        spec = json.load(sys.stdin)
-    elif arguments.spec:
-        spec = json.loads(Path(arguments.spec).read_text())
-    overrides = {
-        "dataset": arguments.dataset,
-        "architecture": arguments.architecture,
-        "sample_fraction": arguments.sample_fraction,
-        "epochs": arguments.epochs,
-        "model_name": arguments.model_name,
-    }
-    spec.update({key: value for key, value in overrides.items() if value is not None})
+    """Queue a job with the spec the user gave; the server fills in the recipe's defaults."""
+    spec = spec_from_arguments(arguments)
     with _client(arguments) as client:
         job = _call(client, "POST", "/jobs", json=spec)
         print(f"queued job {job['job_id']} → model {job['model_name']}")

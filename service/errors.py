@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from trainer.architectures import ARCHITECTURES
 from trainer.errors import DaciaVisionError
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "job_store_unavailable": 503,
     "request_timeout": 504,
     "lease_lost": 409,
-    "corrupt_model": 500,
-    "model_load_failed": 500,
+    # The version's files are broken: it cannot be served, the others still can.
+    "corrupt_model": 503,
+    "model_load_failed": 503,
 }
 
 
@@ -99,7 +101,8 @@ _DESCRIPTIONS = {
     413: "The upload or batch is larger than the service accepts.",
     415: "The content type or image format is not supported.",
     422: "The input is invalid; `errors` names each field, the value received and what is allowed.",
-    503: "The broker or job store is unreachable; retry after the `Retry-After` seconds.",
+    503: "The broker or job store is unreachable, or the model version's files are broken "
+    "(`corrupt_model`, `model_load_failed`); retry after the `Retry-After` seconds.",
 }
 
 
@@ -146,7 +149,7 @@ async def _domain_error(request: Request, error: Exception) -> JSONResponse:
 
 def _field_path(location: tuple[Any, ...]) -> str:
     # Drop the discriminator tag pydantic adds for the architecture union.
-    parts = [str(part) for part in location if part not in ("custom_cnn", "alexnet", "resnet")]
+    parts = [str(part) for part in location if part not in ARCHITECTURES]
     return ".".join(parts)
 
 

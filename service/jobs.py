@@ -5,7 +5,7 @@ from __future__ import annotations
 from service.deps import JobDispatcher
 from service.errors import BrokerUnavailableError
 from trainer.budget import Budget, check_budget
-from trainer.data import dataset_info
+from trainer.datasets import dataset_info
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
 from trainer.spec import AnyTrainingSpec

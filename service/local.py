@@ -16,23 +16,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service import __version__
 from service.security import Keyring, check_scopes, new_key, parse_api_keys, settings_entry
+from service.spec_arguments import spec_from_arguments
+from trainer.card import ModelCard
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
-from worker.app import TRAINING_QUEUE
+from worker.command import celery_worker_command
 from worker.settings import Settings, get_settings
 
 _PR_SET_PDEATHSIG = 1
-
-
-def _celery_worker_command(concurrency: int, loglevel: str, node_name: str) -> list[str]:
-    return [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-        "--concurrency", str(concurrency), "--loglevel", loglevel,
-        "--queues", TRAINING_QUEUE, "--hostname", node_name, "-O", "fair",
-        # Jobs are coordinated by the job store, not by worker-to-worker chatter.
-        "--without-gossip", "--without-mingle",
-    ]  # fmt: skip
 
 
 def _die_with_parent() -> None:
@@ -44,9 +37,49 @@ def _die_with_parent() -> None:
 
 def worker_command(arguments: argparse.Namespace) -> int:
     """Replace this process with a Celery worker (so signals reach Celery directly)."""
-    command = _celery_worker_command(arguments.concurrency, arguments.loglevel, "worker@%h")
+    command = celery_worker_command(concurrency=arguments.concurrency, loglevel=arguments.loglevel)
     os.execv(sys.executable, command)
     return 0  # not reached
+
+
+def _start_embedded_workers(
+    settings: Settings, count: int, verbose: bool
+) -> list[subprocess.Popen[bytes]]:
+    # Celery's banner and TensorFlow's warnings go to a log file a user can open
+    # when something goes wrong; --verbose shows them here instead.
+    log_dir = settings.home / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for index in range(count):
+        command = celery_worker_command(node_name=f"embedded{index}@%h")
+        output: Any = None if verbose else (log_dir / f"worker-{index}.log").open("ab")
+        workers.append(
+            subprocess.Popen(
+                command, stdout=output, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+        )
+        if output is not None:
+            output.close()  # the child holds its own descriptor
+    return workers
+
+
+def _start_up_lines(settings: Settings, host: str, port: int, workers: int) -> list[str]:
+    url = f"http://{host}:{port}"
+    if settings.embedded:
+        mode = "embedded (no Redis: broker and job store under the home folder)"
+        worker_line = f"{workers} embedded, logs in {settings.home / 'logs'}"
+    else:
+        mode = "Redis (start workers with `daciavision worker`)"
+        worker_line = "none here: `daciavision worker` runs them"
+    return [
+        f"DaciaVision {__version__}",
+        f"  API        {url}",
+        f"  docs       {url}/docs",
+        f"  mode       {mode}",
+        f"  data       {settings.resolved_data_dir}",
+        f"  registry   {settings.resolved_registry_dir}",
+        f"  workers    {worker_line}",
+    ]
 
 
 def _is_loopback(host: str) -> bool:
@@ -68,6 +101,15 @@ def check_bind(host: str, keyring: Keyring) -> None:
         )
 
 
+def _access_line(keyring: Keyring) -> str:
+    if keyring.open:
+        return (
+            "  access     OPEN: no API keys, so anyone on this machine can use the API; "
+            "set DACIAVISION_API_KEYS before exposing it"
+        )
+    return f"  access     API keys required ({len(keyring.keys)} configured)"
+
+
 def serve_command(arguments: argparse.Namespace) -> int:
     """Run the API; in embedded mode (no REDIS_URL) also run local worker processes."""
     import uvicorn
@@ -77,22 +119,18 @@ def serve_command(arguments: argparse.Namespace) -> int:
     settings = get_settings()
     keyring = Keyring(parse_api_keys(settings.api_keys))
     check_bind(arguments.host, keyring)
-    if keyring.open:
-        print(
-            f"open mode: no API keys configured, so anyone on this machine can use the API "
-            f"on {arguments.host}; set DACIAVISION_API_KEYS before exposing it"
-        )
     workers: list[subprocess.Popen[bytes]] = []
     if settings.embedded:
-        print(f"embedded mode: jobs and broker under {settings.home} (set REDIS_URL to scale out)")
-        for index in range(arguments.workers):
-            command = _celery_worker_command(1, "INFO", f"embedded{index}@%h")
-            workers.append(subprocess.Popen(command, preexec_fn=_die_with_parent))
+        workers = _start_embedded_workers(settings, arguments.workers, arguments.verbose)
+    print("\n".join(_start_up_lines(settings, arguments.host, arguments.port, len(workers))))
+    print(_access_line(keyring))
+    print("Press Ctrl+C to stop.", flush=True)
     try:
         uvicorn.run(
             create_app(settings),
             host=arguments.host,
             port=arguments.port,
+            log_level="info" if arguments.verbose else "warning",
             # Idle keep-alive connections and slow request heads cost a bounded time.
             timeout_keep_alive=5,
             h11_max_incomplete_event_size=16 * 1024,
@@ -125,61 +163,13 @@ def _release_jobs_of_stopped_workers(settings: Settings) -> None:
         print(f"could not release the stopped workers' jobs: {type(error).__name__}")
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _spec_from_arguments(arguments: argparse.Namespace) -> dict[str, Any]:
-    spec: dict[str, Any] = {}
-    if arguments.spec:
-        spec = json.loads(Path(arguments.spec).read_text())
-    hyperparameters = dict(spec.get("hyperparameters", {}))
-    for assignment in arguments.hyperparameters:
-        name, separator, value = assignment.partition("=")
-        if not separator:
-            raise InvalidInputError(f"hyperparameter {assignment!r} must look like NAME=VALUE")
-        hyperparameters[name] = _parse_value(value)
-    augmentation: dict[str, Any] = dict(spec.get("augmentation", {}))
-    if arguments.augment:
-        augmentation["enabled"] = True
-    if arguments.augment_classes:
-        classes = arguments.augment_classes
-        augmentation["target_classes"] = "weak" if classes == "weak" else classes.split(",")
-        augmentation["oversample_factor"] = arguments.oversample_factor
-    if arguments.reference_model:
-        name, _, version = arguments.reference_model.partition(":")
-        augmentation["reference_model"] = {"model_name": name, "version": version or None}
-    spec.update(
-        dataset=arguments.dataset,
-        sample_fraction=arguments.sample_fraction,
-        architecture=arguments.architecture,
-        hyperparameters=hyperparameters,
-        epochs=arguments.epochs,
-        batch_size=arguments.batch_size,
-        learning_rate=arguments.learning_rate,
-        optimizer=arguments.optimizer,
-        weight_decay=arguments.weight_decay,
-        lr_schedule=arguments.lr_schedule,
-        label_smoothing=arguments.label_smoothing,
-        validation_fraction=arguments.validation_fraction,
-        early_stopping_patience=arguments.early_stopping_patience,
-        seed=arguments.seed,
-        augmentation=augmentation,
-        model_name=arguments.model_name or spec.get("model_name"),
-    )
-    return spec
-
-
 def train_command(arguments: argparse.Namespace) -> int:
     """Train in this process with a progress bar per epoch, register, print the report."""
     from trainer.run import train_and_register
     from trainer.spec import parse_training_spec
 
     try:
-        spec = parse_training_spec(_spec_from_arguments(arguments))
+        spec = parse_training_spec(spec_from_arguments(arguments))
     except ValidationError as error:
         print(f"error: invalid training spec:\n{error}", file=sys.stderr)
         return 2
@@ -193,29 +183,26 @@ def train_command(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def print_report(card: dict[str, Any], registry_root: Path) -> None:
-    test = card["metrics"]["test"]
+def print_report(card: ModelCard, registry_root: Path) -> None:
+    test = card.metrics.test
     print()
-    print(f"registered {card['model_name']} version {card['version']}")
-    print(f"  saved in         {registry_root / card['model_name'] / str(card['version'])}")
-    print(f"  test accuracy    {test['accuracy']:.4f}   loss {test['loss']:.4f}")
-    print(f"  parameters       {card['parameter_count']:,}")
-    print(f"  training time    {card['timings']['fit_seconds']:.1f} s")
-    print(f"  generalization   gap {card['metrics']['generalization_gap']:+.4f}")
+    print(f"registered {card.model_name} version {card.version}")
+    print(f"  saved in         {registry_root / card.model_name / str(card.version)}")
+    print(f"  test accuracy    {test.accuracy:.4f}   loss {test.loss:.4f}")
+    print(f"  parameters       {card.parameter_count:,}")
+    print(f"  training time    {card.timings.fit_seconds:.1f} s")
+    print(f"  generalization   gap {card.metrics.generalization_gap:+.4f}")
     print()
     print(f"  {'class':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
-    for entry in test["per_class"]:
+    for entry in test.per_class:
         print(
-            f"  {entry['class_name']:<14}{entry['precision']:>10.3f}{entry['recall']:>10.3f}"
-            f"{entry['f1']:>10.3f}{entry['support']:>10}"
+            f"  {entry.class_name:<14}{entry.precision:>10.3f}{entry.recall:>10.3f}"
+            f"{entry.f1:>10.3f}{entry.support:>10}"
         )
-    macro = test["macro_avg"]
-    print(
-        f"  {'macro avg':<14}{macro['precision']:>10.3f}{macro['recall']:>10.3f}"
-        f"{macro['f1']:>10.3f}"
-    )
-    weak = ", ".join(f"{w['class_name']} ({w['f1']:.3f})" for w in test["weak_classes"]) or "none"
-    print(f"\n  weak classes ({test['weak_class_rule']}): {weak}")
+    macro = test.macro_avg
+    print(f"  {'macro avg':<14}{macro.precision:>10.3f}{macro.recall:>10.3f}{macro.f1:>10.3f}")
+    weak = ", ".join(f"{w.class_name} ({w.f1:.3f})" for w in test.weak_classes) or "none"
+    print(f"\n  weak classes ({test.weak_class_rule}): {weak}")
 
 
 def models_command(arguments: argparse.Namespace) -> int:

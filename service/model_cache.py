@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.errors import ModelLoadError
+from trainer.card import ModelCard
 from trainer.errors import NotFoundError
 from trainer.registry import FileModelRegistry
 
@@ -149,7 +150,7 @@ class ModelCache:
         # safe_mode refuses lambda layers and other code embedded in the file.
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
         input_shape = _input_shape(card, model)
-        class_names = tuple(str(name) for name in card.get("class_names", ()))
+        class_names = tuple(card.class_names)
         loaded = LoadedModel(model_name, version, class_names, input_shape, model)
         # The warm-up takes the path requests take, so it also proves the model runs.
         num_outputs = loaded.predict(np.zeros((1, *input_shape), dtype=np.float32)).shape[-1]
@@ -162,8 +163,10 @@ class ModelCache:
         return loaded
 
 
-def _input_shape(card: dict[str, Any], model: Any) -> tuple[int, int, int]:
-    shape = card.get("input_shape") or list(model.input_shape[1:])
-    if len(shape) != 3 or not all(isinstance(size, int) and size > 0 for size in shape):
-        raise ValueError(f"input shape must be [height, width, channels], got {shape}")
-    return (shape[0], shape[1], shape[2])
+def _input_shape(card: ModelCard, model: Any) -> tuple[int, int, int]:
+    if card.input_shape != tuple(model.input_shape[1:]):
+        raise ValueError(
+            f"the card says input shape {list(card.input_shape)} but the model takes "
+            f"{list(model.input_shape[1:])}"
+        )
+    return card.input_shape

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from service.schemas import (
     ClassDifference,
     MetricsComparison,
@@ -12,35 +10,28 @@ from service.schemas import (
     VersionRef,
     VersionSummary,
 )
+from trainer.card import ModelCard
+from trainer.errors import CorruptModelError
 from trainer.registry import FileModelRegistry
 
 CHANGE_THRESHOLD = 0.01
 
 
-def metrics_report(model_name: str, version: int, card: dict[str, Any]) -> MetricsReport:
+def metrics_report(model_name: str, version: int, card: ModelCard) -> MetricsReport:
     """The /metrics body for one version, from the test report in its card."""
-    test = card["metrics"]["test"]
     return MetricsReport(
+        **card.metrics.test.model_dump(),
         model_name=model_name,
         version=version,
-        dataset=card["dataset"]["name"],
-        architecture=card["architecture"],
-        test_samples=test["samples"],
-        accuracy=test["accuracy"],
-        loss=test["loss"],
-        per_class=test["per_class"],
-        macro_avg=test["macro_avg"],
-        weighted_avg=test["weighted_avg"],
-        confusion_matrix=test["confusion_matrix"],
-        weak_classes=test["weak_classes"],
-        weak_class_rule=test["weak_class_rule"],
-        parameter_count=card["parameter_count"],
-        training_seconds=card["timings"]["fit_seconds"],
-        epochs_run=card["timings"]["epochs_run"],
-        final_train_accuracy=card["metrics"]["final_train_accuracy"],
-        validation_accuracy=card["metrics"]["validation_accuracy"],
-        generalization_gap=card["metrics"]["generalization_gap"],
-        history=card["history"],
+        dataset=card.dataset.name,
+        architecture=card.architecture,
+        parameter_count=card.parameter_count,
+        training_seconds=card.timings.fit_seconds,
+        epochs_run=card.timings.epochs_run,
+        final_train_accuracy=card.metrics.final_train_accuracy,
+        validation_accuracy=card.metrics.validation_accuracy,
+        generalization_gap=card.metrics.generalization_gap,
+        history=card.history,
     )
 
 
@@ -91,16 +82,22 @@ def model_detail(registry: FileModelRegistry, model_name: str) -> ModelDetail:
         aliases_by_version.setdefault(version, []).append(alias)
     versions = []
     for version in summary.versions:
-        card = registry.get_card(model_name, version)
+        aliases = aliases_by_version.get(version, [])
+        try:
+            card = registry.get_card(model_name, version)
+        except CorruptModelError:
+            # One broken card must not hide the model's other versions.
+            versions.append(VersionSummary(version=version, aliases=aliases, corrupt=True))
+            continue
         versions.append(
             VersionSummary(
                 version=version,
-                created_at=card.get("created_at"),
-                architecture=card.get("architecture"),
-                dataset=card.get("dataset", {}).get("name"),
-                test_accuracy=card.get("metrics", {}).get("test", {}).get("accuracy"),
-                aliases=aliases_by_version.get(version, []),
-                job_id=card.get("job_id"),
+                created_at=card.created_at,
+                architecture=card.architecture,
+                dataset=card.dataset.name,
+                test_accuracy=card.metrics.test.accuracy,
+                aliases=aliases,
+                job_id=card.job_id,
             )
         )
     return ModelDetail(

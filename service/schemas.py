@@ -5,14 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
-from trainer.evaluate import (
-    AverageMetrics,
-    ClassMetrics,
-    ConfusionMatrix,
-    WeakClass,
-)
+from trainer.evaluate import EvaluationReport
 from worker.jobstore import EpochProgress, Job, JobError, JobStatus
 
 
@@ -54,6 +49,7 @@ class VersionSummary(BaseModel):
     test_accuracy: float | None = None
     aliases: list[str] = Field(default_factory=list)
     job_id: str | None = None
+    corrupt: bool = Field(False, description="Its card is unreadable: it cannot be served.")
 
 
 class ModelSummaryView(BaseModel):
@@ -84,29 +80,26 @@ class AliasChangeView(BaseModel):
     changed_at: str
 
 
-class MetricsReport(BaseModel):
+class MetricsReport(EvaluationReport):
     """The per-class evaluation of one version on its held-out test split."""
 
     model_name: str
     version: int
     dataset: str
     architecture: str
-    test_samples: int
-    accuracy: float
-    loss: float
-    per_class: list[ClassMetrics]
-    macro_avg: AverageMetrics
-    weighted_avg: AverageMetrics
-    confusion_matrix: ConfusionMatrix
-    weak_classes: list[WeakClass]
-    weak_class_rule: str
     parameter_count: int
     training_seconds: float
     epochs_run: int
     final_train_accuracy: float
     validation_accuracy: float
     generalization_gap: float = Field(description="Final train accuracy minus validation accuracy.")
-    history: list[dict[str, Any]]
+    history: list[EpochProgress]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def test_samples(self) -> int:
+        """Images in the test split (the same as `samples`)."""
+        return self.samples
 
 
 class VersionRef(BaseModel):

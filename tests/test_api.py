@@ -9,22 +9,22 @@ and comparisons below are real figures from real models.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from httpx import Response
+from httpx2 import Response
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.deps import JobDispatcher, Services, get_dispatcher, get_job_store
 from service.errors import BrokerUnavailableError
+from tests.conftest import ClientFactory
+from trainer.card import TrainingRecord
 from trainer.registry import FileModelRegistry
 from trainer.run import train_and_register
 from trainer.spec import parse_training_spec
@@ -36,8 +36,6 @@ TINY_CNN = {"filters1": 8, "filters2": 16, "dense_units": 32}
 DIGIT_CLASSES = [str(digit) for digit in range(10)]
 CLOSED_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
-ClientFactory = Callable[..., TestClient]
-
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -46,7 +44,10 @@ def _register_copy(registry: FileModelRegistry, model_name: str, source: tuple[s
     """Register an existing version's file and card again, under ``model_name``."""
     card = registry.get_card(*source)
     model_file = registry.model_path(*source)
-    return registry.register(model_name, lambda path: shutil.copyfile(model_file, path), card)
+    record = TrainingRecord.model_validate(
+        card.model_dump(include=set(TrainingRecord.model_fields))
+    )
+    return registry.register(model_name, lambda path: shutil.copyfile(model_file, path), record)
 
 
 @pytest.fixture(scope="module")
@@ -78,24 +79,6 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def home(tmp_path: Path, trained_registry: Path) -> Path:
     shutil.copytree(trained_registry, tmp_path / "registry")
     return tmp_path
-
-
-@pytest.fixture
-def make_client(home: Path) -> Iterator[ClientFactory]:
-    """Apps over the same home, each run with its lifespan (as a server would)."""
-    with contextlib.ExitStack() as clients:
-
-        def make(raise_server_exceptions: bool = True, **settings: Any) -> TestClient:
-            app = create_app(Settings(home=home, **settings))
-            client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
-            return clients.enter_context(client)
-
-        yield make
-
-
-@pytest.fixture
-def client(make_client: ClientFactory) -> TestClient:
-    return make_client()
 
 
 def services(client: TestClient) -> Services:
@@ -199,7 +182,7 @@ def test_create_job_queues_the_spec_with_defaults_filled_in(
          {"target_classes": "weak"}, "needs a reference_model"),
         ({"augmentation": {"target_classes": ["3", "cat"]}},
          "body.augmentation.target_classes", ["cat"], "0, 1, 2, 3, 4, 5, 6, 7, 8, 9"),
-        ({"dataset": "imagenet"}, "body.dataset", "imagenet", "'cifar10', 'mnist'"),
+        ({"dataset": "imagenet"}, "body.dataset", "imagenet", "one of: cifar10, mnist"),
     ],
 )  # fmt: skip
 def test_create_job_rejects_invalid_specs_naming_the_field(
@@ -409,7 +392,7 @@ def test_get_model_lists_versions_with_accuracy_and_aliases(client: TestClient) 
     assert model["aliases"] == {"production": 2, "staging": 2}
     assert [entry["version"] for entry in model["versions"]] == [1, 2, 3]
     for entry in model["versions"]:
-        card = registry(client).get_card(MODEL, entry["version"])
+        card = registry(client).get_card(MODEL, entry["version"]).model_dump(mode="json")
         assert entry["test_accuracy"] == card["metrics"]["test"]["accuracy"]
         assert 0.5 < entry["test_accuracy"] <= 1  # learned: chance is 0.1
         assert (entry["architecture"], entry["dataset"]) == ("custom_cnn", "digits")
@@ -557,7 +540,7 @@ def test_metrics_report_matches_the_card(client: TestClient) -> None:
     response = client.get("/metrics", params={"model_name": MODEL, "version": "1"})
     assert response.status_code == 200
     report = response.json()
-    card = registry(client).get_card(MODEL, 1)
+    card = registry(client).get_card(MODEL, 1).model_dump(mode="json")
     test = card["metrics"]["test"]
     assert (report["model_name"], report["version"]) == (MODEL, 1)
     assert (report["dataset"], report["architecture"]) == ("digits", "custom_cnn")
@@ -604,7 +587,7 @@ def test_metrics_version_by_alias_and_default(client: TestClient) -> None:
     assert version(version="staging") == 2
     assert version(version="3") == 3
     staging = client.get("/metrics", params={"model_name": MODEL, "version": "staging"}).json()
-    card = registry(client).get_card(MODEL, 2)
+    card = registry(client).get_card(MODEL, 2).model_dump(mode="json")
     assert staging["accuracy"] == card["metrics"]["test"]["accuracy"]
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from trainer.architectures import ARCHITECTURES, build_model
-from trainer.hyperparameters import (
-    AlexNetHyperparameters,
-    CustomCnnHyperparameters,
-    ResNetHyperparameters,
-)
-from trainer.spec import CustomCnnSpec, parse_training_spec
+from trainer.architectures import ARCHITECTURES, build_model, estimate_cost
+from trainer.architectures.alexnet import AlexNetHyperparameters
+from trainer.architectures.custom_cnn import CustomCnnHyperparameters, CustomCnnSpec
+from trainer.architectures.resnet import ResNetHyperparameters
+from trainer.spec import parse_training_spec
 
 CIFAR10 = (32, 32, 3)
 MNIST = (28, 28, 1)
@@ -110,3 +108,40 @@ def test_resnet_bfloat16_switch_sets_the_compute_dtype_but_keeps_float32_output(
     assert on.get_layer("stem").compute_dtype == "bfloat16"
     assert off.get_layer("stem").compute_dtype == "float32"
     assert on.output.dtype == off.output.dtype == "float32"
+
+
+@pytest.mark.parametrize("input_shape", [CIFAR10, MNIST])
+@pytest.mark.parametrize(
+    ("architecture", "hyperparameters"),
+    [
+        ("custom_cnn", {}),
+        ("custom_cnn", {"kernel_size": 5, "dropout_rate": 0.4}),
+        ("custom_cnn", {"extra_conv_filters": [96], "batch_norm": True}),
+        ("alexnet", {}),
+        ("alexnet", {"batch_norm": True}),
+        ("resnet", {}),
+        ("resnet", {"stage_filters": [16, 32], "residual_stages": [False, True]}),
+    ],
+)
+def test_cost_estimate_counts_parameters_exactly_without_building(
+    architecture: str, hyperparameters: dict[str, object], input_shape: tuple[int, int, int]
+) -> None:
+    definition = ARCHITECTURES[architecture]
+    typed = definition.hyperparameters.model_validate(hyperparameters)
+    cost = estimate_cost(architecture, typed, input_shape, 10)
+    model = build_model(architecture, typed, input_shape, 10)
+    assert cost.parameters == model.count_params()
+    # Every weight is used at least once per image, multiply and add.
+    assert cost.flops_per_image >= 2 * cost.parameters
+    assert cost.activations_per_image > 0
+
+
+def test_cost_grows_with_width_and_images() -> None:
+    definition = ARCHITECTURES["custom_cnn"]
+    narrow = definition.estimate_cost(definition.hyperparameters(), CIFAR10, 10)
+    wide = definition.estimate_cost(
+        definition.hyperparameters.model_validate({"filters1": 64, "filters2": 128}), CIFAR10, 10
+    )
+    assert wide.flops_per_image > 2 * narrow.flops_per_image
+    assert narrow.training_flops(images=100, epochs=2) == 2 * narrow.training_flops(100, 1)
+    assert narrow.activation_bytes(batch_size=64) == 2 * narrow.activation_bytes(32)

@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.routes.jobs import SPEC_EXAMPLES
 from trainer.budget import TRAIN_IMAGES, Budget, check_budget, estimate_cost
-from trainer.errors import ResourceBudgetError
+from trainer.datasets import DATASET_NAMES
+from trainer.errors import InvalidInputError
 from trainer.spec import parse_training_spec
 from worker.settings import Settings
 
@@ -67,7 +68,7 @@ def test_every_documented_example_fits_the_default_budget(tmp_path: Path) -> Non
 )  # fmt: skip
 def test_estimated_parameters_match_keras(spec: dict[str, Any]) -> None:
     from trainer.architectures import build_model
-    from trainer.data import dataset_info
+    from trainer.datasets import dataset_info
 
     parsed = parse_training_spec(spec)
     info = dataset_info(parsed.dataset)
@@ -83,13 +84,13 @@ def test_cost_grows_with_what_the_spec_asks_for() -> None:
     wider = estimate_cost(parse_training_spec({"dataset": "cifar10", "batch_size": 128}))
     assert longer.training_flops == pytest.approx(2 * small.training_flops)
     assert wider.activation_bytes_per_batch == 2 * small.activation_bytes_per_batch
-    assert set(TRAIN_IMAGES) == {"cifar10", "mnist", "fashion_mnist", "digits"}
+    assert set(TRAIN_IMAGES) == set(DATASET_NAMES)
 
 
 def test_too_many_poolings_are_a_422_not_a_worker_crash(client: TestClient) -> None:
     # 28 → 14 → 7 → 3 → 1 → 0: the sixth block would have nothing left to pool.
     spec = {"dataset": "mnist", "hyperparameters": {"extra_conv_filters": [8, 8, 8, 8]}}
-    with pytest.raises(ResourceBudgetError, match="halves the image"):
+    with pytest.raises(InvalidInputError, match="halves the image"):
         estimate_cost(parse_training_spec(spec))
     response = client.post("/jobs", json=spec)
     assert response.status_code == 422

@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,7 @@ CLI = [sys.executable, "-m", "service.cli"]
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("DACIAVISION_HOME", str(tmp_path))
     for name in ("REDIS_URL", "DATA_DIR", "REGISTRY_DIR"):
         monkeypatch.delenv(name, raising=False)
@@ -44,7 +45,7 @@ def test_train_registers_a_version_and_prints_the_report(
     assert code == 0
     assert "registered digits-cli version 1" in output
     assert "test accuracy" in output and "weak classes" in output
-    card = FileModelRegistry(home / "registry").get_card("digits-cli", 1)
+    card = FileModelRegistry(home / "registry").get_card("digits-cli", 1).model_dump(mode="json")
     assert card["spec"]["hyperparameters"]["filters1"] == 8
     assert card["metrics"]["test"]["accuracy"] >= 0.8
     assert f"{card['metrics']['test']['accuracy']:.4f}" in output
@@ -124,6 +125,17 @@ def test_embedded_serve_runs_jobs_and_the_client_cli_talks_to_it(tmp_path: Path)
         )  # fmt: skip
         assert missing.returncode == 1
         assert "404" in missing.stderr and "job_not_found" in missing.stderr
+
+    # A readable start: the lines a user needs, not the embedded worker's banner.
+    start = server.log()
+    registry = tmp_path / "home" / "registry"
+    expected_lines = (f"API        {url}", f"docs       {url}/docs", "mode       embedded",
+                      f"registry   {registry}", "workers    1 embedded")  # fmt: skip
+    for line in expected_lines:
+        assert line in start, start
+    assert "celery@" not in start and "[tasks]" not in start and "Started server" not in start
+    worker_log = (tmp_path / "home" / "logs" / "worker-0.log").read_text()
+    assert "embedded0@" in worker_log and "ready" in worker_log
 
 
 def _ready(url: str) -> bool:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +25,7 @@ def _modules_after_import(statement: str) -> set[str]:
         "import worker.tasks",  # what `celery -A worker.app worker` loads before forking
         "import worker.app, worker.recovery, worker.jobstore",
         "import trainer.spec, trainer.registry, trainer.data, trainer.errors",
+        "import trainer.architectures, trainer.card, trainer.datasets",
         "import service.cli",  # the client CLI starts fast
     ],
 )
@@ -38,3 +42,29 @@ def test_trainer_knows_nothing_of_http_or_queues() -> None:
         "import trainer.run, trainer.train, trainer.evaluate, trainer.augmentation"
     )
     assert not {"fastapi", "celery", "redis", "service", "worker"} & modules
+
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def _all_modules() -> list[str]:
+    names = []
+    for package in ("service", "worker", "trainer"):
+        for info in pkgutil.walk_packages([str(PROJECT / package)], prefix=f"{package}."):
+            names.append(info.name)
+    return names
+
+
+def test_importing_any_module_never_touches_the_disk(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    modules = _all_modules()
+    assert "worker.app" in modules and "service.app" in modules
+    environment = {**os.environ, "DACIAVISION_HOME": str(home)}
+    for name in ("REDIS_URL", "DATA_DIR", "REGISTRY_DIR"):
+        environment.pop(name, None)
+        environment.pop(f"DACIAVISION_{name}", None)
+    script = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    subprocess.run(
+        [sys.executable, "-c", script], env=environment, check=True, timeout=300, cwd=tmp_path
+    )
+    assert not home.exists(), f"importing created {sorted(p.name for p in home.rglob('*'))}"

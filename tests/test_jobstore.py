@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ import redis
 
 from tests.workers import REDIS_HOST, REDIS_PORT, ensure_redis
 from trainer.errors import ConflictError, JobNotFoundError, LeaseLostError
+from trainer.files import utc_now
 from worker.jobstore import (
     EpochProgress,
     Job,
@@ -35,8 +37,8 @@ from worker.jobstore import (
     open_job_store,
 )
 from worker.jobstore.base import Clock
-from worker.jobstore.models import utc_now
 from worker.recovery import release_jobs_of_dead_local_workers, requeue_orphaned_jobs
+from worker.settings import Settings
 
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
 
@@ -605,9 +607,10 @@ def test_release_requeues_without_spending_an_attempt(store: JobStore, clock: Fa
 class FlakyBroker:
     """A Celery app stand-in whose broker refuses the first message."""
 
-    def __init__(self) -> None:
+    def __init__(self, home: Path) -> None:
         self.sent: list[str] = []
         self.calls = 0
+        self.conf = SimpleNamespace(daciavision_settings=Settings(home=home))
 
     def send_task(self, name: str, *, args: list[str], **options: Any) -> None:
         self.calls += 1
@@ -617,21 +620,21 @@ class FlakyBroker:
 
 
 def test_one_failed_resend_does_not_strand_the_other_orphans(
-    store: JobStore, clock: FakeClock
+    store: JobStore, clock: FakeClock, tmp_path: Path
 ) -> None:
     orphans = [add_job(store, clock) for _ in range(3)]
     for number, job in enumerate(orphans):
         store.claim(job.job_id, f"worker-{number}", 5)
     clock.advance(10)
-    broker = FlakyBroker()
+    broker = FlakyBroker(tmp_path)
 
-    requeued = requeue_orphaned_jobs(store, broker, max_attempts=3)  # type: ignore[arg-type]
+    requeued = requeue_orphaned_jobs(store, broker, max_attempts=3)
     assert sorted(requeued) == sorted(job.job_id for job in orphans)
     assert len(broker.sent) == 2  # the first send failed, the other two went out
     (unsent,) = {job.job_id for job in orphans} - set(broker.sent)
     assert store.get(unsent).enqueued_at is None
 
-    requeue_orphaned_jobs(store, broker, max_attempts=3)  # type: ignore[arg-type]
+    requeue_orphaned_jobs(store, broker, max_attempts=3)
     assert sorted(broker.sent) == sorted(job.job_id for job in orphans)
     assert all(store.get(job.job_id).status == "queued" for job in orphans)
 
@@ -661,7 +664,6 @@ def test_jobs_of_dead_local_workers_are_released_others_kept(
 
 def test_redis_clients_have_explicit_socket_timeouts(tmp_path: Path) -> None:
     from worker.app import broker_options
-    from worker.settings import Settings
 
     store = open_job_store(REDIS_URL, tmp_path / "unused.sqlite3", socket_timeout=2.5)
     assert isinstance(store, RedisJobStore)

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.deps import get_registry
+from tests.conftest import make_record
 from tests.workers import free_port, wait_until
 from trainer.registry import FileModelRegistry
 from worker.jobstore import sqlite as sqlite_store
@@ -40,7 +41,7 @@ MODEL = "fake"
 # What a server may read past a limit: one read from the socket (asyncio reads up to
 # 256 KiB at a time) plus a multipart boundary.
 SLACK = 256 * 1024 + 1024
-LIMITS = {
+LIMITS: dict[str, Any] = {
     "max_upload_bytes": 32 * 1024,
     "max_request_bytes": 2 * 1024 * 1024,
     "max_json_body_bytes": 64 * 1024,
@@ -103,8 +104,7 @@ class Recorder:
 def register_fake_model(home: Path) -> None:
     # The limits act before any model is loaded: a placeholder file is enough.
     registry = FileModelRegistry(home / "registry")
-    card = {"class_names": [str(d) for d in range(10)], "input_shape": [28, 28, 1]}
-    registry.register(MODEL, lambda path: path.write_bytes(b"not a model"), card)
+    registry.register(MODEL, lambda path: path.write_bytes(b"not a model"), make_record())
 
 
 @dataclass

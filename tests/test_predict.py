@@ -28,10 +28,11 @@ from service.errors import ModelLoadError, PayloadTooLargeError, UnsupportedMedi
 from service.images import decode_image, pixels_to_batch
 from service.model_cache import ModelCache
 from service.monitoring import TELEMETRY
+from tests.conftest import make_record
 from trainer.architectures import build_model
+from trainer.architectures.custom_cnn import CustomCnnHyperparameters
 from trainer.data import PreparedData, prepare
 from trainer.errors import InvalidInputError
-from trainer.hyperparameters import CustomCnnHyperparameters
 from trainer.registry import FileModelRegistry
 from trainer.train import inference_copy
 from worker.settings import Settings
@@ -73,8 +74,8 @@ def save_model(model: keras.Model, path: Path) -> None:
 def _register(
     registry: FileModelRegistry, name: str, model: keras.Model, classes: list[str]
 ) -> int:
-    card = {"class_names": classes, "input_shape": list(model.input_shape[1:])}
-    return registry.register(name, lambda path: save_model(model, path), card)
+    record = make_record(class_names=classes, input_shape=list(model.input_shape[1:]))
+    return registry.register(name, lambda path: save_model(model, path), record)
 
 
 @pytest.fixture(scope="module")
@@ -652,7 +653,8 @@ def test_a_failing_load_changes_nothing(
         "/predict", params={"model_name": "flaky", "version": str(corrupt)},
         json={"instances": [GOOD_PIXELS]},
     )  # fmt: skip
-    assert (response.status_code, error_code(response)) == (500, "model_load_failed")
+    assert (response.status_code, error_code(response)) == (503, "model_load_failed")
+    assert "Retry-After" in response.headers
 
 
 def test_alias_switch_under_load_fails_no_request(

@@ -11,6 +11,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import CARD_0_1_0, make_record
+from trainer.card import CARD_SCHEMA_VERSION, ModelCard
 from trainer.errors import (
     AliasNotFoundError,
     ConflictError,
@@ -48,7 +51,9 @@ def write_bytes(content: bytes) -> Callable[[Path], None]:
 
 def register_versions(registry: FileModelRegistry, model_name: str, count: int) -> list[int]:
     return [
-        registry.register(model_name, write_bytes(f"model {index}".encode()), {"index": index})
+        registry.register(
+            model_name, write_bytes(f"model {index}".encode()), make_record(job_id=f"index-{index}")
+        )
         for index in range(count)
     ]
 
@@ -72,7 +77,9 @@ def _register_after_barrier(
     barrier.wait(timeout=PROCESS_TIMEOUT_SECONDS)
     versions = [
         registry.register(
-            "shared", write_bytes(f"worker {worker} model {index}".encode()), {"worker": worker}
+            "shared",
+            write_bytes(f"worker {worker} model {index}".encode()),
+            make_record(job_id=f"worker-{worker}"),
         )
         for index in range(count)
     ]
@@ -84,7 +91,7 @@ def _exit_while_writing(root: str) -> None:
         path.write_bytes(b"half a model")
         os._exit(3)  # no finally blocks, no cleanup: like a crash
 
-    FileModelRegistry(Path(root)).register("crashy", write_half_and_exit, {})
+    FileModelRegistry(Path(root)).register("crashy", write_half_and_exit, make_record())
 
 
 def _hang_while_writing(root: str, writing: Event) -> None:
@@ -93,7 +100,7 @@ def _hang_while_writing(root: str, writing: Event) -> None:
         writing.set()
         time.sleep(PROCESS_TIMEOUT_SECONDS)
 
-    FileModelRegistry(Path(root)).register("crashy", write_and_hang, {})
+    FileModelRegistry(Path(root)).register("crashy", write_and_hang, make_record())
 
 
 def _move_own_alias(root: str, alias: str, moves: int, barrier: Barrier) -> None:
@@ -116,28 +123,65 @@ def _run_children(target: Callable[..., None], argument_lists: list[tuple[Any, .
 
 
 def test_register_publishes_model_and_card_with_added_fields(registry: FileModelRegistry) -> None:
-    card = {"dataset": "digits", "metrics": {"accuracy": 0.9}}
-    version = registry.register("digits-cnn", write_bytes(b"weights"), card)
+    record = make_record(job_id="job-1")
+    version = registry.register("digits-cnn", write_bytes(b"weights"), record)
 
     assert version == 1
     version_dir = registry.root / "digits-cnn" / "1"
     assert (version_dir / "model.keras").read_bytes() == b"weights"
     assert registry.model_path("digits-cnn", 1) == version_dir / "model.keras"
     stored = registry.get_card("digits-cnn", 1)
-    assert stored["dataset"] == "digits"
-    assert stored["metrics"] == {"accuracy": 0.9}
-    assert stored["model_name"] == "digits-cnn"
-    assert stored["version"] == 1
-    assert stored["model_file"] == "model.keras"
-    assert stored["checksum"] == {
+    assert stored.job_id == "job-1"
+    assert stored.metrics == record.metrics
+    assert stored.spec == record.spec
+    assert (stored.model_name, stored.version, stored.model_file) == (
+        "digits-cnn",
+        1,
+        "model.keras",
+    )
+    assert stored.model_file_bytes == len(b"weights")
+    assert stored.schema_version == CARD_SCHEMA_VERSION
+    assert stored.checksum.model_dump() == {
         "algorithm": "sha256",
         "value": hashlib.sha256(b"weights").hexdigest(),
     }
-    assert datetime.fromisoformat(stored["created_at"]).utcoffset() == timedelta(0)
+    assert datetime.fromisoformat(stored.created_at).utcoffset() == timedelta(0)
     card_text = (version_dir / "card.json").read_text()
-    assert card_text.startswith('{\n  "dataset"'), "indent=2 and the caller's keys first"
-    assert json.loads(card_text) == stored
-    assert card == {"dataset": "digits", "metrics": {"accuracy": 0.9}}, "caller's dict untouched"
+    assert card_text.startswith("{\n  "), "indented, for people who read the file"
+    assert ModelCard.model_validate_json(card_text) == stored
+    assert record.job_id == "job-1" and "version" not in record.model_fields_set
+
+
+def test_cards_written_by_release_0_1_0_still_load(registry: FileModelRegistry) -> None:
+    version_dir = registry.root / "digits-card" / "1"
+    version_dir.mkdir(parents=True)
+    shutil.copyfile(CARD_0_1_0, version_dir / "card.json")
+    raw = json.loads(CARD_0_1_0.read_text())
+    assert "schema_version" not in raw
+
+    card = registry.get_card("digits-card", 1)
+
+    assert card.schema_version == CARD_SCHEMA_VERSION
+    assert card.spec.architecture == raw["architecture"] == card.architecture
+    assert card.spec.model_dump(mode="json") == raw["spec"]
+    assert card.metrics.test.accuracy == raw["metrics"]["test"]["accuracy"]
+    assert (
+        card.metrics.validation.weak_classes[0].class_name
+        == (raw["metrics"]["validation"]["weak_classes"][0]["class_name"])
+    )
+    assert [epoch.val_accuracy for epoch in card.history] == [
+        epoch["val_accuracy"] for epoch in raw["history"]
+    ]
+    assert card.checksum.value == raw["checksum"]["value"]
+    assert card.test_predictions is None and card.layers == [], "new fields start empty"
+
+
+def test_a_card_that_is_not_a_training_record_is_refused_before_anything_is_written(
+    registry: FileModelRegistry,
+) -> None:
+    with pytest.raises(InvalidInputError, match="must be a TrainingRecord"):
+        registry.register("m", write_bytes(b"x"), {"not": "a record"})  # type: ignore[arg-type]
+    assert not (registry.root / "m").exists()
 
 
 def test_versions_count_up_from_one(registry: FileModelRegistry) -> None:
@@ -167,7 +211,7 @@ def test_two_processes_registering_at_once_get_distinct_versions(tmp_path: Path)
     for worker, versions in returned.items():
         for index, version in enumerate(versions):
             # Each version holds exactly the bytes its own registration wrote.
-            assert registry.get_card("shared", version)["worker"] == worker
+            assert registry.get_card("shared", version).job_id == f"worker-{worker}"
             content = registry.model_path("shared", version).read_bytes()
             assert content == f"worker {worker} model {index}".encode()
             registry.verify_checksum("shared", version)
@@ -185,7 +229,7 @@ def test_reservation_skips_numbers_taken_after_it_listed(
         return [] if Path(path).is_relative_to(registry.root) else real_listdir(path)
 
     monkeypatch.setattr(os, "listdir", stale_listdir)
-    version = registry.register("m", write_bytes(b"third"), {})
+    version = registry.register("m", write_bytes(b"third"), make_record())
     monkeypatch.undo()
 
     assert version == 3
@@ -196,35 +240,34 @@ def test_reservation_skips_numbers_taken_after_it_listed(
 @pytest.mark.parametrize(
     ("write_model", "card", "expected_error"),
     [
-        pytest.param(None, {}, RuntimeError, id="write_model-raises"),
-        pytest.param(lambda path: None, {}, InvalidInputError, id="no-file-written"),
-        pytest.param(write_bytes(b"x"), {"bad": object()}, TypeError, id="card-not-json"),
+        pytest.param(None, None, RuntimeError, id="write_model-raises"),
+        pytest.param(lambda path: None, None, InvalidInputError, id="no-file-written"),
     ],
 )
 def test_failed_registration_publishes_nothing_and_burns_the_number(
     registry: FileModelRegistry,
     write_model: Callable[[Path], None] | None,
-    card: dict[str, Any],
+    card: Any,
     expected_error: type[Exception],
 ) -> None:
-    registry.register("m", write_bytes(b"good"), {})
+    registry.register("m", write_bytes(b"good"), make_record())
 
     def write_then_fail(path: Path) -> None:
         path.write_bytes(b"half")
         raise RuntimeError("disk full")
 
     with pytest.raises(expected_error):
-        registry.register("m", write_model or write_then_fail, card)
+        registry.register("m", write_model or write_then_fail, card or make_record())
 
     assert registry.versions("m") == [1]
     assert visible_entries(registry.root / "m") == ["1"]
     assert os.listdir(registry.root / "m" / ".staging") == [], "staging cleaned up"
-    assert registry.register("m", write_bytes(b"next"), {}) == 3, "number 2 stays burned"
+    assert registry.register("m", write_bytes(b"next"), make_record()) == 3, "number 2 stays burned"
 
 
 def test_process_exiting_mid_write_leaves_no_visible_version(tmp_path: Path) -> None:
     registry = FileModelRegistry(tmp_path / "registry")
-    registry.register("crashy", write_bytes(b"good"), {})
+    registry.register("crashy", write_bytes(b"good"), make_record())
 
     child = SPAWN.Process(target=_exit_while_writing, args=(str(registry.root),))
     child.start()
@@ -234,13 +277,13 @@ def test_process_exiting_mid_write_leaves_no_visible_version(tmp_path: Path) -> 
     assert registry.versions("crashy") == [1]
     assert visible_entries(registry.root / "crashy") == ["1"]
     assert len(os.listdir(registry.root / "crashy" / ".staging")) == 1, "the crash left staging"
-    assert registry.register("crashy", write_bytes(b"after"), {}) == 3
+    assert registry.register("crashy", write_bytes(b"after"), make_record()) == 3
     assert registry.versions("crashy") == [1, 3]
 
 
 def test_process_killed_mid_write_leaves_no_visible_version(tmp_path: Path) -> None:
     registry = FileModelRegistry(tmp_path / "registry")
-    registry.register("crashy", write_bytes(b"good"), {})
+    registry.register("crashy", write_bytes(b"good"), make_record())
     writing = SPAWN.Event()
 
     child = SPAWN.Process(target=_hang_while_writing, args=(str(registry.root), writing))
@@ -253,11 +296,11 @@ def test_process_killed_mid_write_leaves_no_visible_version(tmp_path: Path) -> N
     assert child.exitcode == -signal.SIGKILL
     assert registry.versions("crashy") == [1]
     assert registry.resolve("crashy") == 1
-    assert registry.register("crashy", write_bytes(b"after"), {}) == 3
+    assert registry.register("crashy", write_bytes(b"after"), make_record()) == 3
 
 
 def test_cleanup_staging_removes_only_stale_dirs(registry: FileModelRegistry) -> None:
-    registry.register("m", write_bytes(b"good"), {})
+    registry.register("m", write_bytes(b"good"), make_record())
     staging_root = registry.root / "m" / ".staging"
     stale, fresh = staging_root / "stale", staging_root / "fresh"
     for directory in (stale, fresh):
@@ -464,7 +507,7 @@ def test_deleted_version_is_hidden_and_its_number_never_reused(
     assert datetime.fromisoformat(marker["deleted_at"]).utcoffset() == timedelta(0)
     with pytest.raises(VersionNotFoundError):
         registry.delete_version("m", 3)
-    assert registry.register("m", write_bytes(b"new"), {}) == 4
+    assert registry.register("m", write_bytes(b"new"), make_record()) == 4
 
 
 def test_deleting_an_aliased_version_is_a_conflict(registry: FileModelRegistry) -> None:
@@ -494,7 +537,7 @@ def test_model_with_every_version_deleted_disappears(registry: FileModelRegistry
         registry.get_model("gone")
     with pytest.raises(ModelNotFoundError):
         registry.versions("gone")
-    assert registry.register("gone", write_bytes(b"again"), {}) == 2
+    assert registry.register("gone", write_bytes(b"again"), make_record()) == 2
 
 
 # --- validation, listing, integrity ------------------------------------------------------------
@@ -505,7 +548,7 @@ def test_invalid_model_names_are_rejected_everywhere(
     registry: FileModelRegistry, model_name: str
 ) -> None:
     calls: list[Callable[[], object]] = [
-        lambda: registry.register(model_name, write_bytes(b"x"), {}),
+        lambda: registry.register(model_name, write_bytes(b"x"), make_record()),
         lambda: registry.versions(model_name),
         lambda: registry.resolve(model_name),
         lambda: registry.get_model(model_name),
@@ -520,7 +563,7 @@ def test_invalid_model_names_are_rejected_everywhere(
 
 
 def test_model_name_of_64_characters_is_accepted(registry: FileModelRegistry) -> None:
-    assert registry.register("a" * 64, write_bytes(b"x"), {}) == 1
+    assert registry.register("a" * 64, write_bytes(b"x"), make_record()) == 1
 
 
 def test_list_models_sorted_with_summaries(registry: FileModelRegistry) -> None:
@@ -574,7 +617,7 @@ def test_round_trip_of_a_keras_model_and_its_card_predicts_identically(tmp_path:
     import numpy as np
 
     from trainer.architectures import build_model
-    from trainer.hyperparameters import CustomCnnHyperparameters
+    from trainer.architectures.custom_cnn import CustomCnnHyperparameters
     from trainer.train import inference_copy
 
     keras.utils.set_random_seed(5)
@@ -582,8 +625,8 @@ def test_round_trip_of_a_keras_model_and_its_card_predicts_identically(tmp_path:
         "custom_cnn", CustomCnnHyperparameters(filters1=4, filters2=8), (28, 28, 1), 10
     )
     registry = FileModelRegistry(tmp_path)
-    card = {"class_names": [str(digit) for digit in range(10)], "input_shape": [28, 28, 1]}
-    version = registry.register("round-trip", inference_copy(model).save, card)
+    record = make_record(class_names=[f"digit {digit}" for digit in range(10)])
+    version = registry.register("round-trip", inference_copy(model).save, record)
 
     registry.verify_checksum("round-trip", version)
     loaded = keras.saving.load_model(
@@ -592,5 +635,5 @@ def test_round_trip_of_a_keras_model_and_its_card_predicts_identically(tmp_path:
     images = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
     np.testing.assert_array_equal(loaded(images).numpy(), model(images).numpy())
     stored = registry.get_card("round-trip", version)
-    assert stored["class_names"] == card["class_names"]
-    assert stored["input_shape"] == card["input_shape"]
+    assert stored.class_names == record.class_names
+    assert stored.input_shape == record.input_shape == (28, 28, 1)

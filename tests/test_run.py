@@ -6,24 +6,24 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import make_record
 from trainer.errors import ModelNotFoundError
+from trainer.evaluate import WeakClass
 from trainer.registry import FileModelRegistry
 from trainer.run import resolve_target_classes
 from trainer.spec import parse_training_spec
+from trainer.spec_base import TrainingSpecBase
 
 
 def _register_reference(registry: FileModelRegistry, weak_on_validation: list[str]) -> int:
-    def weak(names: list[str]) -> list[dict[str, object]]:
-        return [{"class_name": name, "f1": 0.4, "below_macro_f1_by": 0.2} for name in names]
+    def weak(names: list[str]) -> list[WeakClass]:
+        return [WeakClass(class_name=name, f1=0.4, below_macro_f1_by=0.2) for name in names]
 
-    card = {
-        "metrics": {
-            "validation": {"weak_classes": weak(weak_on_validation)},
-            # The test report names other classes: they must not be used.
-            "test": {"weak_classes": weak(["truck"])},
-        }
-    }
-    return registry.register("reference", lambda path: path.write_bytes(b"model"), card)
+    record = make_record()
+    record.metrics.validation.weak_classes = weak(weak_on_validation)
+    # The test report names other classes: they must not be used.
+    record.metrics.test.weak_classes = weak(["truck"])
+    return registry.register("reference", lambda path: path.write_bytes(b"model"), record)
 
 
 def test_weak_means_the_reference_models_weak_validation_classes(tmp_path: Path) -> None:
@@ -32,7 +32,7 @@ def test_weak_means_the_reference_models_weak_validation_classes(tmp_path: Path)
     version = _register_reference(registry, ["dog"])
     registry.set_alias("reference", "production", version - 1)
 
-    def spec(reference: dict[str, object]) -> object:
+    def spec(reference: dict[str, object]) -> TrainingSpecBase:
         return parse_training_spec(
             {
                 "dataset": "cifar10",

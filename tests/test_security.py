@@ -10,10 +10,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from httpx2 import Response
 
 from service.app import create_app
 from service.cli import main
@@ -59,7 +61,7 @@ def protected(tmp_path: Path) -> TestClient:
 def operations(client: TestClient) -> list[tuple[str, str, str]]:
     """(method, template, concrete path) of every documented route but the probes."""
     schema = client.get("/openapi.json").json()
-    found = []
+    found: list[tuple[str, str, str]] = []
     for template, methods in schema["paths"].items():
         if template.startswith("/health/"):
             continue
@@ -68,9 +70,9 @@ def operations(client: TestClient) -> list[tuple[str, str, str]]:
     return found
 
 
-def call(client: TestClient, method: str, path: str, key: str | None = None) -> httpx.Response:
+def call(client: TestClient, method: str, path: str, key: str | None = None) -> Response:
     headers = {"X-API-Key": key} if key else {}
-    body = {} if method in ("POST", "PUT") else None
+    body: dict[str, Any] | None = {} if method in ("POST", "PUT") else None
     return client.request(method, path, headers=headers, json=body)
 
 
@@ -135,7 +137,7 @@ def test_settings_hold_only_hashes_and_keys_compare_by_hash() -> None:
     assert key not in entry
     assert entry == f"{hash_key(key)}:predict,train"
     keyring = Keyring(parse_api_keys(f"{entry};{settings_entry(new_key(), ['admin'])}"))
-    assert keyring.scopes_of(key) == {"predict", "train"}
+    assert keyring.scopes_of(key) == frozenset({"predict", "train"})
     assert keyring.scopes_of(key[:-1]) is None
     assert keyring.scopes_of(hash_key(key)) is None  # the hash itself is not a key
     for bad in ("abc:predict", f"{'z' * 64}:predict", f"{'a' * 64}:root", f"{'a' * 64}"):
@@ -163,8 +165,8 @@ def test_keys_new_prints_a_key_and_the_entry_that_accepts_it(
         assert key and line
         keyring = Keyring(parse_api_keys(line.group(1)))
         # The existing key keeps working next to the new one: rotation without downtime.
-        assert keyring.scopes_of(key.group(1)) == {"predict", "train"}
-        assert keyring.scopes_of(KEYS["admin"]) == {"admin"}
+        assert keyring.scopes_of(key.group(1)) == frozenset({"predict", "train"})
+        assert keyring.scopes_of(KEYS["admin"]) == frozenset({"admin"})
         assert main(["keys", "new", "--scopes", "root"]) == 2
     finally:
         get_settings.cache_clear()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,3 +229,21 @@ def test_a_killed_worker_loses_no_job_and_leaves_no_half_written_model(
         assert [epoch["epoch"] for epoch in job["history"]] == list(range(1, 13))
         versions = client.get("/models/digits-survivor").json()["versions"]
         assert [entry["version"] for entry in versions] == [1]
+
+
+def test_a_starting_worker_sweeps_staging_folders_left_by_crashes(
+    deployment: Deployment,
+) -> None:
+    staging = deployment.settings.resolved_registry_dir / "crashed" / ".staging"
+    old, fresh = staging / "old", staging / "fresh"
+    for folder in (old, fresh):
+        folder.mkdir(parents=True)
+        (folder / "model.keras").write_bytes(b"half a model")
+    two_hours_ago = time.time() - 7200
+    for path in (old / "model.keras", old):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    worker = deployment.start_worker("sweeper")
+    wait_until(lambda: not old.exists(), timeout=120, what="the old staging folder to go")
+    assert fresh.is_dir(), "a registration that may still be writing is left alone"
+    assert "removed 1 staging folder" in worker.log()

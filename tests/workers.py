@@ -15,6 +15,8 @@ from typing import IO, Any
 
 import redis
 
+from worker.command import celery_worker_command
+
 # Parallel checkouts can each point their tests at their own server.
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = int(os.environ.get("DACIAVISION_TEST_REDIS_PORT", "6379"))
@@ -111,11 +113,8 @@ class Process:
 
 
 def celery_worker(name: str) -> list[str]:
-    return [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--concurrency", "1",
-        "--queues", "training", "--hostname", f"{name}@%h", "--loglevel", "INFO",
-        "--without-gossip", "--without-mingle", "-O", "fair",
-    ]  # fmt: skip
+    """The product's own worker command, under a test node name."""
+    return celery_worker_command(node_name=f"{name}@%h")
 
 
 @contextmanager

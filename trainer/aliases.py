@@ -4,9 +4,6 @@ The file holds the current aliases (alias → version) and every move of each al
 move can be rolled back. Read-modify-write happens under an flock on ``.aliases.lock``,
 which ``FileModelRegistry`` also holds while it checks or deletes versions. Whether a
 version exists is the registry's business: callers check it and pass what they found.
-
-The durable-write helpers at the top are shared with ``trainer.registry``, which imports
-this module (never the other way round).
 """
 
 from __future__ import annotations
@@ -17,51 +14,18 @@ import fcntl
 import json
 import os
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from trainer.errors import AliasNotFoundError, ConflictError, InvalidInputError
+from trainer.files import utc_timestamp, write_json_atomically
 
 ALIAS_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 ALIASES_FILE = "aliases.json"
 _ALIASES_LOCK_FILE = ".aliases.lock"
 _ALIAS_RE = re.compile(ALIAS_PATTERN)
-
-
-def utc_now() -> str:
-    """The current time as an ISO 8601 string in UTC."""
-    return datetime.now(UTC).isoformat()
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file or directory to disk."""
-    # Directories too: a new entry or a rename survives a power cut only once its parent is synced.
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_json_atomically(path: Path, data: Any) -> None:
-    """Replace ``path`` with ``data`` as JSON, all at once and durably."""
-    # Write-temp + fsync + replace: a reader sees the old file or the new one, never half of one.
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with temporary.open("w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
 
 
 def joined(values: list[int] | list[str]) -> str:
@@ -142,7 +106,7 @@ class AliasStore:
         state = self._read_state(model_name)
         if state["aliases"].get(alias) == version:
             # Not recorded: a no-op entry would make the next rollback a no-op too.
-            return AliasChange(alias, version, version, utc_now())
+            return AliasChange(alias, version, version, utc_timestamp())
         return self._record_change(model_name, state, alias, version)
 
     def remove(self, model_name: str, alias: str) -> AliasChange:
@@ -185,7 +149,7 @@ class AliasStore:
     def _record_change(
         self, model_name: str, state: dict[str, Any], alias: str, to_version: int | None
     ) -> AliasChange:
-        change = AliasChange(alias, state["aliases"].get(alias), to_version, utc_now())
+        change = AliasChange(alias, state["aliases"].get(alias), to_version, utc_timestamp())
         if to_version is None:
             del state["aliases"][alias]
         else:

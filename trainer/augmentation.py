@@ -14,11 +14,11 @@ import numpy as np
 from keras import layers
 from numpy.typing import NDArray
 
-from trainer.data import DatasetInfo
-from trainer.spec import AugmentationSpec
+from trainer.datasets import DatasetDefinition
+from trainer.spec_base import AugmentationSpec
 
 
-def build_augmenter(spec: AugmentationSpec, info: DatasetInfo, seed: int) -> keras.Sequential:
+def build_augmenter(spec: AugmentationSpec, info: DatasetDefinition, seed: int) -> keras.Sequential:
     """The random transforms of ``spec`` as one Keras model (applied with training=True)."""
     flip = info.flip_safe if spec.horizontal_flip is None else spec.horizontal_flip
     transforms: list[layers.Layer] = []

@@ -17,47 +17,11 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.model_selection import train_test_split
 
+from trainer.datasets import DatasetDefinition, dataset_info
 from trainer.errors import DatasetNotFoundError, InvalidInputError
-
-DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 Images = NDArray[np.uint8]
 Labels = NDArray[np.int64]
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    class_names: tuple[str, ...]
-    input_shape: tuple[int, int, int]
-    # A left-right flip turns a '2' into something that is not a digit.
-    flip_safe: bool
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-_DIGIT_NAMES = tuple(str(digit) for digit in range(10))
-
-DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo(
-        "cifar10",
-        ("airplane", "automobile", "bird", "cat", "deer",
-         "dog", "frog", "horse", "ship", "truck"),
-        (32, 32, 3),
-        flip_safe=True,
-    ),
-    "mnist": DatasetInfo("mnist", _DIGIT_NAMES, (28, 28, 1), flip_safe=False),
-    "fashion_mnist": DatasetInfo(
-        "fashion_mnist",
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        (28, 28, 1),
-        flip_safe=True,
-    ),
-    "digits": DatasetInfo("digits", _DIGIT_NAMES, (28, 28, 1), flip_safe=False),
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -82,26 +46,17 @@ class Split:
 
 @dataclass(frozen=True)
 class PreparedData:
-    info: DatasetInfo
+    info: DatasetDefinition
     train: Split
     validation: Split
     test: Split
     source: str
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise InvalidInputError(
-            f"unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}", dataset=name
-        ) from None
-
-
 def load_raw(name: str, data_dir: Path | None) -> RawDataset:
     """Load a dataset's uint8 arrays from the first source that has it."""
-    dataset_info(name)
-    if name == "digits":
+    definition = dataset_info(name)
+    if definition.bundled:
         return _load_digits()
     looked_at: list[str] = []
     if data_dir is not None:
@@ -109,23 +64,21 @@ def load_raw(name: str, data_dir: Path | None) -> RawDataset:
         looked_at.append(str(npz_path))
         if npz_path.is_file():
             return load_npz(npz_path)
-    if name == "fashion_mnist":
-        for idx_dir in ([data_dir / "fashion_mnist"] if data_dir else []) + [
-            DEBIAN_FASHION_MNIST_DIR
-        ]:
-            looked_at.append(f"{idx_dir}/*-idx?-ubyte[.gz]")
-            if _has_idx_files(idx_dir):
-                return load_idx_directory(idx_dir)
-    looked_at.append(f"keras.datasets.{name}.load_data() (needs internet)")
+    local_idx = [data_dir / name] if data_dir is not None else []
+    for idx_dir in [*local_idx, *definition.idx_directories]:
+        looked_at.append(f"{idx_dir}/*-idx?-ubyte[.gz]")
+        if _has_idx_files(idx_dir):
+            return load_idx_directory(idx_dir)
+    looked_at.append(f"keras.datasets.{definition.keras_loader}.load_data() (needs internet)")
     try:
-        return _load_from_keras(name)
+        return _load_from_keras(definition)
     except Exception as download_error:
+        packages = ", ".join(str(directory) for directory in definition.idx_directories)
         raise DatasetNotFoundError(
             f"dataset {name!r} was not found. Looked at: {'; '.join(looked_at)} "
             f"(download failed: {type(download_error).__name__}). Provide it as "
             f"{name}.npz with uint8 arrays x_train, y_train, x_test, y_test in the data "
-            "directory (setting DATA_DIR)"
-            + (", or install Debian's dataset-fashion-mnist" if name == "fashion_mnist" else ""),
+            "directory (setting DATA_DIR)" + (f", or idx files in {packages}" if packages else ""),
             dataset=name,
             looked_at=looked_at,
         ) from download_error
@@ -196,19 +149,17 @@ def load_idx_directory(directory: Path) -> RawDataset:
     )
 
 
-def _load_from_keras(name: str) -> RawDataset:
+def _load_from_keras(definition: DatasetDefinition) -> RawDataset:
+    if definition.keras_loader is None:
+        raise LookupError(f"Keras has no download of {definition.name}")
     import keras  # deferred: only this fallback needs Keras
 
-    loader = {
-        "cifar10": keras.datasets.cifar10,
-        "mnist": keras.datasets.mnist,
-        "fashion_mnist": keras.datasets.fashion_mnist,
-    }[name]
+    loader = getattr(keras.datasets, definition.keras_loader)
     (x_train, y_train), (x_test, y_test) = loader.load_data()
     return RawDataset(
         x_train, y_train.reshape(-1).astype(np.int64),
         x_test, y_test.reshape(-1).astype(np.int64),
-        source=f"keras.datasets.{name}",
+        source=f"keras.datasets.{definition.keras_loader}",
     )  # fmt: skip
 
 

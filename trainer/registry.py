@@ -24,21 +24,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 # AliasChange, ALIAS_PATTERN and ALIASES_FILE are re-exported: callers import them from here.
 from trainer.aliases import ALIAS_PATTERN as ALIAS_PATTERN
 from trainer.aliases import ALIASES_FILE as ALIASES_FILE
 from trainer.aliases import AliasChange as AliasChange
-from trainer.aliases import (
-    AliasStore,
-    alias_target,
-    check_alias,
-    fsync_path,
-    joined,
-    utc_now,
-    write_json_atomically,
-)
+from trainer.aliases import AliasStore, alias_target, check_alias, joined
+from trainer.card import ModelCard, TrainingRecord, upgrade_card
 from trainer.errors import (
     CorruptModelError,
     InvalidInputError,
@@ -46,7 +38,8 @@ from trainer.errors import (
     ModelNotFoundError,
     VersionNotFoundError,
 )
-from trainer.spec import validate_model_name
+from trainer.files import fsync_path, utc_timestamp, write_json_atomically
+from trainer.spec_base import validate_model_name
 
 PRODUCTION_ALIAS = "production"
 MODEL_FILE = "model.keras"
@@ -97,12 +90,12 @@ class FileModelRegistry:
         self._aliases = AliasStore(self.root)
 
     def register(
-        self, model_name: str, write_model: Callable[[Path], None], card: dict[str, Any]
+        self, model_name: str, write_model: Callable[[Path], object], record: TrainingRecord
     ) -> int:
         """Save a new version through ``write_model``, publish it atomically, return its number."""
         model_dir = self.root / _check_model_name(model_name)
-        if not isinstance(card, dict):
-            raise InvalidInputError(f"card must be a dict, got {type(card).__name__}")
+        if not isinstance(record, TrainingRecord):
+            raise InvalidInputError(f"record must be a TrainingRecord, got {type(record).__name__}")
         staging_root = model_dir / _STAGING_DIR
         staging_root.mkdir(parents=True, exist_ok=True)
         version = self._reserve_version(model_dir)
@@ -115,15 +108,18 @@ class FileModelRegistry:
                 message = f"write_model did not create {model_file}; it must save the model there"
                 raise InvalidInputError(message, model_name=model_name, version=version)
             fsync_path(model_file)
-            full_card = {
-                **card,
-                "model_name": model_name,
-                "version": version,
-                "created_at": utc_now(),
-                "checksum": {"algorithm": "sha256", "value": _sha256(model_file)},
-                "model_file": MODEL_FILE,
-            }
-            write_json_atomically(staging / CARD_FILE, full_card)
+            card = ModelCard.model_validate(
+                {
+                    **record.model_dump(mode="json"),
+                    "model_name": model_name,
+                    "version": version,
+                    "created_at": utc_timestamp(),
+                    "checksum": {"algorithm": "sha256", "value": _sha256(model_file)},
+                    "model_file": MODEL_FILE,
+                    "model_file_bytes": model_file.stat().st_size,
+                }
+            )
+            write_json_atomically(staging / CARD_FILE, card.model_dump(mode="json"))
             # The rename is the moment of publication: readers see the whole directory or nothing.
             os.rename(staging, model_dir / str(version))
         except BaseException:
@@ -164,11 +160,17 @@ class FileModelRegistry:
         self._require_version(model_name, target)
         return target
 
-    def get_card(self, model_name: str, version: int) -> dict[str, Any]:
-        """The card.json of a live version."""
+    def get_card(self, model_name: str, version: int) -> ModelCard:
+        """The card of a live version; CorruptModelError if card.json is missing or unreadable."""
         card_file = self._require_version(model_name, version) / CARD_FILE
-        card: dict[str, Any] = json.loads(card_file.read_text(encoding="utf-8"))
-        return card
+        try:
+            raw = json.loads(card_file.read_text(encoding="utf-8"))
+            return ModelCard.model_validate(upgrade_card(raw))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            # ValueError covers bad JSON and pydantic's ValidationError alike.
+            message = f"model {model_name!r} version {version}: its card.json is missing or "
+            message += f"unreadable ({type(error).__name__}); register the model again"
+            raise CorruptModelError(message, model_name=model_name, version=version) from None
 
     def model_path(self, model_name: str, version: int) -> Path:
         """Path of the model.keras file of a live version."""
@@ -176,11 +178,11 @@ class FileModelRegistry:
 
     def verify_checksum(self, model_name: str, version: int) -> None:
         """Raise CorruptModelError unless model.keras still has the sha256 its card records."""
-        expected = self.get_card(model_name, version).get("checksum", {}).get("value")
+        expected = self.get_card(model_name, version).checksum.value
         model_file = self.model_path(model_name, version)
         actual = _sha256(model_file) if model_file.is_file() else "missing"
         if actual != expected:
-            message = f"model {model_name!r} version {version}: {model_file} has sha256 {actual} "
+            message = f"model {model_name!r} version {version}: {MODEL_FILE} has sha256 {actual} "
             message += f"but its card records {expected}; it changed since, register it again"
             raise CorruptModelError(message, model_name=model_name, version=version)
 
@@ -224,7 +226,7 @@ class FileModelRegistry:
         with self._aliases.lock(model_name):
             version_dir = self._require_version(model_name, version)
             self._aliases.require_unaliased(model_name, version)
-            write_json_atomically(version_dir / DELETED_MARKER, {"deleted_at": utc_now()})
+            write_json_atomically(version_dir / DELETED_MARKER, {"deleted_at": utc_timestamp()})
 
     def ping(self) -> None:
         """Raise OSError unless the root can be listed, written and cleaned."""

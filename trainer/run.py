@@ -7,16 +7,28 @@ both produce identical model cards.
 from __future__ import annotations
 
 import platform
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from trainer.card import (
+    CardMetrics,
+    DatasetSample,
+    InferenceTiming,
+    LayerSummary,
+    ModelCard,
+    Timings,
+    TrainingRecord,
+)
 from trainer.errors import TrainingCancelledError
-from trainer.evaluate import evaluate
+from trainer.evaluate import evaluate, evaluate_predictions, predict_probabilities
+from trainer.files import utc_timestamp
 from trainer.registry import FileModelRegistry
 from trainer.spec import AnyTrainingSpec
 from trainer.train import CancelCheck, ProgressListener, TrainingResult, inference_copy, train
@@ -26,7 +38,7 @@ from trainer.train import CancelCheck, ProgressListener, TrainingResult, inferen
 class RegisteredModel:
     model_name: str
     version: int
-    card: dict[str, Any]
+    card: ModelCard
 
 
 def resolve_target_classes(spec: AnyTrainingSpec, registry: FileModelRegistry) -> list[str]:
@@ -42,7 +54,7 @@ def resolve_target_classes(spec: AnyTrainingSpec, registry: FileModelRegistry) -
     assert reference is not None  # the spec validator guarantees it
     version = registry.resolve(reference.model_name, reference.version)
     card = registry.get_card(reference.model_name, version)
-    return [weak["class_name"] for weak in card["metrics"]["validation"]["weak_classes"]]
+    return [weak.class_name for weak in card.metrics.validation.weak_classes]
 
 
 def _library_versions() -> dict[str, str]:
@@ -55,50 +67,93 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
-def build_card(spec: AnyTrainingSpec, result: TrainingResult, job_id: str | None) -> dict[str, Any]:
+def _layers(model: Any) -> list[LayerSummary]:
+    return [
+        LayerSummary(
+            name=layer.name,
+            layer_type=type(layer).__name__,
+            output_shape=list(getattr(layer.output, "shape", ())),
+            parameters=int(layer.count_params()),
+        )
+        for layer in model.layers
+    ]
+
+
+def _inference_timing(model: Any, input_shape: tuple[int, ...]) -> InferenceTiming:
+    """Median single-image latency and batch throughput of the plain model call."""
+    batch_size = 256
+    single = np.zeros((1, *input_shape), dtype=np.float32)
+    batch = np.zeros((batch_size, *input_shape), dtype=np.float32)
+    model(single, training=False)  # the first calls trace; time the ones after
+    model(batch, training=False)
+    latencies = []
+    for _ in range(20):
+        started = time.perf_counter()
+        model(single, training=False)
+        latencies.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    for _ in range(3):
+        model(batch, training=False)
+    batch_seconds = (time.perf_counter() - started) / 3
+    return InferenceTiming(
+        batch1_milliseconds=round(1000 * statistics.median(latencies), 3),
+        batch_size=batch_size,
+        images_per_second=round(batch_size / batch_seconds, 1),
+    )
+
+
+def build_record(
+    spec: AnyTrainingSpec, result: TrainingResult, job_id: str | None
+) -> TrainingRecord:
     """Everything a reader of the model needs: spec, data, metrics, history, timings."""
     data = result.data
-    test_report = evaluate(result.model, data.test.x, data.test.y, data.info.class_names)
+    evaluate_started = time.perf_counter()
+    test_probabilities = predict_probabilities(result.model, data.test.x)
+    test_report = evaluate_predictions(data.test.y, test_probabilities, data.info.class_names)
     validation_report = evaluate(
         result.model, data.validation.x, data.validation.y, data.info.class_names
     )
-    last = result.history[-1]
-    final_train_accuracy = last.accuracy
-    return {
-        "job_id": job_id,
-        "architecture": spec.architecture,
-        "spec": spec.model_dump(mode="json"),
-        "dataset": {
-            "name": data.info.name,
-            "source": data.source,
-            "sample_fraction": spec.sample_fraction,
-            "seed": spec.seed,
-            "train_samples": len(data.train),
-            "validation_samples": len(data.validation),
-            "test_samples": len(data.test),
-        },
-        "class_names": list(data.info.class_names),
-        "input_shape": list(data.info.input_shape),
-        "parameter_count": int(result.model.count_params()),
-        "augmentation_target_classes": result.target_classes,
-        "metrics": {
-            "test": test_report.model_dump(mode="json"),
-            "validation": validation_report.model_dump(mode="json"),
-            "final_train_accuracy": round(final_train_accuracy, 6),
-            "validation_accuracy": validation_report.accuracy,
-            "generalization_gap": round(final_train_accuracy - validation_report.accuracy, 6),
-        },
-        "history": [record.model_dump(mode="json") for record in result.history],
-        "timings": {
-            "prepare_seconds": result.prepare_seconds,
-            "fit_seconds": result.fit_seconds,
-            "epochs_run": result.epochs_run,
-            "stopped_early": result.stopped_early,
-            "seconds_per_epoch": round(result.fit_seconds / max(1, result.epochs_run), 3),
-        },
-        "library_versions": _library_versions(),
-        "trained_at": datetime.now(UTC).isoformat(),
-    }
+    evaluate_seconds = time.perf_counter() - evaluate_started
+    final_train_accuracy = result.history[-1].accuracy
+    return TrainingRecord(
+        job_id=job_id,
+        architecture=spec.architecture,
+        spec=spec,
+        dataset=DatasetSample(
+            name=data.info.name,
+            source=data.source,
+            sample_fraction=spec.sample_fraction,
+            seed=spec.seed,
+            train_samples=len(data.train),
+            validation_samples=len(data.validation),
+            test_samples=len(data.test),
+        ),
+        class_names=list(data.info.class_names),
+        input_shape=data.info.input_shape,
+        parameter_count=int(result.model.count_params()),
+        augmentation_target_classes=result.target_classes,
+        metrics=CardMetrics(
+            test=test_report,
+            validation=validation_report,
+            final_train_accuracy=round(final_train_accuracy, 6),
+            validation_accuracy=validation_report.accuracy,
+            generalization_gap=round(final_train_accuracy - validation_report.accuracy, 6),
+        ),
+        history=result.history,
+        timings=Timings(
+            prepare_seconds=result.prepare_seconds,
+            fit_seconds=result.fit_seconds,
+            epochs_run=result.epochs_run,
+            stopped_early=result.stopped_early,
+            seconds_per_epoch=round(result.fit_seconds / max(1, result.epochs_run), 3),
+            evaluate_seconds=round(evaluate_seconds, 3),
+        ),
+        library_versions=_library_versions(),
+        trained_at=utc_timestamp(),
+        layers=_layers(result.model),
+        test_predictions=[int(label) for label in test_probabilities.argmax(axis=1)],
+        inference=_inference_timing(result.model, data.info.input_shape),
+    )
 
 
 def train_and_register(
@@ -132,17 +187,10 @@ def train_and_register(
         verbose=verbose,
     )
     check_cancel("before evaluation")
-    evaluate_started = time.perf_counter()
-    card = build_card(spec, result, job_id)
-    card["timings"]["evaluate_seconds"] = round(time.perf_counter() - evaluate_started, 3)
+    record = build_record(spec, result, job_id)
     check_cancel("before registration")
     servable = inference_copy(result.model)
-
-    def write_model(path: Path) -> None:
-        servable.save(path)
-        card["model_file_bytes"] = path.stat().st_size
-
-    version = registry.register(spec.registered_name, write_model, card)
+    version = registry.register(spec.registered_name, servable.save, record)
     return RegisteredModel(
         spec.registered_name, version, registry.get_card(spec.registered_name, version)
     )

@@ -1,220 +1,49 @@
 """The training spec: everything a training run needs, validated up front.
 
-One spec class per architecture, joined in a discriminated union on
+One spec class per architecture (its recipe, defined with the architecture in
+``trainer/architectures/``), joined here in a union discriminated on
 ``architecture``, so a request is validated against that architecture's own
-hyperparameter schema and the OpenAPI document names every architecture with
-its hyperparameters. Free of TensorFlow: the service imports it.
+hyperparameter schema and training defaults, and the OpenAPI document names every
+architecture with its hyperparameters. Free of TensorFlow: the service imports it.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Union
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    TypeAdapter,
-    field_validator,
-    model_validator,
-)
+from pydantic import Discriminator, Tag, TypeAdapter
 
-from trainer.hyperparameters import (
-    AlexNetHyperparameters,
-    CustomCnnHyperparameters,
-    ResNetHyperparameters,
-)
+from trainer.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from trainer.spec_base import TrainingSpecBase
 
-DatasetName = Literal["cifar10", "mnist", "fashion_mnist", "digits"]
-ArchitectureName = Literal["custom_cnn", "alexnet", "resnet"]
-ARCHITECTURE_NAMES: tuple[str, ...] = ("custom_cnn", "alexnet", "resnet")
-DEFAULT_ARCHITECTURE = "custom_cnn"
-
-# Bounds that keep every number and list a client sends far from an overflow or a 500.
-MAX_VERSION = 2**31 - 1
-MAX_SEED = 2**32 - 1  # NumPy and Keras seeds are unsigned 32-bit
-MAX_TARGET_CLASSES = 100
-MAX_TIME_LIMIT_SECONDS = 7 * 24 * 3600.0
-
-MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-_MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
-
-
-def validate_model_name(model_name: str) -> str:
-    """Return ``model_name`` if it is a safe registry name, else raise ValueError."""
-    if not _MODEL_NAME_RE.fullmatch(model_name) or ".." in model_name:
-        raise ValueError(
-            f"model name {model_name!r} is not allowed: use 1-64 lowercase letters, digits, "
-            "'.', '_' or '-', starting with a letter or digit, e.g. 'cifar10-custom'"
-        )
-    return model_name
-
-
-class ModelReference(BaseModel):
-    """A registered model version; ``version`` may be a number or an alias."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model_name: str
-    version: (
-        Annotated[int, Field(ge=1, le=MAX_VERSION)] | Annotated[str, Field(max_length=64)] | None
-    ) = Field(None, description="Version number or alias; empty means production, else latest.")
-
-    @field_validator("model_name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        return validate_model_name(value)
-
-
-class AugmentationSpec(BaseModel):
-    """Random image transforms applied while training (the lab's settings by default)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(False, description="Augment every training image.")
-    rotation_degrees: float = Field(15.0, ge=0, le=180, description="Random rotation, ±degrees.")
-    width_shift: float = Field(0.1, ge=0, lt=1, description="Random horizontal shift fraction.")
-    height_shift: float = Field(0.1, ge=0, lt=1, description="Random vertical shift fraction.")
-    zoom: float = Field(0.1, ge=0, lt=1, description="Random zoom fraction.")
-    horizontal_flip: bool | None = Field(
-        None,
-        description="Random left-right flips; empty means on for natural images and off for "
-        "digit datasets, where a flip changes the meaning.",
-    )
-    target_classes: (
-        Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=MAX_TARGET_CLASSES)]
-        | Literal["weak"]
-    ) = Field(
-        default_factory=list,
-        description="Class names whose samples are oversampled and augmented, or 'weak' for "
-        "the weak classes of reference_model.",
-    )
-    oversample_factor: int = Field(
-        2, ge=1, le=10, description="Each target-class sample appears this many times."
-    )
-    reference_model: ModelReference | None = Field(
-        None, description="The model whose weak classes 'weak' means."
-    )
-
-    @model_validator(mode="after")
-    def _weak_needs_reference(self) -> AugmentationSpec:
-        if self.target_classes == "weak" and self.reference_model is None:
-            raise ValueError("target_classes 'weak' needs a reference_model to find them")
-        return self
-
-    @property
-    def active(self) -> bool:
-        return self.enabled or bool(self.target_classes)
-
-
-class _TrainingSpecBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: DatasetName = Field(description="Which dataset to train on.")
-    sample_fraction: float = Field(
-        1.0, gt=0, le=1, description="Stratified fraction of each class kept (train and test)."
-    )
-    seed: int = Field(
-        42, ge=0, le=MAX_SEED, description="Seeds sampling, splits, shuffling and weights."
-    )
-    epochs: int = Field(10, ge=1, le=500)
-    batch_size: int = Field(64, ge=1, le=4096)
-    learning_rate: float = Field(1e-3, gt=0, le=10)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    weight_decay: float = Field(0.0, ge=0, le=1, description="Decoupled weight decay (adamw, sgd).")
-    lr_schedule: Literal["constant", "one_cycle", "cosine"] = Field(
-        "constant", description="Learning-rate schedule over all training steps."
-    )
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    validation_fraction: float = Field(
-        0.1, gt=0, lt=1, description="Stratified share of the sampled training data held out."
-    )
-    early_stopping_patience: int | None = Field(
-        None, ge=1, le=500, description="Stop after this many epochs without val_loss improving."
-    )
-    augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
-    time_limit_seconds: float | None = Field(
-        None,
-        gt=0,
-        le=MAX_TIME_LIMIT_SECONDS,
-        description="Wall-time limit of the job; empty means the service's default. The "
-        "service refuses more than its configured maximum.",
-    )
-    model_name: str | None = Field(
-        None, description="Registry name for the result; empty means '{dataset}-{architecture}'."
-    )
-
-    @field_validator("model_name")
-    @classmethod
-    def _check_model_name(cls, value: str | None) -> str | None:
-        return None if value is None else validate_model_name(value)
-
-    @property
-    def registered_name(self) -> str:
-        return self.model_name or f"{self.dataset}-{self.architecture}".replace("_", "-")
-
-    architecture: str
-
-
-class CustomCnnSpec(_TrainingSpecBase):
-    architecture: Literal["custom_cnn"] = "custom_cnn"
-    hyperparameters: CustomCnnHyperparameters = Field(default_factory=CustomCnnHyperparameters)
-
-
-class AlexNetSpec(_TrainingSpecBase):
-    architecture: Literal["alexnet"] = "alexnet"
-    hyperparameters: AlexNetHyperparameters = Field(default_factory=AlexNetHyperparameters)
-
-
-def _standard_cifar_augmentation() -> AugmentationSpec:
-    # Flips (where they keep the meaning) and shifts of up to 4 pixels: the
-    # usual CIFAR recipe; rotation and zoom cost accuracy at this budget.
-    return AugmentationSpec(
-        enabled=True, rotation_degrees=0, zoom=0, width_shift=0.125, height_shift=0.125
-    )
-
-
-class ResNetSpec(_TrainingSpecBase):
-    """Training defaults are the benchmarked recipe (docs/benchmarks.md): 0.84 test
-    accuracy on 25% of CIFAR-10 in about six minutes on two CPU cores."""
-
-    architecture: Literal["resnet"] = "resnet"
-    hyperparameters: ResNetHyperparameters = Field(default_factory=ResNetHyperparameters)
-    epochs: int = Field(16, ge=1, le=500)
-    batch_size: int = Field(128, ge=1, le=4096)
-    learning_rate: float = Field(0.2, gt=0, le=10)
-    optimizer: Literal["adam", "adamw", "sgd"] = "sgd"
-    weight_decay: float = Field(5e-3, ge=0, le=1, description="Decoupled weight decay.")
-    lr_schedule: Literal["constant", "one_cycle", "cosine"] = "one_cycle"
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    augmentation: AugmentationSpec = Field(default_factory=_standard_cifar_augmentation)
+# Every architecture's spec class is a TrainingSpecBase; code that handles any of them
+# uses this name, and reads architecture-specific fields through the definition.
+AnyTrainingSpec = TrainingSpecBase
 
 
 def _architecture_of(value: Any) -> str:
-    # A request without "architecture" gets the lab's custom CNN.
+    # A request without "architecture" gets the default architecture (the lab's CNN).
     if isinstance(value, dict):
         return str(value.get("architecture", DEFAULT_ARCHITECTURE))
     return str(getattr(value, "architecture", DEFAULT_ARCHITECTURE))
 
 
-TrainingSpec = Annotated[
-    Annotated[CustomCnnSpec, Tag("custom_cnn")]
-    | Annotated[AlexNetSpec, Tag("alexnet")]
-    | Annotated[ResNetSpec, Tag("resnet")],
+_SPEC_CLASSES = tuple(
+    Annotated[definition.spec, Tag(name)] for name, definition in ARCHITECTURES.items()
+)
+
+TrainingSpec: Any = Annotated[
+    Union[_SPEC_CLASSES],  # noqa: UP007 - a union built from the definitions at import
     Discriminator(
         _architecture_of,
         custom_error_type="unknown_architecture",
-        custom_error_message="architecture must be one of: custom_cnn, alexnet, resnet",
+        custom_error_message=f"architecture must be one of: {', '.join(ARCHITECTURES)}",
     ),
 ]
-AnyTrainingSpec = CustomCnnSpec | AlexNetSpec | ResNetSpec
 
-training_spec_adapter: TypeAdapter[AnyTrainingSpec] = TypeAdapter(TrainingSpec)
+training_spec_adapter: TypeAdapter[TrainingSpecBase] = TypeAdapter(TrainingSpec)
 
 
-def parse_training_spec(data: dict[str, Any]) -> AnyTrainingSpec:
+def parse_training_spec(data: dict[str, Any]) -> TrainingSpecBase:
     """Validate a plain dict (JSON, CLI flags) into the architecture's spec class."""
     return training_spec_adapter.validate_python(data)

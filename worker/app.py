@@ -8,7 +8,10 @@ store is the source of truth for every job.
 
 from __future__ import annotations
 
-from celery import Celery
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, signals
 
 from worker.settings import Settings, get_settings
 
@@ -29,16 +32,24 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
         }
-    queue_dir = settings.broker_dir / "queue"
-    control_dir = settings.broker_dir / "control"
-    for directory in (queue_dir, control_dir):
-        directory.mkdir(parents=True, exist_ok=True)
+    queue_dir, control_dir = _broker_directories(settings)
     return "filesystem://", {
         "data_folder_in": str(queue_dir),
         "data_folder_out": str(queue_dir),
         "control_folder": str(control_dir),
         "store_processed": False,
     }
+
+
+def _broker_directories(settings: Settings) -> tuple[Path, Path]:
+    return settings.broker_dir / "queue", settings.broker_dir / "control"
+
+
+def prepare_broker(settings: Settings) -> None:
+    """Create the embedded broker's folders; called before sending or consuming, never at import."""
+    if settings.embedded:
+        for directory in _broker_directories(settings):
+            directory.mkdir(parents=True, exist_ok=True)
 
 
 def create_celery_app(settings: Settings) -> Celery:
@@ -63,12 +74,15 @@ def create_celery_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         task_serializer="json",
         accept_content=["json"],
+        # Not a Celery setting: what the app was made from, for prepare_broker().
+        daciavision_settings=settings,
     )
     return app
 
 
 def enqueue_training(celery_app: Celery, job_id: str) -> None:
     """Send job ``job_id`` to the training queue; raises if the broker is unreachable."""
+    prepare_broker(celery_app.conf.daciavision_settings)
     celery_app.send_task(
         TRAIN_TASK,
         args=[job_id],
@@ -80,3 +94,8 @@ def enqueue_training(celery_app: Celery, job_id: str) -> None:
 
 
 app = create_celery_app(get_settings())
+
+
+@signals.worker_init.connect
+def _prepare_broker(**_: Any) -> None:
+    prepare_broker(get_settings())

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from trainer.errors import LeaseLostError, TrainingCancelledError
+from trainer.errors import CorruptModelError, LeaseLostError, TrainingCancelledError
 from trainer.registry import FileModelRegistry
 from trainer.run import train_and_register
 from trainer.spec import parse_training_spec
@@ -76,8 +76,11 @@ def _find_registered_version(registry: FileModelRegistry, job: Job) -> int | Non
     except Exception:  # noqa: BLE001 - no such model yet
         return None
     for version in reversed(versions):
-        if registry.get_card(job.model_name, version).get("job_id") == job.job_id:
-            return version
+        try:
+            if registry.get_card(job.model_name, version).job_id == job.job_id:
+                return version
+        except CorruptModelError:
+            continue  # not readable, so not ours to claim
     return None
 
 

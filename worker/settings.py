@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         60.0, gt=1, description="A running job whose worker is silent this long is requeued."
     )
     job_max_attempts: int = Field(3, ge=1)
+    staging_max_age_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="A registration's staging folder untouched this long is a crash's "
+        "leftover; workers remove such folders when they start.",
+    )
     api_url: str = Field("http://127.0.0.1:8000", description="Where the client CLI sends calls.")
     api_key: str | None = Field(
         None, description="The key the client CLI sends (DACIAVISION_API_KEY); never stored."

@@ -6,14 +6,18 @@ that runs one job, never in the worker's main process before a fork.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import signals
 
+from trainer.registry import FileModelRegistry
 from worker.app import TRAIN_TASK, app
 from worker.jobstore import open_job_store
 from worker.recovery import requeue_orphaned_jobs
 from worker.settings import get_settings
+
+logger = logging.getLogger(__name__)
 
 
 @app.task(name=TRAIN_TASK, acks_late=True, ignore_result=True)
@@ -22,6 +26,18 @@ def train_job(job_id: str) -> dict[str, Any]:
     from worker.runner import run_job
 
     return run_job(job_id)
+
+
+@signals.worker_ready.connect
+def _sweep_registry_staging(**_: Any) -> None:
+    # A worker killed mid-registration leaves a staging folder nobody will publish;
+    # the registry promises a crash never leaks disk, so the next worker start removes it.
+    settings = get_settings()
+    removed = FileModelRegistry(settings.resolved_registry_dir).cleanup_staging(
+        settings.staging_max_age_seconds
+    )
+    if removed:
+        logger.info("removed %d staging folder(s) left by crashed registrations", removed)
 
 
 @signals.worker_ready.connect

@@ -11,6 +11,7 @@ from service.errors import error_responses
 from service.jobs import submit_job
 from service.limits import OffLoopJsonRoute
 from service.schemas import JobList, JobView
+from trainer.architectures import ARCHITECTURES
 from trainer.spec import AnyTrainingSpec, TrainingSpec
 from worker.jobstore import JobStatus
 
@@ -20,57 +21,12 @@ JobIdPath = Annotated[str, Path(max_length=64, description="The id `POST /jobs` 
 # Far past any real job list, far below SQLite's 64-bit integers.
 MAX_OFFSET = 10_000_000
 
+# Each architecture brings its own ready-made examples; the smoke test uses the default one.
 SPEC_EXAMPLES: dict[str, Any] = {
-    "lab_custom_cnn": {
-        "summary": "The lab's custom CNN on 25% of CIFAR-10",
-        "value": {
-            "dataset": "cifar10",
-            "sample_fraction": 0.25,
-            "architecture": "custom_cnn",
-            "hyperparameters": {"filters1": 64, "filters2": 128, "dense_units": 256},
-            "epochs": 30,
-            "batch_size": 64,
-            "model_name": "cifar10-custom",
-        },
-    },
-    "alexnet": {
-        "summary": "The AlexNet-inspired CNN with early stopping",
-        "value": {
-            "dataset": "cifar10",
-            "sample_fraction": 0.25,
-            "architecture": "alexnet",
-            "epochs": 30,
-            "early_stopping_patience": 5,
-            "model_name": "cifar10-alexnet",
-        },
-    },
-    "resnet": {
-        "summary": "The stronger residual network with its benchmarked recipe",
-        "description": "Leaving out epochs, optimizer, learning rate, schedule and "
-        "augmentation gives resnet's own defaults: SGD one-cycle at 0.2, 16 epochs, "
-        "flips and shifts (0.84 test accuracy in docs/benchmarks.md).",
-        "value": {
-            "dataset": "cifar10",
-            "sample_fraction": 0.25,
-            "architecture": "resnet",
-            "model_name": "cifar10-resnet",
-        },
-    },
-    "weak_classes": {
-        "summary": "Oversample and augment a reference model's weak classes",
-        "value": {
-            "dataset": "cifar10",
-            "sample_fraction": 0.25,
-            "architecture": "custom_cnn",
-            "hyperparameters": {"filters1": 64, "filters2": 128, "dense_units": 256},
-            "epochs": 30,
-            "augmentation": {
-                "target_classes": "weak",
-                "oversample_factor": 2,
-                "reference_model": {"model_name": "cifar10-custom", "version": "1"},
-            },
-            "model_name": "cifar10-custom",
-        },
+    **{
+        name: example
+        for definition in ARCHITECTURES.values()
+        for name, example in definition.examples.items()
     },
     "smoke_test": {
         "summary": "A one-minute smoke test on scikit-learn's bundled digits",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
@@ -11,6 +11,7 @@ from service.errors import error_responses
 from service.limits import OffLoopJsonRoute
 from service.reports import model_detail
 from service.schemas import AliasChangeView, AliasUpdate, ModelDetail, ModelSummaryView
+from trainer.card import ModelCard
 from trainer.registry import AliasChange
 
 router = APIRouter(prefix="/models", tags=["models"], route_class=OffLoopJsonRoute)
@@ -49,10 +50,11 @@ def get_model(registry: RegistryDep, model_name: ModelNamePath) -> ModelDetail:
 
 @router.get(
     "/{model_name}/versions/{version}",
+    response_model=ModelCard,
     summary="The model card of a version",
-    responses=error_responses(404, 422),
+    responses=error_responses(404, 422, 503),
 )
-def get_version(registry: RegistryDep, model: PathModelVersionDep) -> dict[str, Any]:
+def get_version(registry: RegistryDep, model: PathModelVersionDep) -> ModelCard:
     """The full model card: spec, dataset sample, class names, input shape, test and
     validation reports, history, timings, library versions, creation time and checksum.
     `version` may be a number or an alias."""

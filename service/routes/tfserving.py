@@ -27,7 +27,7 @@ from service.monitoring import record_predictions
 from service.routes.predict import check_instance_count, check_instance_pixels, read_json_body
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
-from trainer.spec import MAX_VERSION
+from trainer.spec_base import MAX_VERSION
 from worker.settings import Settings
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -248,9 +248,9 @@ def _tensor(dims: list[int], name: str) -> dict[str, Any]:
 def model_metadata(registry: FileModelRegistry, model_name: str, version: int) -> dict[str, Any]:
     """TF Serving's GetModelMetadata answer, from the card: no model is loaded."""
     card = registry.get_card(model_name, version)
-    class_names = [str(name) for name in card.get("class_names", [])]
+    class_names = card.class_names
     signature = {
-        "inputs": {INPUT_NAME: _tensor([-1, *card.get("input_shape", [])], f"{INPUT_NAME}:0")},
+        "inputs": {INPUT_NAME: _tensor([-1, *card.input_shape], f"{INPUT_NAME}:0")},
         "outputs": {OUTPUT_NAME: _tensor([-1, len(class_names)], f"{OUTPUT_NAME}:0")},
         "method_name": "tensorflow/serving/predict",
     }

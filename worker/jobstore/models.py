@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field
 
+from trainer.files import utc_now
 from trainer.progress import EpochProgress as EpochProgress  # re-exported: one type end to end
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -21,11 +21,6 @@ JOB_STATUSES: Final[tuple[JobStatus, ...]] = (
     "cancelled",
 )
 TERMINAL: Final[frozenset[str]] = frozenset({"succeeded", "failed", "cancelled"})
-
-
-def utc_now() -> datetime:
-    """Current time as a timezone-aware UTC datetime."""
-    return datetime.now(UTC)
 
 
 class JobError(BaseModel):

@@ -18,8 +18,10 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
+from trainer.files import utc_now
+
 from . import base
-from .models import JOB_STATUSES, Job, JobStatus, utc_now
+from .models import JOB_STATUSES, Job, JobStatus
 
 
 class RedisJobStore(base.JobTransitions):

@@ -17,8 +17,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from trainer.files import utc_now
+
 from . import base
-from .models import JOB_STATUSES, Job, JobStatus, utc_now
+from .models import JOB_STATUSES, Job, JobStatus
 
 BUSY_TIMEOUT_SECONDS = 30.0
 

@@ -1,0 +1,145 @@
+"""The model card: what a registered version records, as one typed model.
+
+A training run produces a ``TrainingRecord``; the registry adds what only it knows
+(version, checksum, file size, creation time) and stores the result as a
+``ModelCard`` in ``card.json``. Routes, reports, the CLI and the benchmarks read
+typed fields; only the registry reads and writes the file.
+
+Cards carry ``schema_version``. Cards written before it existed (release 0.1.0)
+have the same layout and load as version 1; a future layout change adds a step to
+``_UPGRADES`` so every card ever written still loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny
+
+from trainer.evaluate import EvaluationReport
+from trainer.progress import EpochProgress
+from trainer.spec import parse_training_spec
+from trainer.spec_base import TrainingSpecBase
+
+CARD_SCHEMA_VERSION = 1
+
+
+def _parse_spec(value: Any) -> Any:
+    # The spec is stored as JSON; parsing it through the union gives back the
+    # architecture's own spec class (and its hyperparameter schema).
+    return parse_training_spec(value) if isinstance(value, dict) else value
+
+
+StoredSpec = Annotated[SerializeAsAny[TrainingSpecBase], BeforeValidator(_parse_spec)]
+
+
+class _CardPart(BaseModel):
+    # Unknown keys are kept, not refused: a card written by a newer release still loads.
+    model_config = ConfigDict(extra="allow")
+
+
+class DatasetSample(_CardPart):
+    """Which data the version was trained and tested on."""
+
+    name: str
+    source: str
+    sample_fraction: float
+    seed: int
+    train_samples: int
+    validation_samples: int
+    test_samples: int
+
+
+class CardMetrics(_CardPart):
+    test: EvaluationReport = Field(description="Measured once, on the held-out test split.")
+    validation: EvaluationReport = Field(description="What model selection may look at.")
+    final_train_accuracy: float
+    validation_accuracy: float
+    generalization_gap: float = Field(description="Final train accuracy minus validation accuracy.")
+
+
+class Timings(_CardPart):
+    prepare_seconds: float
+    fit_seconds: float
+    epochs_run: int
+    stopped_early: bool
+    seconds_per_epoch: float
+    evaluate_seconds: float | None = None
+
+
+class LayerSummary(_CardPart):
+    name: str
+    layer_type: str
+    output_shape: list[int | None]
+    parameters: int
+
+
+class InferenceTiming(_CardPart):
+    """Model-call speed measured on the training machine after training."""
+
+    batch1_milliseconds: float = Field(description="Median latency of one image.")
+    batch_size: int
+    images_per_second: float = Field(description="Throughput on batches of batch_size.")
+
+
+class Checksum(_CardPart):
+    algorithm: Literal["sha256"] = "sha256"
+    value: str
+
+
+class TrainingRecord(_CardPart):
+    """What a training run knows about its model, before the registry numbers it."""
+
+    job_id: str | None = None
+    architecture: str
+    spec: StoredSpec
+    dataset: DatasetSample
+    class_names: list[str]
+    input_shape: tuple[int, int, int]
+    parameter_count: int
+    augmentation_target_classes: list[str] = Field(default_factory=list)
+    metrics: CardMetrics
+    history: list[EpochProgress]
+    timings: Timings
+    library_versions: dict[str, str]
+    trained_at: str
+    layers: list[LayerSummary] = Field(
+        default_factory=list, description="Layers in order with output shapes and parameters."
+    )
+    test_predictions: list[int] | None = Field(
+        None,
+        description="Predicted class of every test image, in test-split order: what paired "
+        "comparisons between models (McNemar's test) and bootstrap intervals need.",
+    )
+    inference: InferenceTiming | None = None
+
+
+class ModelCard(TrainingRecord):
+    """A registered version's card.json."""
+
+    schema_version: int = CARD_SCHEMA_VERSION
+    model_name: str
+    version: int
+    created_at: str
+    checksum: Checksum
+    model_file: str
+    model_file_bytes: int
+
+
+def _from_0_1_0(raw: dict[str, Any]) -> dict[str, Any]:
+    # Release 0.1.0 wrote the version 1 layout without the schema_version field.
+    return {**raw, "schema_version": 1}
+
+
+# schema_version found in the file → the step that upgrades it by one.
+_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _from_0_1_0}
+
+
+def upgrade_card(raw: dict[str, Any]) -> dict[str, Any]:
+    """A stored card's JSON brought up to the current schema version."""
+    version = int(raw.get("schema_version", 0))
+    while version < CARD_SCHEMA_VERSION:
+        raw = _UPGRADES[version](raw)
+        version = int(raw["schema_version"])
+    return raw
