@@ -16,6 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from httpx2 import Response
+from pydantic import AliasChoices
 
 from service.app import create_app
 from service.cli import main
@@ -298,3 +299,14 @@ def test_check_bind_allows_loopback_open_and_anything_with_keys() -> None:
     for host in ("0.0.0.0", "192.168.1.10", "::"):
         with pytest.raises(Exception, match="refusing"):
             check_bind(host, open_keyring)
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    table = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = table.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        variable = (
+            str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"DACIAVISION_{name}"
+        )
+        assert f"| `{variable.upper()}` |" in table, f"{variable.upper()} is not documented"
