@@ -6,7 +6,9 @@ as MLflow's REST layer does, so routes never pick status codes themselves.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import sqlite3
 from typing import Any
 
@@ -135,7 +137,14 @@ def _field_errors(error: DaciaVisionError) -> list[dict[str, Any]]:
         field, received = f"instances[{details['index']}]", details.get("received_shape")
     else:
         field, received = next(iter(details.items()), (None, None))
-    return [{"field": field, "received": received, "expected": error.message, "type": error.code}]
+    return [
+        {
+            "field": field,
+            "received": quoted(received),
+            "expected": error.message,
+            "type": error.code,
+        }
+    ]
 
 
 async def _domain_error(request: Request, error: Exception) -> JSONResponse:
@@ -158,18 +167,29 @@ def quoted(value: Any, limit: int = QUOTE_LIMIT) -> Any:
 
     Echoing a whole 10 MB instance back would double the cost of every bad request.
     """
-    if value is None or isinstance(value, bool | int | float):
+    if value is None or isinstance(value, bool | int):
         return value
+    if isinstance(value, float):
+        # NaN and infinity have no JSON spelling: quote them as text.
+        return value if math.isfinite(value) else repr(value)
     if isinstance(value, str):
         return value if len(value) <= limit else f"{value[:limit]}… ({len(value)} characters)"
     if isinstance(value, bytes | bytearray):
         return f"{len(value)} bytes"
     text = repr(value)
-    if len(text) <= limit:
+    if len(text) <= limit and _is_json(value):
         return jsonable_encoder(value)
     kind = type(value).__name__
     size = f" of {len(value)} items" if isinstance(value, list | dict | tuple) else ""
     return f"{kind}{size}: {text[:limit]}…"
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(jsonable_encoder(value), allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _validation_entry(item: Any) -> dict[str, Any]:

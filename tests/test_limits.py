@@ -376,6 +376,25 @@ def test_a_422_quotes_only_the_start_of_a_huge_value(home: Path) -> None:
     assert received.startswith("ddd") and "50000 characters" in received
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/jobs", b'{"dataset": "digits", "learning_rate": NaN}'),
+        ("/jobs", b'{"dataset": "digits", "seed": Infinity}'),
+        (f"/predict?model_name={MODEL}", b'{"instances": [NaN], "pixel_range": NaN}'),
+        ("/models/fake/aliases/production", b'{"version": -Infinity}'),
+    ],
+)
+def test_values_json_cannot_spell_are_quoted_not_a_500(home: Path, path: str, body: bytes) -> None:
+    client = TestClient(create_app(Settings(home=home)), raise_server_exceptions=False)
+    method = "PUT" if "aliases" in path else "POST"
+    response = client.request(
+        method, path, content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["code"] == "invalid_input"
+
+
 def test_an_unreadable_image_error_shows_no_heap_address(home: Path) -> None:
     client = TestClient(create_app(Settings(home=home)))
     response = client.post(
