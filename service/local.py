@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,13 @@ def _start_embedded_workers(
         output: Any = None if verbose else (log_dir / f"worker-{index}.log").open("ab")
         workers.append(
             subprocess.Popen(
-                command, stdout=output, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                command,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+                # A group of its own: stopping the worker then stops its pool children
+                # too, so none trains on as an orphan after the server is gone.
+                start_new_session=True,
             )
         )
         if output is not None:
@@ -120,6 +127,7 @@ def serve_command(arguments: argparse.Namespace) -> int:
     keyring = Keyring(parse_api_keys(settings.api_keys))
     check_bind(arguments.host, keyring)
     workers: list[subprocess.Popen[bytes]] = []
+    previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if settings.embedded:
         workers = _start_embedded_workers(settings, arguments.workers, arguments.verbose)
     print("\n".join(_start_up_lines(settings, arguments.host, arguments.port, len(workers))))
@@ -137,16 +145,42 @@ def serve_command(arguments: argparse.Namespace) -> int:
             server_header=False,
         )
     finally:
-        for process in workers:
-            process.send_signal(signal.SIGTERM)
-        for process in workers:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        _stop_embedded_workers(workers)
         if workers:
             _release_jobs_of_stopped_workers(settings)
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with Python's
+    # default handler that would kill this process before it stops its workers.
+    raise SystemExit(128 + signum)
+
+
+def _stop_embedded_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    for process in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in workers:
+        # A training cannot finish in this time: it is stopped and its job released.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)  # reap it, or it would stay a zombie of this process
+        _wait_until_group_is_gone(process.pid)
+
+
+def _wait_until_group_is_gone(group: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
 
 
 def _release_jobs_of_stopped_workers(settings: Settings) -> None:
