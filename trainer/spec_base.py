@@ -126,6 +126,8 @@ class TrainingSpecBase(BaseModel):
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
     time_limit_seconds: float | None = Field(
         None,
+        # Left out when unset: a runtime limit, not part of the recipe that cards store.
+        exclude_if=lambda value: value is None,
         gt=0,
         le=MAX_TIME_LIMIT_SECONDS,
         description="Wall-time limit of the job; empty means the service's default. The "
