@@ -7,14 +7,17 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from service import __version__
 from service.deps import Services
 from service.errors import install_error_handlers
+from service.limits import BodyLimitMiddleware, RequestTimeoutMiddleware, body_limit_for
 from service.monitoring import install_monitoring
 from service.routes import health, jobs, metrics, models, predict, tfserving
+from service.security import RouteAccess, TrustedHostMiddleware, host_policy
 from worker.recovery import requeue_orphaned_jobs
 from worker.settings import Settings, get_settings
 
@@ -33,7 +36,22 @@ Train, version and serve image classifiers.
   matrix, weak classes) of any registered version.
 
 Every error has the shape `{"detail": {"code": ..., "message": ...}}`.
+
+**Access**: unless the server runs open on loopback, every route but the health
+probes needs an API key (`Authorization: Bearer <key>` or `X-API-Key`; use
+"Authorize" above). Scopes: `predict` (predict, read models and metrics), `train`
+(jobs), `admin` (aliases, deletions, telemetry, everything).
 """
+
+# Which scope each router's reads and changes need. Health probes stay open.
+ACCESS = [
+    (jobs.router, RouteAccess(read="train", write="train")),
+    (models.router, RouteAccess(read="predict", write="admin")),
+    (predict.router, RouteAccess(read="predict", write="predict", form_posts=True)),
+    (metrics.router, RouteAccess(read="predict", write="admin")),
+    (tfserving.router, RouteAccess(read="predict", write="predict", form_posts=True)),
+]
+TELEMETRY_ACCESS = RouteAccess(read="admin", write="admin")
 
 TAGS = [
     {"name": "jobs", "description": "Queue, watch and cancel training jobs."},
@@ -58,6 +76,7 @@ async def _recover_orphaned_jobs_forever(services: Services) -> None:
                 services.job_store,
                 services.dispatcher.celery_app,
                 services.settings.job_max_attempts,
+                services.settings.job_resend_after_seconds,
             )
         except Exception:
             logger.warning("could not check for orphaned jobs", exc_info=True)
@@ -84,10 +103,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     install_error_handlers(app)
-    install_monitoring(app)
-    for router in (
-        jobs.router, models.router, predict.router, metrics.router,
-        tfserving.router, health.router,
-    ):  # fmt: skip
-        app.include_router(router)
+    telemetry = [] if services.settings.prometheus_open else [Depends(TELEMETRY_ACCESS)]
+    install_monitoring(app, dependencies=telemetry)
+    for router, access in ACCESS:
+        app.include_router(router, dependencies=[Depends(access)])
+    app.include_router(health.router)
+    _install_guards(app, services)
     return app
+
+
+def _install_guards(app: FastAPI, services: Services) -> None:
+    """Middleware, innermost first: body limits, request timeout, CORS, host check."""
+    settings = services.settings
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit_for=body_limit_for(settings.max_request_bytes, settings.max_json_body_bytes),
+    )
+    app.add_middleware(RequestTimeoutMiddleware, timeout_seconds=settings.request_timeout_seconds)
+    if services.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=sorted(services.allowed_origins),
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            max_age=600,
+        )
+    hosts = host_policy(settings.allowed_hosts, services.keyring)
+    if hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, policy=hosts)

@@ -50,6 +50,16 @@ def _add_server_parsers(commands: Any) -> None:
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(handler=local.worker_command)
+    keys = commands.add_parser("keys", help="API keys for DACIAVISION_API_KEYS")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    new = key_actions.add_parser("new", help="print a new key and its settings entry")
+    new.add_argument(
+        "--scopes",
+        required=True,
+        help="comma-separated: predict (predict, read models and metrics), train (jobs), "
+        "admin (everything)",
+    )
+    new.set_defaults(handler=local.keys_new_command)
 
 
 def _add_client_parsers(commands: Any) -> None:

@@ -27,7 +27,9 @@ class ServerError(Exception):
 
 
 def _client(arguments: argparse.Namespace) -> httpx.Client:
-    return httpx.Client(base_url=arguments.url or get_settings().api_url, timeout=60)
+    settings = get_settings()
+    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    return httpx.Client(base_url=arguments.url or settings.api_url, timeout=60, headers=headers)
 
 
 def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
@@ -89,7 +91,8 @@ def show_command(arguments: argparse.Namespace) -> int:
 
 def cancel_command(arguments: argparse.Namespace) -> int:
     with _client(arguments) as client:
-        job = _call(client, "POST", f"/jobs/{arguments.job_id}/cancel")
+        # A JSON body (empty): state-changing posts must not look like a web form's.
+        job = _call(client, "POST", f"/jobs/{arguments.job_id}/cancel", json={})
     state = "cancel requested" if job["status"] == "running" else job["status"]
     print(f"job {job['job_id']}: {state}")
     return 0

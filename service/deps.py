@@ -6,6 +6,7 @@ built once per app in ``Services`` and reached through ``request.app.state``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated
@@ -17,10 +18,13 @@ from kombu.exceptions import OperationalError
 from service.errors import BrokerUnavailableError
 from service.locks import redis_alias_lock
 from service.model_cache import ModelCache
+from service.security import Keyring, parse_api_keys
 from trainer.registry import FileModelRegistry
 from worker.app import create_celery_app, enqueue_training
 from worker.jobstore import JobStore, open_job_store
 from worker.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 class JobDispatcher:
@@ -33,8 +37,10 @@ class JobDispatcher:
         try:
             enqueue_training(self.celery_app, job_id)
         except (OperationalError, OSError) as error:
+            # The driver's text names hosts and ports: log it, tell the client only what.
+            logger.warning("could not enqueue job %s: %s", job_id, error)
             raise BrokerUnavailableError(
-                f"the job queue is unreachable ({error}); the job was not queued, retry later"
+                "the job queue is unreachable; the job was not queued, retry later"
             ) from error
 
     def ping(self) -> None:
@@ -58,7 +64,20 @@ class Services:
 
     @cached_property
     def job_store(self) -> JobStore:
-        return open_job_store(self.settings.redis_url, self.settings.jobs_db_path)
+        return open_job_store(
+            self.settings.redis_url,
+            self.settings.jobs_db_path,
+            socket_timeout=self.settings.redis_socket_timeout_seconds,
+        )
+
+    @cached_property
+    def keyring(self) -> Keyring:
+        return Keyring(parse_api_keys(self.settings.api_keys))
+
+    @cached_property
+    def allowed_origins(self) -> frozenset[str]:
+        origins = self.settings.allowed_origins.split(",")
+        return frozenset(origin.strip().rstrip("/") for origin in origins if origin.strip())
 
     @cached_property
     def dispatcher(self) -> JobDispatcher:
@@ -69,7 +88,9 @@ class Services:
         return ModelCache(self.registry, capacity=self.settings.model_cache_size)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: a sync dependency would take a thread from the shared pool, and health
+    # probes must answer even when that pool is full.
     services: Services = request.app.state.services
     return services
 

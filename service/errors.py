@@ -6,17 +6,21 @@ as MLflow's REST layer does, so routes never pick status codes themselves.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from trainer.architectures import ARCHITECTURES
 from trainer.errors import DaciaVisionError
@@ -24,6 +28,8 @@ from trainer.errors import DaciaVisionError
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
+# The most characters of a client's input an error message quotes back.
+QUOTE_LIMIT = 200
 
 
 class PayloadTooLargeError(DaciaVisionError):
@@ -42,8 +48,24 @@ class ModelLoadError(DaciaVisionError):
     code = "model_load_failed"
 
 
+class UnauthenticatedError(DaciaVisionError):
+    code = "unauthenticated"
+
+
+class ForbiddenError(DaciaVisionError):
+    code = "forbidden"
+
+
+class JobStoreUnavailableError(DaciaVisionError):
+    code = "job_store_unavailable"
+
+
 STATUS_BY_CODE: dict[str, int] = {
     "invalid_input": 422,
+    "resource_budget_exceeded": 422,
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "invalid_host": 400,
     "invalid_model_name": 422,
     "dataset_not_found": 422,
     "not_found": 404,
@@ -55,6 +77,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "broker_unavailable": 503,
+    "job_store_unavailable": 503,
+    "request_timeout": 504,
+    "lease_lost": 409,
     # The version's files are broken: it cannot be served, the others still can.
     "corrupt_model": 503,
     "model_load_failed": 503,
@@ -71,6 +96,8 @@ class ErrorResponse(BaseModel):
 
 
 _DESCRIPTIONS = {
+    401: "No API key, or one that is not valid.",
+    403: "The API key lacks the scope this route needs.",
     404: "The model, version, alias or job does not exist.",
     409: "The request conflicts with the current state (e.g. the job already ended).",
     413: "The upload or batch is larger than the service accepts.",
@@ -93,6 +120,8 @@ def error_json(
     status_code: int, code: str, message: str, details: dict[str, Any] | None = None
 ) -> JSONResponse:
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status_code == 503 else None
+    if status_code == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="daciavision"'}
     # Details never override the two fields every client relies on.
     body = {"detail": {**jsonable_encoder(details or {}), "code": code, "message": message}}
     return JSONResponse(status_code=status_code, content=body, headers=headers)
@@ -108,7 +137,14 @@ def _field_errors(error: DaciaVisionError) -> list[dict[str, Any]]:
         field, received = f"instances[{details['index']}]", details.get("received_shape")
     else:
         field, received = next(iter(details.items()), (None, None))
-    return [{"field": field, "received": received, "expected": error.message, "type": error.code}]
+    return [
+        {
+            "field": field,
+            "received": quoted(received),
+            "expected": error.message,
+            "type": error.code,
+        }
+    ]
 
 
 async def _domain_error(request: Request, error: Exception) -> JSONResponse:
@@ -126,13 +162,48 @@ def _field_path(location: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+def quoted(value: Any, limit: int = QUOTE_LIMIT) -> Any:
+    """``value`` as an error may quote it: small values as they are, large ones summarized.
+
+    Echoing a whole 10 MB instance back would double the cost of every bad request.
+    """
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        # NaN and infinity have no JSON spelling: quote them as text.
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        return value if len(value) <= limit else f"{value[:limit]}… ({len(value)} characters)"
+    if isinstance(value, bytes | bytearray):
+        return f"{len(value)} bytes"
+    text = repr(value)
+    if len(text) <= limit and _is_json(value):
+        return jsonable_encoder(value)
+    kind = type(value).__name__
+    size = f" of {len(value)} items" if isinstance(value, list | dict | tuple) else ""
+    return f"{kind}{size}: {text[:limit]}…"
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(jsonable_encoder(value), allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _validation_entry(item: Any) -> dict[str, Any]:
     field = _field_path(tuple(item["loc"]))
     received = item.get("input")
     if item["type"] == "unknown_architecture" and isinstance(received, dict):
         # The discriminator reports the whole body; name the field that chose wrong.
         field, received = f"{field}.architecture", received.get("architecture")
-    return {"field": field, "received": received, "expected": item["msg"], "type": item["type"]}
+    return {
+        "field": field,
+        "received": quoted(received),
+        "expected": str(item["msg"])[:QUOTE_LIMIT],
+        "type": item["type"],
+    }
 
 
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
@@ -144,7 +215,7 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed"}
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
     code = codes.get(error.status_code, "http_error")
     message = error.detail if isinstance(error.detail, str) else str(error.detail)
     if error.status_code == 404 and message == "Not Found":
@@ -160,10 +231,17 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
 
 async def _store_unreachable(request: Request, error: Exception) -> JSONResponse:
     # Redis is both broker and job store: when it is down, nothing can be queued.
+    # The driver's message names hosts and ports: it goes to the log, not the client.
+    logger.warning("job store unreachable on %s %s: %s", request.method, request.url.path, error)
+    return error_json(503, "broker_unavailable", "the job store is unreachable; retry later")
+
+
+async def _store_busy(request: Request, error: Exception) -> JSONResponse:
+    # SQLite answers "database is locked" after its busy timeout and "disk is full" /
+    # "unable to open" when the volume fails: all of them mean "not now", not a bug.
+    logger.warning("job store failed on %s %s: %s", request.method, request.url.path, error)
     return error_json(
-        503,
-        "broker_unavailable",
-        f"the job store is unreachable ({type(error).__name__}: {error}); retry later",
+        503, "job_store_unavailable", "the job store is busy or unavailable; retry later"
     )
 
 
@@ -177,10 +255,18 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     )
 
 
+async def _client_gone(request: Request, error: Exception) -> Response:
+    # The client left mid-body (or the body limit cut it off and answers itself):
+    # nobody reads this answer, and it is no server error worth a traceback.
+    return Response(status_code=400)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_exception_handler(DaciaVisionError, _domain_error)
     app.add_exception_handler(RedisConnectionError, _store_unreachable)
     app.add_exception_handler(RedisTimeoutError, _store_unreachable)
+    app.add_exception_handler(sqlite3.OperationalError, _store_busy)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from service.deps import JobDispatcher
 from service.errors import BrokerUnavailableError
+from trainer.budget import Budget, check_budget
 from trainer.datasets import dataset_info
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
 from trainer.spec import AnyTrainingSpec
 from worker.jobstore import Job, JobError, JobStore
+from worker.settings import Settings
 
 
 def _check_augmentation_targets(spec: AnyTrainingSpec, registry: FileModelRegistry) -> None:
@@ -29,11 +31,32 @@ def _check_augmentation_targets(spec: AnyTrainingSpec, registry: FileModelRegist
         )
 
 
+def check_resources(spec: AnyTrainingSpec, settings: Settings) -> None:
+    """ResourceBudgetError / InvalidInputError (422) for a job larger than the service allows."""
+    check_budget(
+        spec,
+        Budget(
+            max_parameters=settings.max_model_parameters,
+            max_activation_bytes=settings.max_activation_bytes,
+            max_training_flops=settings.max_training_flops,
+        ),
+    )
+    limit = spec.time_limit_seconds
+    if limit is not None and limit > settings.job_max_time_limit_seconds:
+        raise InvalidInputError(
+            f"time_limit_seconds is {limit:g}; this service allows at most "
+            f"{settings.job_max_time_limit_seconds:g}",
+            field="body.time_limit_seconds",
+            received=limit,
+        )
+
+
 def submit_job(
     spec: AnyTrainingSpec,
     store: JobStore,
     dispatcher: JobDispatcher,
     registry: FileModelRegistry,
+    settings: Settings,
 ) -> Job:
     """Store the job as queued, then hand it to the workers.
 
@@ -41,6 +64,7 @@ def submit_job(
     does not know; if the broker then refuses it, the job ends ``failed``
     with the reason instead of waiting forever.
     """
+    check_resources(spec, settings)
     _check_augmentation_targets(spec, registry)
     job = Job.new(spec=spec.model_dump(mode="json"), model_name=spec.registered_name)
     store.create(job)

@@ -5,19 +5,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import ipaddress
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from service import __version__
+from service.security import Keyring, check_scopes, new_key, parse_api_keys, settings_entry
 from service.spec_arguments import spec_from_arguments
 from trainer.card import ModelCard
+from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
 from worker.command import celery_worker_command
 from worker.settings import Settings, get_settings
@@ -52,7 +56,13 @@ def _start_embedded_workers(
         output: Any = None if verbose else (log_dir / f"worker-{index}.log").open("ab")
         workers.append(
             subprocess.Popen(
-                command, stdout=output, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                command,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+                # A group of its own: stopping the worker then stops its pool children
+                # too, so none trains on as an orphan after the server is gone.
+                start_new_session=True,
             )
         )
         if output is not None:
@@ -79,6 +89,34 @@ def _start_up_lines(settings: Settings, host: str, port: int, workers: int) -> l
     ]
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, keyring: Keyring) -> None:
+    """Refuse to serve an open API (no keys) on any address but loopback."""
+    if keyring.open and not _is_loopback(host):
+        raise InvalidInputError(
+            f"refusing to listen on {host} without API keys: anyone who can reach it could "
+            "train, delete and roll back models. Create a key with `daciavision keys new "
+            "--scopes admin` and set DACIAVISION_API_KEYS, or listen on 127.0.0.1"
+        )
+
+
+def _access_line(keyring: Keyring) -> str:
+    if keyring.open:
+        return (
+            "  access     OPEN: no API keys, so anyone on this machine can use the API; "
+            "set DACIAVISION_API_KEYS before exposing it"
+        )
+    return f"  access     API keys required ({len(keyring.keys)} configured)"
+
+
 def serve_command(arguments: argparse.Namespace) -> int:
     """Run the API; in embedded mode (no REDIS_URL) also run local worker processes."""
     import uvicorn
@@ -86,10 +124,14 @@ def serve_command(arguments: argparse.Namespace) -> int:
     from service.app import create_app
 
     settings = get_settings()
+    keyring = Keyring(parse_api_keys(settings.api_keys))
+    check_bind(arguments.host, keyring)
     workers: list[subprocess.Popen[bytes]] = []
+    previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if settings.embedded:
         workers = _start_embedded_workers(settings, arguments.workers, arguments.verbose)
     print("\n".join(_start_up_lines(settings, arguments.host, arguments.port, len(workers))))
+    print(_access_line(keyring))
     print("Press Ctrl+C to stop.", flush=True)
     try:
         uvicorn.run(
@@ -97,17 +139,62 @@ def serve_command(arguments: argparse.Namespace) -> int:
             host=arguments.host,
             port=arguments.port,
             log_level="info" if arguments.verbose else "warning",
+            # Idle keep-alive connections and slow request heads cost a bounded time.
+            timeout_keep_alive=5,
+            h11_max_incomplete_event_size=16 * 1024,
+            server_header=False,
         )
     finally:
-        for process in workers:
-            process.send_signal(signal.SIGTERM)
-        for process in workers:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                # A job cut short here is requeued when its lease runs out.
-                process.kill()
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        _stop_embedded_workers(workers)
+        if workers:
+            _release_jobs_of_stopped_workers(settings)
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with Python's
+    # default handler that would kill this process before it stops its workers.
+    raise SystemExit(128 + signum)
+
+
+def _stop_embedded_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    for process in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in workers:
+        # A training cannot finish in this time: it is stopped and its job released.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)  # reap it, or it would stay a zombie of this process
+        _wait_until_group_is_gone(process.pid)
+
+
+def _wait_until_group_is_gone(group: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
+def _release_jobs_of_stopped_workers(settings: Settings) -> None:
+    # We stopped these workers ourselves: their jobs go back to the queue at once and
+    # without spending an attempt, instead of waiting for their leases to expire.
+    from worker.jobstore import open_job_store
+    from worker.recovery import release_jobs_of_dead_local_workers
+
+    try:
+        store = open_job_store(settings.redis_url, settings.jobs_db_path)
+        for job_id in release_jobs_of_dead_local_workers(store):
+            print(f"job {job_id} goes back to the queue (its worker was stopped with the server)")
+    except Exception as error:  # noqa: BLE001 - shutting down; the lease sweep catches up
+        print(f"could not release the stopped workers' jobs: {type(error).__name__}")
 
 
 def train_command(arguments: argparse.Namespace) -> int:
@@ -175,4 +262,19 @@ def models_command(arguments: argparse.Namespace) -> int:
             f"{row['model_name']:<24}{row['version']:>8}  {','.join(row['aliases']):<20}"
             f"{row['architecture'] or '-':<14}{accuracy:>9}"
         )
+    return 0
+
+
+def keys_new_command(arguments: argparse.Namespace) -> int:
+    """Print a new API key and the DACIAVISION_API_KEYS entry (its hash) that accepts it."""
+    try:
+        scopes = check_scopes(arguments.scopes.split(","))
+    except ValueError as error:
+        raise InvalidInputError(str(error)) from None
+    key = new_key()
+    entry = settings_entry(key, scopes)
+    current = get_settings().api_keys.strip().strip(";")
+    print(f"key (give it to the client, it is shown only once): {key}")
+    print(f"settings entry (only its hash is stored):           {entry}")
+    print(f"DACIAVISION_API_KEYS={';'.join(filter(None, [current, entry]))}")
     return 0

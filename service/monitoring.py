@@ -8,7 +8,8 @@ jobs by status (read from the job store at scrape time).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import (
@@ -80,7 +81,7 @@ def prometheus_metrics(store: JobStoreDep) -> Response:
     return Response(generate_latest(TELEMETRY), media_type=CONTENT_TYPE_LATEST)
 
 
-def install_monitoring(app: FastAPI) -> None:
+def install_monitoring(app: FastAPI, dependencies: Sequence[Any] = ()) -> None:
     @app.middleware("http")
     async def measure(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -92,4 +93,4 @@ def install_monitoring(app: FastAPI) -> None:
         REQUESTS.labels(route=route, method=request.method, status=str(response.status_code)).inc()
         return response
 
-    app.include_router(router)
+    app.include_router(router, dependencies=list(dependencies))

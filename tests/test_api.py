@@ -696,7 +696,9 @@ def test_not_ready_when_the_registry_is_unusable(make_client: ClientFactory, hom
     assert response.headers["Retry-After"] == "5"
     body = response.json()
     assert body["status"] == "not ready"
-    assert body["checks"]["registry"].startswith("unavailable: FileExistsError")
+    # Which part is down, never why: the reason (with its path) goes to the log only.
+    assert body["checks"]["registry"] == "unavailable"
+    assert str(home) not in response.text
     assert (body["checks"]["broker"], body["checks"]["job_store"]) == ("ok", "ok")
 
 
@@ -705,8 +707,10 @@ def test_not_ready_when_the_registry_breaks_after_start(client: TestClient) -> N
     root = registry(client).root
     shutil.rmtree(root)
     root.write_text("")
-    body = client.get("/health/ready").json()
-    assert body["checks"]["registry"].startswith("unavailable: NotADirectoryError")
+    response = client.get("/health/ready")
+    body = response.json()
+    assert body["checks"]["registry"] == "unavailable"
+    assert str(root) not in response.text and "Error" not in response.text
     assert body["status"] == "not ready"
 
 
@@ -716,8 +720,10 @@ def test_not_ready_when_redis_is_unreachable(make_client: ClientFactory) -> None
     assert response.headers["Retry-After"] == "5"
     checks = response.json()["checks"]
     assert checks["registry"] == "ok"
-    assert checks["broker"].startswith("unavailable:") and "127.0.0.1:1" in checks["broker"]
-    assert checks["job_store"].startswith("unavailable: ConnectionError")
+    # The driver's message (host, port, errno) stays in the log.
+    assert checks["broker"] == "unavailable"
+    assert checks["job_store"] == "unavailable"
+    assert "127.0.0.1:1" not in response.text and "Error" not in response.text
 
 
 # ---------------------------------------------------------------------------- monitoring

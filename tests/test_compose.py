@@ -29,6 +29,7 @@ import redis
 import yaml
 from PIL import Image
 
+from service.security import new_key, settings_entry
 from tests.workers import REDIS_HOST, REDIS_PORT, Process, ensure_redis, free_port, running
 from tests.workers import wait_until as _wait_until
 from trainer.data import load_raw
@@ -39,11 +40,15 @@ DOCKERFILE = ROOT / "Dockerfile"
 TEST_REDIS_DB = 13
 MODEL_NAME = "compose-digits"
 APP_SERVICES = ("api", "worker")
+# The API listens on 0.0.0.0, so compose must not start without keys.
+API_KEY = new_key()
+API_KEYS_ENTRY = settings_entry(API_KEY, ["admin"])
 EXPECTED_ENVIRONMENT = {
     "REDIS_URL": "redis://redis:6379/0",
     "DACIAVISION_HOME": "/var/lib/daciavision",
     "REGISTRY_DIR": "/var/lib/daciavision/registry",
     "DATA_DIR": "/data",
+    "DACIAVISION_API_KEYS": API_KEYS_ENTRY,
 }
 # Variables of the host shell that would otherwise leak into the services.
 SETTINGS_VARIABLES = ("REDIS_URL", "DATA_DIR", "REGISTRY_DIR")
@@ -51,13 +56,20 @@ SETTINGS_VARIABLES = ("REDIS_URL", "DATA_DIR", "REGISTRY_DIR")
 
 def compose_config(**variables: str) -> dict[str, Any]:
     """`docker-compose config` of the project's file, parsed; fails on a non-zero exit."""
+    result = run_compose_config({"DACIAVISION_API_KEYS": API_KEYS_ENTRY, **variables})
+    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+def run_compose_config(variables: dict[str, str]) -> subprocess.CompletedProcess[str]:
     environment = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("DACIAVISION_", "COMPOSE_", "DOCKER_"))
     }
     environment.update(variables)
-    result = subprocess.run(
+    return subprocess.run(
         ["docker-compose", "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "config"],
         capture_output=True,
         text=True,
@@ -65,9 +77,12 @@ def compose_config(**variables: str) -> dict[str, Any]:
         timeout=60,
         check=False,
     )
-    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
-    config: dict[str, Any] = yaml.safe_load(result.stdout)
-    return config
+
+
+def test_compose_refuses_to_start_without_api_keys() -> None:
+    result = run_compose_config({})
+    assert result.returncode != 0
+    assert "DACIAVISION_API_KEYS" in result.stderr
 
 
 def dockerfile_instruction(name: str) -> str:
@@ -265,11 +280,18 @@ def test_compose_services_train_register_and_serve_without_docker(
 ) -> None:
     deployment = LocalDeployment(compose_config(), tmp_path)
     processes: list[Process] = []
-    with running(processes), httpx.Client(base_url=deployment.url(), timeout=30) as client:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with (
+        running(processes),
+        httpx.Client(base_url=deployment.url(), timeout=30, headers=headers) as client,
+    ):
         for service in APP_SERVICES:
             processes.append(deployment.start(service))
 
         wait_until(lambda: ready(client), timeout=90, what="/health/ready", processes=processes)
+        # Bound to 0.0.0.0 in the containers, so keys are on: no key, no access.
+        anonymous = httpx.get(deployment.url("/models"), timeout=30)
+        assert anonymous.status_code == 401, anonymous.text
         response = client.post(
             "/jobs",
             json={

@@ -9,11 +9,13 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -23,25 +25,32 @@ from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
 from service.app import create_app
+from service.security import new_key, settings_entry
 from tests.workers import free_port, wait_until
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def server_url(tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def serve_app(app: FastAPI) -> Iterator[str]:
     port = free_port()
-    config = uvicorn.Config(
-        create_app(Settings(home=tmp_path)), host="127.0.0.1", port=port, log_level="warning"
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, timeout=30, what="uvicorn to start")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def server_url(tmp_path: Path) -> Iterator[str]:
+    with serve_app(create_app(Settings(home=tmp_path))) as url:
+        yield url
 
 
 @pytest.fixture
@@ -107,3 +116,41 @@ def test_redoc_renders_every_tag_offline(server_url: str, browser: WebDriver) ->
         assert heading in body
     # Nothing came from a CDN: the machine has no internet, yet the page rendered.
     assert "static-offline-docs" in browser.page_source
+
+
+def test_authorize_in_swagger_ui_sends_the_api_key(tmp_path: Path, browser: WebDriver) -> None:
+    key = new_key()
+    settings = Settings(home=tmp_path, api_keys=settings_entry(key, ["train"]))
+    with serve_app(create_app(settings)) as url:
+        browser.get(f"{url}/docs")
+        wait = WebDriverWait(browser, 30)
+        wait.until(
+            expected_conditions.element_to_be_clickable(
+                (By.CSS_SELECTOR, ".auth-wrapper .authorize")
+            )
+        ).click()
+        containers = wait.until(
+            expected_conditions.presence_of_all_elements_located(
+                (By.CSS_SELECTOR, ".auth-container")
+            )
+        )
+        (api_key,) = [c for c in containers if "ApiKeyHeader" in c.text]
+        api_key.find_element(By.CSS_SELECTOR, "input").send_keys(key)
+        api_key.find_element(By.CSS_SELECTOR, ".auth-btn-wrapper .authorize").click()
+        browser.find_element(By.CSS_SELECTOR, ".auth-btn-wrapper .btn-done").click()
+
+        operation = browser.find_element(By.ID, "operations-jobs-create_job_jobs_post")
+        operation.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+        wait.until(
+            expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, ".try-out__btn"))
+        ).click()
+        examples = Select(operation.find_element(By.CSS_SELECTOR, ".examples-select select"))
+        examples.select_by_visible_text("A one-minute smoke test on scikit-learn's bundled digits")
+        operation.find_element(By.CSS_SELECTOR, ".execute").click()
+        status_cell = (By.CSS_SELECTOR, ".live-responses-table tbody .response-col_status")
+        wait.until(expected_conditions.presence_of_element_located(status_cell))
+        assert browser.find_element(*status_cell).text.strip() == "202"
+
+        assert httpx.get(f"{url}/jobs").status_code == 401
+        jobs = httpx.get(f"{url}/jobs", headers={"X-API-Key": key}).json()
+        assert jobs["total"] == 1

@@ -9,19 +9,23 @@ where each process uses the real clock.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis
 
 from tests.workers import REDIS_HOST, REDIS_PORT, ensure_redis
-from trainer.errors import ConflictError, JobNotFoundError
+from trainer.errors import ConflictError, JobNotFoundError, LeaseLostError
 from trainer.files import utc_now
 from worker.jobstore import (
     EpochProgress,
@@ -33,6 +37,8 @@ from worker.jobstore import (
     open_job_store,
 )
 from worker.jobstore.base import Clock
+from worker.recovery import release_jobs_of_dead_local_workers, requeue_orphaned_jobs
+from worker.settings import Settings
 
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
 
@@ -102,7 +108,7 @@ def add_job(store: JobStore, clock: FakeClock, model_name: str = "digits") -> Jo
     """Create a job stamped with the fake clock, then move time on so jobs sort by age."""
     now = clock()
     job = Job.new({"dataset": "digits", "epochs": 3}, model_name).model_copy(
-        update={"created_at": now, "updated_at": now}
+        update={"created_at": now, "updated_at": now, "enqueued_at": now}
     )
     store.create(job)
     clock.advance(1)
@@ -522,3 +528,147 @@ def test_racing_processes_claim_each_job_exactly_once(backend: Backend) -> None:
     for job_id in job_ids:
         assert store.get(job_id).attempts == 1
     store.close()
+
+
+# ------------------------------------------------------------- fencing, sending, releasing
+
+
+def test_only_the_claim_holder_records_epochs_and_finishes(
+    store: JobStore, clock: FakeClock
+) -> None:
+    job = add_job(store, clock)
+    store.claim(job.job_id, "worker-1", 10)
+    store.record_epoch(job.job_id, epoch(1), worker="worker-1")
+    clock.advance(11)  # worker-1 stalls past its lease; worker-2 takes over
+    assert store.claim(job.job_id, "worker-2", 10) is not None
+
+    with pytest.raises(LeaseLostError, match="no longer held by worker 'worker-1'"):
+        store.record_epoch(job.job_id, epoch(2), worker="worker-1")
+    with pytest.raises(LeaseLostError):
+        store.finish(job.job_id, "succeeded", version=7, worker="worker-1")
+    current = store.get(job.job_id)
+    assert (current.status, current.worker, current.history) == ("running", "worker-2", [])
+
+    store.record_epoch(job.job_id, epoch(1), worker="worker-2")
+    ended = store.finish(job.job_id, "succeeded", version=1, worker="worker-2")
+    assert (ended.status, ended.version, len(ended.history)) == ("succeeded", 1, 1)
+
+
+def test_a_worker_whose_job_was_requeued_is_refused(store: JobStore, clock: FakeClock) -> None:
+    job = add_job(store, clock)
+    store.claim(job.job_id, "worker-1", 10)
+    clock.advance(11)
+    assert store.requeue_orphans(max_attempts=3) == ([job.job_id], [])
+    with pytest.raises(LeaseLostError, match="status 'queued'"):
+        store.finish(
+            job.job_id, "failed", error=JobError(type="X", message="late"), worker="worker-1"
+        )
+    assert store.get(job.job_id).status == "queued"
+
+
+def test_queued_jobs_are_sent_again_when_never_sent_or_sent_long_ago(
+    store: JobStore, clock: FakeClock
+) -> None:
+    fresh = add_job(store, clock)
+    assert store.jobs_to_send(resend_after_seconds=600) == []  # Job.new counts as sent
+    clock.advance(600)
+    assert store.jobs_to_send(resend_after_seconds=600) == [fresh.job_id]
+    assert store.get(fresh.job_id).enqueued_at == clock()
+    assert store.jobs_to_send(resend_after_seconds=600) == []  # stamped: not twice in a row
+
+    orphan = add_job(store, clock)
+    store.claim(orphan.job_id, "worker-1", 5)
+    clock.advance(6)
+    store.requeue_orphans(max_attempts=3)
+    assert store.jobs_to_send(resend_after_seconds=600) == [orphan.job_id]  # at once
+    store.mark_unsent(orphan.job_id)  # the send failed
+    assert store.jobs_to_send(resend_after_seconds=600) == [orphan.job_id]
+
+    store.request_cancel(fresh.job_id)
+    clock.advance(601)
+    assert store.jobs_to_send(resend_after_seconds=600) == [orphan.job_id]
+
+
+def test_release_requeues_without_spending_an_attempt(store: JobStore, clock: FakeClock) -> None:
+    job = add_job(store, clock)
+    store.claim(job.job_id, "worker-1", 30)
+    store.record_epoch(job.job_id, epoch(1), worker="worker-1")
+    assert store.release(job.job_id, "worker-2") is False
+    assert store.release(job.job_id, "worker-1") is True
+    released = store.get(job.job_id)
+    assert (released.status, released.attempts, released.worker) == ("queued", 0, None)
+    assert released.history == [] and released.enqueued_at is None
+    assert store.jobs_to_send(resend_after_seconds=600) == [job.job_id]
+    reclaimed = store.claim(job.job_id, "worker-3", 30)
+    assert reclaimed is not None and reclaimed.attempts == 1
+    assert store.release(job.job_id, "worker-1") is False
+
+
+class FlakyBroker:
+    """A Celery app stand-in whose broker refuses the first message."""
+
+    def __init__(self, home: Path) -> None:
+        self.sent: list[str] = []
+        self.calls = 0
+        self.conf = SimpleNamespace(daciavision_settings=Settings(home=home))
+
+    def send_task(self, name: str, *, args: list[str], **options: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise ConnectionError("broker hiccup")
+        self.sent.append(args[0])
+
+
+def test_one_failed_resend_does_not_strand_the_other_orphans(
+    store: JobStore, clock: FakeClock, tmp_path: Path
+) -> None:
+    orphans = [add_job(store, clock) for _ in range(3)]
+    for number, job in enumerate(orphans):
+        store.claim(job.job_id, f"worker-{number}", 5)
+    clock.advance(10)
+    broker = FlakyBroker(tmp_path)
+
+    requeued = requeue_orphaned_jobs(store, broker, max_attempts=3)
+    assert sorted(requeued) == sorted(job.job_id for job in orphans)
+    assert len(broker.sent) == 2  # the first send failed, the other two went out
+    (unsent,) = {job.job_id for job in orphans} - set(broker.sent)
+    assert store.get(unsent).enqueued_at is None
+
+    requeue_orphaned_jobs(store, broker, max_attempts=3)
+    assert sorted(broker.sent) == sorted(job.job_id for job in orphans)
+    assert all(store.get(job.job_id).status == "queued" for job in orphans)
+
+
+def test_jobs_of_dead_local_workers_are_released_others_kept(
+    store: JobStore, clock: FakeClock
+) -> None:
+    finished_process = subprocess.Popen(["true"])
+    finished_process.wait()
+    host = socket.gethostname()
+    workers = {
+        "dead": f"{host}:{finished_process.pid}",
+        "alive": f"{host}:{os.getpid()}",
+        "elsewhere": f"another-host:{finished_process.pid}",
+    }
+    jobs = {}
+    for name, worker in workers.items():
+        jobs[name] = add_job(store, clock)
+        store.claim(jobs[name].job_id, worker, 60)
+
+    assert release_jobs_of_dead_local_workers(store) == [jobs["dead"].job_id]
+    assert store.get(jobs["dead"].job_id).status == "queued"
+    assert store.get(jobs["dead"].job_id).attempts == 0
+    assert store.get(jobs["alive"].job_id).status == "running"
+    assert store.get(jobs["elsewhere"].job_id).status == "running"
+
+
+def test_redis_clients_have_explicit_socket_timeouts(tmp_path: Path) -> None:
+    from worker.app import broker_options
+
+    store = open_job_store(REDIS_URL, tmp_path / "unused.sqlite3", socket_timeout=2.5)
+    assert isinstance(store, RedisJobStore)
+    options = store.client.connection_pool.connection_kwargs
+    assert (options["socket_timeout"], options["socket_connect_timeout"]) == (2.5, 2.5)
+    settings = Settings(home=tmp_path, redis_url=REDIS_URL, redis_socket_timeout_seconds=3)
+    _, transport = broker_options(settings)
+    assert (transport["socket_timeout"], transport["socket_connect_timeout"]) == (3, 3)

@@ -49,6 +49,18 @@ class ConflictError(DaciaVisionError):
     code = "conflict"
 
 
+class LeaseLostError(ConflictError):
+    """A worker wrote to a job it no longer holds (its lease expired, another took over)."""
+
+    code = "lease_lost"
+
+
+class ResourceBudgetError(DaciaVisionError):
+    """A job would need more parameters, memory or compute than the service allows."""
+
+    code = "resource_budget_exceeded"
+
+
 class InvalidInputError(DaciaVisionError):
     code = "invalid_input"
 

@@ -24,6 +24,7 @@ from trainer.card import (
     Timings,
     TrainingRecord,
 )
+from trainer.errors import TrainingCancelledError
 from trainer.evaluate import evaluate, evaluate_predictions, predict_probabilities
 from trainer.files import utc_timestamp
 from trainer.registry import FileModelRegistry
@@ -170,7 +171,17 @@ def train_and_register(
     should_cancel: CancelCheck | None = None,
     verbose: int = 0,
 ) -> RegisteredModel:
-    """Train ``spec``, evaluate once on the test split, register the result as a new version."""
+    """Train ``spec``, evaluate once on the test split, register the result as a new version.
+
+    ``should_cancel`` is honoured between every phase (data, each training batch,
+    evaluation, registration), not only while Keras trains.
+    """
+
+    def check_cancel(phase: str) -> None:
+        if should_cancel is not None and should_cancel():
+            raise TrainingCancelledError(f"training was cancelled on request ({phase})")
+
+    check_cancel("before preparing the data")
     target_classes = resolve_target_classes(spec, registry)
     result = train(
         spec,
@@ -180,7 +191,9 @@ def train_and_register(
         should_cancel=should_cancel,
         verbose=verbose,
     )
+    check_cancel("before evaluation")
     record = build_record(spec, result, job_id)
+    check_cancel("before registration")
     servable = inference_copy(result.model)
     version = registry.register(spec.registered_name, servable.save, record)
     return RegisteredModel(

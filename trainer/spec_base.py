@@ -17,6 +17,12 @@ from pydantic_core import PydanticCustomError
 from trainer.datasets import DATASET_NAMES, dataset_info
 from trainer.errors import InvalidInputError
 
+# Bounds that keep every number and list a client sends far from an overflow or a 500.
+MAX_VERSION = 2**31 - 1
+MAX_SEED = 2**32 - 1  # NumPy and Keras seeds are unsigned 32-bit
+MAX_TARGET_CLASSES = 100
+MAX_TIME_LIMIT_SECONDS = 7 * 24 * 3600.0
+
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 
@@ -37,9 +43,9 @@ class ModelReference(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_name: str
-    version: int | str | None = Field(
-        None, description="Version number or alias; empty means production, else latest."
-    )
+    version: (
+        Annotated[int, Field(ge=1, le=MAX_VERSION)] | Annotated[str, Field(max_length=64)] | None
+    ) = Field(None, description="Version number or alias; empty means production, else latest.")
 
     @field_validator("model_name")
     @classmethod
@@ -62,7 +68,10 @@ class AugmentationSpec(BaseModel):
         description="Random left-right flips; empty means on for natural images and off for "
         "digit datasets, where a flip changes the meaning.",
     )
-    target_classes: list[str] | Literal["weak"] = Field(
+    target_classes: (
+        Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=MAX_TARGET_CLASSES)]
+        | Literal["weak"]
+    ) = Field(
         default_factory=list,
         description="Class names whose samples are oversampled and augmented, or 'weak' for "
         "the weak classes of reference_model.",
@@ -96,7 +105,9 @@ class TrainingSpecBase(BaseModel):
     sample_fraction: float = Field(
         1.0, gt=0, le=1, description="Stratified fraction of each class kept (train and test)."
     )
-    seed: int = Field(42, ge=0, description="Seeds sampling, splits, shuffling and weights.")
+    seed: int = Field(
+        42, ge=0, le=MAX_SEED, description="Seeds sampling, splits, shuffling and weights."
+    )
     epochs: int = Field(10, ge=1, le=500)
     batch_size: int = Field(64, ge=1, le=4096)
     learning_rate: float = Field(1e-3, gt=0, le=10)
@@ -110,9 +121,18 @@ class TrainingSpecBase(BaseModel):
         0.1, gt=0, lt=1, description="Stratified share of the sampled training data held out."
     )
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after this many epochs without val_loss improving."
+        None, ge=1, le=500, description="Stop after this many epochs without val_loss improving."
     )
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
+    time_limit_seconds: float | None = Field(
+        None,
+        # Left out when unset: a runtime limit, not part of the recipe that cards store.
+        exclude_if=lambda value: value is None,
+        gt=0,
+        le=MAX_TIME_LIMIT_SECONDS,
+        description="Wall-time limit of the job; empty means the service's default. The "
+        "service refuses more than its configured maximum.",
+    )
     model_name: str | None = Field(
         None, description="Registry name for the result; empty means '{dataset}-{architecture}'."
     )

@@ -195,6 +195,9 @@ def train(
             seed=spec.seed,
         )
     prepare_seconds = time.perf_counter() - started
+    # Preparing a large dataset takes a while: honour a cancel that came meanwhile.
+    if should_cancel is not None and should_cancel():
+        raise TrainingCancelledError("training was cancelled on request (after data preparation)")
     unknown = sorted(set(target_classes) - set(data.info.class_names))
     if unknown:
         raise InvalidInputError(

@@ -25,7 +25,13 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
         # A training can run for hours; an unacknowledged message must not be
         # handed to a second worker meanwhile. Lost workers are detected by the
         # job store's leases instead, which is far quicker.
-        return settings.redis_url, {"visibility_timeout": 7 * 24 * 3600}
+        timeout = settings.redis_socket_timeout_seconds
+        return settings.redis_url, {
+            "visibility_timeout": 7 * 24 * 3600,
+            # Explicit socket timeouts: a half-open connection must fail, not hang.
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+        }
     queue_dir, control_dir = _broker_directories(settings)
     return "filesystem://", {
         "data_folder_in": str(queue_dir),

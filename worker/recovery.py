@@ -1,8 +1,10 @@
-"""Requeue jobs whose worker died: the job store's leases tell which."""
+"""Requeue jobs whose worker died, and send queued jobs the broker may have lost."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
 from celery import Celery
 
@@ -11,13 +13,72 @@ from worker.jobstore import JobStore
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_RESEND_AFTER_SECONDS = 900.0
 
-def requeue_orphaned_jobs(store: JobStore, celery_app: Celery, max_attempts: int) -> list[str]:
-    """Put running jobs with an expired lease back on the queue; fail hopeless ones."""
+
+def requeue_orphaned_jobs(
+    store: JobStore,
+    celery_app: Celery,
+    max_attempts: int,
+    resend_after_seconds: float = DEFAULT_RESEND_AFTER_SECONDS,
+) -> list[str]:
+    """Put running jobs with an expired lease back on the queue; fail hopeless ones.
+
+    Then send every queued job that still has to be sent, including those.
+    """
     requeued, failed = store.requeue_orphans(max_attempts=max_attempts)
     for job_id in requeued:
         logger.warning("job %s lost its worker; requeued", job_id)
-        enqueue_training(celery_app, job_id)
     for job_id in failed:
         logger.error("job %s lost its worker %d times; marked failed", job_id, max_attempts)
+    send_queued_jobs(store, celery_app, resend_after_seconds)
     return requeued
+
+
+def send_queued_jobs(store: JobStore, celery_app: Celery, resend_after_seconds: float) -> list[str]:
+    """Send queued jobs never sent (or sent long ago) to the broker; returns the ids sent.
+
+    One job that cannot be sent never stops the others: it is marked unsent and the
+    next sweep tries again.
+    """
+    sent: list[str] = []
+    for job_id in store.jobs_to_send(resend_after_seconds):
+        try:
+            enqueue_training(celery_app, job_id)
+        except Exception:
+            logger.warning("could not send job %s to the broker; will retry", job_id, exc_info=True)
+            try:
+                store.mark_unsent(job_id)
+            except Exception:
+                logger.warning("could not mark job %s as unsent", job_id, exc_info=True)
+            continue
+        sent.append(job_id)
+    return sent
+
+
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it exists, under another user
+    return False
+
+
+def release_jobs_of_dead_local_workers(store: JobStore) -> list[str]:
+    """Requeue, without spending an attempt, running jobs of this host's dead workers.
+
+    For a server that has just stopped its own embedded workers: their jobs did not
+    fail, the server was restarted. Workers are named ``host:pid``.
+    """
+    hostname = socket.gethostname()
+    released: list[str] = []
+    jobs, _ = store.list(status="running", limit=1000)
+    for job in jobs:
+        host, _, pid = (job.worker or "").rpartition(":")
+        if host != hostname or not pid.isdigit() or not _process_is_gone(int(pid)):
+            continue
+        if store.release(job.job_id, job.worker or ""):
+            released.append(job.job_id)
+    return released

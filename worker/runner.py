@@ -9,9 +9,10 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
-from trainer.errors import CorruptModelError, TrainingCancelledError
+from trainer.errors import CorruptModelError, LeaseLostError, TrainingCancelledError
 from trainer.registry import FileModelRegistry
 from trainer.run import train_and_register
 from trainer.spec import parse_training_spec
@@ -22,17 +23,27 @@ logger = logging.getLogger(__name__)
 
 
 class _LeaseKeeper(threading.Thread):
-    """Renews the job's lease and mirrors its cancel flag while training runs.
+    """Renews the job's lease, mirrors its cancel flag and watches its time limit.
 
     Keeping the cancel flag in a local Event makes the per-batch cancel check
     free, instead of one store round trip per batch.
     """
 
-    def __init__(self, store: JobStore, job_id: str, worker: str, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        worker: str,
+        lease_seconds: float,
+        time_limit_seconds: float,
+    ) -> None:
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.store, self.job_id, self.worker = store, job_id, worker
         self.lease_seconds = lease_seconds
+        self.deadline = time.monotonic() + time_limit_seconds
         self.cancel_requested = threading.Event()
+        self.lease_lost = threading.Event()
+        self.time_exceeded = threading.Event()
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -41,13 +52,18 @@ class _LeaseKeeper(threading.Thread):
         ticks = 0
         while not self.stopped.wait(interval):
             ticks += 1
+            if time.monotonic() >= self.deadline:
+                self.time_exceeded.set()
+                self.cancel_requested.set()
             try:
                 if self.store.is_cancel_requested(self.job_id):
                     self.cancel_requested.set()
                 if ticks % renew_every == 0 and not self.store.renew_lease(
                     self.job_id, self.worker, self.lease_seconds
                 ):
-                    # Someone else owns the job now (we were presumed dead).
+                    # Someone else owns the job now (we were presumed dead): stop,
+                    # and write nothing more; the store would refuse it anyway.
+                    self.lease_lost.set()
                     self.cancel_requested.set()
             except Exception:
                 logger.exception("could not renew the lease of job %s", self.job_id)
@@ -71,7 +87,11 @@ def _find_registered_version(registry: FileModelRegistry, job: Job) -> int | Non
 def run_job(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
     """Execute job ``job_id`` once; a second delivery of a claimed or ended job is a no-op."""
     settings = settings or get_settings()
-    store = open_job_store(settings.redis_url, settings.jobs_db_path)
+    store = open_job_store(
+        settings.redis_url,
+        settings.jobs_db_path,
+        socket_timeout=settings.redis_socket_timeout_seconds,
+    )
     registry = FileModelRegistry(settings.resolved_registry_dir)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     job = store.claim(job_id, worker, settings.job_lease_seconds)
@@ -79,20 +99,34 @@ def run_job(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
         logger.info("job %s is not claimable (ended, cancelled or running elsewhere)", job_id)
         return {"job_id": job_id, "skipped": True}
 
+    try:
+        return _run_claimed(job, worker, store, registry, settings)
+    except LeaseLostError:
+        # Another worker holds the job now (our lease expired): it owns the outcome.
+        logger.warning("job %s: lease lost to another worker; stopping", job_id)
+        return {"job_id": job_id, "status": "lease_lost"}
+
+
+def _run_claimed(
+    job: Job, worker: str, store: JobStore, registry: FileModelRegistry, settings: Settings
+) -> dict[str, Any]:
+    job_id = job.job_id
     earlier_version = _find_registered_version(registry, job)
     if earlier_version is not None:
-        store.finish(job_id, "succeeded", version=earlier_version)
+        store.finish(job_id, "succeeded", version=earlier_version, worker=worker)
         return {"job_id": job_id, "version": earlier_version}
 
-    lease = _LeaseKeeper(store, job_id, worker, settings.job_lease_seconds)
+    spec = parse_training_spec(job.spec)
+    time_limit = spec.time_limit_seconds or settings.job_time_limit_seconds
+    lease = _LeaseKeeper(store, job_id, worker, settings.job_lease_seconds, time_limit)
     lease.start()
 
     def record_epoch(progress: EpochProgress) -> None:
-        store.record_epoch(job_id, progress)
+        store.record_epoch(job_id, progress, worker=worker)
 
     try:
         registered = train_and_register(
-            parse_training_spec(job.spec),
+            spec,
             data_dir=settings.resolved_data_dir,
             registry=registry,
             job_id=job_id,
@@ -100,16 +134,31 @@ def run_job(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
             should_cancel=lease.cancel_requested.is_set,
         )
     except TrainingCancelledError:
-        store.finish(job_id, "cancelled")
+        if lease.lease_lost.is_set():
+            raise LeaseLostError(f"job {job_id}: lease lost") from None
+        if lease.time_exceeded.is_set():
+            reason = JobError(
+                type="TimeLimitExceeded",
+                message=f"the job ran longer than its limit of {time_limit:g} seconds and was "
+                "stopped; train fewer epochs or a smaller model, or raise time_limit_seconds",
+            )
+            store.finish(job_id, "failed", error=reason, worker=worker)
+            return {"job_id": job_id, "status": "failed"}
+        store.finish(job_id, "cancelled", worker=worker)
         return {"job_id": job_id, "status": "cancelled"}
+    except LeaseLostError:
+        raise
     except Exception as error:
         logger.exception("job %s failed", job_id)
         store.finish(
-            job_id, "failed", error=JobError(type=type(error).__name__, message=str(error))
+            job_id,
+            "failed",
+            error=JobError(type=type(error).__name__, message=str(error)[:2000]),
+            worker=worker,
         )
         return {"job_id": job_id, "status": "failed"}
     finally:
         lease.stopped.set()
         lease.join()
-    store.finish(job_id, "succeeded", version=registered.version)
+    store.finish(job_id, "succeeded", version=registered.version, worker=worker)
     return {"job_id": job_id, "model_name": registered.model_name, "version": registered.version}

@@ -58,6 +58,70 @@ class Settings(BaseSettings):
         "leftover; workers remove such folders when they start.",
     )
     api_url: str = Field("http://127.0.0.1:8000", description="Where the client CLI sends calls.")
+    api_key: str | None = Field(
+        None, description="The key the client CLI sends (DACIAVISION_API_KEY); never stored."
+    )
+
+    # Access: only hashes of keys are configured, never keys (service/security.py).
+    api_keys: str = Field(
+        "",
+        description="Accepted API keys as 'sha256hex:scope,scope' entries separated by ';' "
+        "(`daciavision keys new` prints one). Empty: no keys, allowed only on loopback.",
+    )
+    prometheus_open: bool = Field(
+        False, description="Serve /monitoring/prometheus/metrics without a key."
+    )
+    allowed_origins: str = Field(
+        "", description="Comma-separated browser origins allowed by CORS; none by default."
+    )
+    allowed_hosts: str | None = Field(
+        None,
+        description="Comma-separated Host names the API answers; empty means loopback names "
+        "when no keys are configured and any host once keys protect the API.",
+    )
+
+    # Bounded requests (service/limits.py, service/images.py).
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest body of a /predict request."
+    )
+    max_json_body_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest body of every other route (jobs, aliases)."
+    )
+    max_image_pixels: int = Field(
+        4_000_000, ge=64, description="Largest image, in pixels, read from its header."
+    )
+    max_request_pixels: int = Field(
+        32_000_000, ge=64, description="Pixels of all images of one request together."
+    )
+    request_timeout_seconds: float = Field(
+        120.0, gt=0, description="A request still running after this answers 504."
+    )
+
+    # Bounded jobs (trainer/budget.py, worker/runner.py).
+    max_model_parameters: int = Field(
+        50_000_000, ge=1, description="Largest model a job may build, in parameters."
+    )
+    max_activation_bytes: int = Field(
+        4 * 1024**3, ge=1, description="Estimated activation memory of one training batch."
+    )
+    max_training_flops: float = Field(
+        5e15, gt=0, description="Estimated floating-point operations of a whole training."
+    )
+    job_time_limit_seconds: float = Field(
+        6 * 3600.0, gt=0, description="Default wall-time limit of a job."
+    )
+    job_max_time_limit_seconds: float = Field(
+        24 * 3600.0, gt=0, description="Largest time_limit_seconds a spec may ask for."
+    )
+    job_resend_after_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="A job queued this long without a worker taking it is sent to the "
+        "broker again (its message may have been lost); duplicates are harmless.",
+    )
+    redis_socket_timeout_seconds: float = Field(
+        5.0, gt=0, description="Timeout of every Redis connect, read and write."
+    )
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -45,5 +45,9 @@ def _requeue_orphaned_jobs(**_: Any) -> None:
     # A worker that starts after a crash gives the crashed worker's jobs back
     # to the queue as soon as their leases have run out.
     settings = get_settings()
-    store = open_job_store(settings.redis_url, settings.jobs_db_path)
-    requeue_orphaned_jobs(store, app, settings.job_max_attempts)
+    store = open_job_store(
+        settings.redis_url,
+        settings.jobs_db_path,
+        socket_timeout=settings.redis_socket_timeout_seconds,
+    )
+    requeue_orphaned_jobs(store, app, settings.job_max_attempts, settings.job_resend_after_seconds)

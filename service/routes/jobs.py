@@ -6,17 +6,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, status
 
-from service.deps import DispatcherDep, JobStoreDep, RegistryDep
+from service.deps import DispatcherDep, JobStoreDep, RegistryDep, SettingsDep
 from service.errors import error_responses
 from service.jobs import submit_job
+from service.limits import OffLoopJsonRoute
 from service.schemas import JobList, JobView
 from trainer.architectures import ARCHITECTURES
 from trainer.spec import AnyTrainingSpec, TrainingSpec
 from worker.jobstore import JobStatus
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=OffLoopJsonRoute)
 
-JobIdPath = Annotated[str, Path(description="The id `POST /jobs` returned.")]
+JobIdPath = Annotated[str, Path(max_length=64, description="The id `POST /jobs` returned.")]
+# Far past any real job list, far below SQLite's 64-bit integers.
+MAX_OFFSET = 10_000_000
 
 # Each architecture brings its own ready-made examples; the smoke test uses the default one.
 SPEC_EXAMPLES: dict[str, Any] = {
@@ -44,12 +47,13 @@ def create_job(
     store: JobStoreDep,
     dispatcher: DispatcherDep,
     registry: RegistryDep,
+    settings: SettingsDep,
 ) -> JobView:
     """Validate the spec against the architecture's hyperparameter schema, store the job as
     `queued` and hand it to a worker. Poll `GET /jobs/{job_id}` for per-epoch progress; on
     success the job names the registered `model_name` and `version`."""
     typed_spec: AnyTrainingSpec = spec
-    return JobView.from_job(submit_job(typed_spec, store, dispatcher, registry))
+    return JobView.from_job(submit_job(typed_spec, store, dispatcher, registry, settings))
 
 
 @router.get(
@@ -61,9 +65,11 @@ def create_job(
 def list_jobs(
     store: JobStoreDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
-    model_name: Annotated[str | None, Query(description="Only jobs for this model.")] = None,
+    model_name: Annotated[
+        str | None, Query(max_length=64, description="Only jobs for this model.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobList:
     """Jobs newest first, optionally filtered by status and model name, a page at a time."""
     jobs, total = store.list(status=status, model_name=model_name, limit=limit, offset=offset)

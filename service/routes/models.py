@@ -8,12 +8,13 @@ from fastapi import APIRouter, Path, Response, status
 
 from service.deps import ModelCacheDep, ModelNamePath, PathModelVersionDep, RegistryDep
 from service.errors import error_responses
+from service.limits import OffLoopJsonRoute
 from service.reports import model_detail
 from service.schemas import AliasChangeView, AliasUpdate, ModelDetail, ModelSummaryView
 from trainer.card import ModelCard
 from trainer.registry import AliasChange
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], route_class=OffLoopJsonRoute)
 
 AliasPath = Annotated[
     str, Path(description="Alias name, e.g. `production` or `staging`.", examples=["production"])

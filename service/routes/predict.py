@@ -12,14 +12,21 @@ from fastapi.exceptions import RequestValidationError
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.deps import ModelCacheDep, ModelVersion, QueryModelVersionDep, SettingsDep
-from service.errors import PayloadTooLargeError, UnsupportedMediaTypeError, error_responses
+from service.errors import (
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+    error_responses,
+    quoted,
+)
 from service.images import (
     ACCEPTED_FORMATS_TEXT,
     PixelRange,
+    check_pixel_budget,
     check_upload_size,
+    decode_base64,
     decode_image,
     instances_to_batch,
 )
@@ -34,8 +41,8 @@ JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
 UPLOAD_FIELDS = ("files", "file")
 DEFAULT_TOP_K = 3
-# Room for a 224x224x3 pixel array written as JSON integers.
-PIXEL_ARRAY_JSON_BYTES = 1024 * 1024
+# Text fields a multipart form may carry besides its files.
+UPLOAD_FIELD_LIMIT = 16
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
@@ -83,36 +90,104 @@ PredictInputs = PredictRequest | list[Upload]
 
 
 async def read_inputs(request: Request, settings: Settings) -> PredictInputs:
-    """Parse the body by its content type: multipart uploads or JSON instances."""
+    """Parse the body by its content type: multipart uploads or JSON instances.
+
+    The body limit (service/limits.py) has bounded the request; here each file is
+    bounded while it streams, and every image's pixel count is read from its header
+    before anything is decoded. Parsing and header reads run in worker threads.
+    """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == MULTIPART_TYPE:
-        return await _read_uploads(request, settings)
+        uploads = await _read_uploads(request, settings)
+        images = [(f"file {upload.filename!r}", upload.data) for upload in uploads]
+        await run_in_threadpool(_check_pixels, images, settings)
+        return uploads
     if content_type == JSON_TYPE:
         parsed = await read_json_body(request, settings, PredictRequest)
         check_instance_count(len(parsed.instances), settings)
+        await run_in_threadpool(check_instance_pixels, parsed.instances, settings)
         return parsed
     raise UnsupportedMediaTypeError(
-        f"content type {content_type or 'none'!r} is not accepted; send {MULTIPART_TYPE} with "
-        f"image files in the field 'files', or {JSON_TYPE} with "
+        f"content type {quoted(content_type, 100) or 'none'!r} is not accepted; send "
+        f"{MULTIPART_TYPE} with image files in the field 'files', or {JSON_TYPE} with "
         '{"instances": [...]}',
         accepted_content_types=[MULTIPART_TYPE, JSON_TYPE],
     )
 
 
+def _check_pixels(images: list[tuple[str, bytes]], settings: Settings) -> None:
+    check_pixel_budget(images, settings.max_image_pixels, settings.max_request_pixels)
+
+
+def check_instance_pixels(instances: list[Any], settings: Settings) -> None:
+    """The pixel budget of the base64 images among JSON instances (headers only)."""
+    images = [
+        (f"instances[{index}]", decode_base64(instance["b64"], index))
+        for index, instance in enumerate(instances)
+        if isinstance(instance, dict) and "b64" in instance
+    ]
+    for description, data in images:
+        check_upload_size(len(data), settings.max_upload_bytes, description)
+    _check_pixels(images, settings)
+
+
+class _BoundedMultiPartParser(MultiPartParser):
+    """Starlette's parser, refusing a file as soon as it grows past the per-file limit.
+
+    Starlette would spool the whole part to disk before anyone could look at its size.
+    """
+
+    def __init__(self, *args: Any, max_file_bytes: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_file_bytes = max_file_bytes
+        self.file_too_large: str | None = None
+        self._file_bytes = 0
+        self._counted_part: object = None
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._current_part
+        if part.file is not None:
+            if part is not self._counted_part:
+                self._counted_part, self._file_bytes = part, 0
+            self._file_bytes += end - start
+            if self._file_bytes > self.max_file_bytes:
+                self.file_too_large = part.file.filename
+                raise MultiPartException("file too large")
+        super().on_part_data(data, start, end)
+
+
 async def _read_uploads(request: Request, settings: Settings) -> list[Upload]:
+    parser = _BoundedMultiPartParser(
+        request.headers,
+        request.stream(),
+        max_files=settings.max_instances,
+        max_fields=UPLOAD_FIELD_LIMIT,
+        max_file_bytes=settings.max_upload_bytes,
+    )
     try:
-        async with request.form(max_files=settings.max_instances) as form:
-            files = [value for field in UPLOAD_FIELDS for value in form.getlist(field)]
-            uploads = [await _read_upload(value, settings) for value in files]
-    except StarletteHTTPException as error:  # Starlette's multipart parser reports 400s
-        if str(error.detail).startswith("Too many files"):
+        form = await parser.parse()
+    except MultiPartException as error:
+        if parser.file_too_large is not None:
+            raise PayloadTooLargeError(
+                f"file {quoted(parser.file_too_large, 100)!r} is larger than "
+                f"{settings.max_upload_bytes} bytes, the most each image may have; downscale "
+                "or recompress it",
+                max_bytes=settings.max_upload_bytes,
+            ) from None
+        if error.message.startswith("Too many files"):
             raise _too_many(f"more than {settings.max_instances}", settings) from None
-        raise InvalidInputError(f"malformed multipart body: {error.detail}") from None
+        raise InvalidInputError(f"malformed multipart body: {error.message}") from None
+    try:
+        files = [value for field in UPLOAD_FIELDS for value in form.getlist(field)]
+        uploads = [await _read_upload(value, settings) for value in files]
+    finally:
+        await form.close()
     if not uploads:
+        fields = sorted(set(form.keys()))[:UPLOAD_FIELD_LIMIT]
         raise InvalidInputError(
             f"the form has no image files; send them in the field 'files' (or 'file'), "
-            f"fields received: {sorted(set(form.keys())) or 'none'}",
-            fields=sorted(set(form.keys())),
+            f"fields received: {quoted(fields) or 'none'}",
+            fields=quoted(fields),
         )
     return uploads
 
@@ -120,8 +195,7 @@ async def _read_uploads(request: Request, settings: Settings) -> list[Upload]:
 async def _read_upload(value: Any, settings: Settings) -> Upload:
     if not isinstance(value, UploadFile):
         raise InvalidInputError("the fields 'files' and 'file' must hold files, not text")
-    description = f"file {value.filename!r}"
-    # Starlette spooled the part to disk; check its size before reading it into memory.
+    description = f"file {quoted(value.filename, 100)!r}"
     check_upload_size(value.size or 0, settings.max_upload_bytes, description)
     data = await value.read(settings.max_upload_bytes + 1)
     check_upload_size(len(data), settings.max_upload_bytes, description)
@@ -129,20 +203,14 @@ async def _read_upload(value: Any, settings: Settings) -> Upload:
 
 
 async def read_json_body(request: Request, settings: Settings, schema: type[BodyT]) -> BodyT:
-    """Read a JSON body of bounded size and validate it, whatever content type it came with."""
-    # Per instance: an image in base64 (4/3 larger), or a pixel array as JSON text.
-    per_instance = max(settings.max_upload_bytes * 4 // 3, PIXEL_ARRAY_JSON_BYTES) + 1024
-    limit = per_instance * settings.max_instances
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLargeError(
-                f"the JSON body is larger than {limit} bytes; send fewer or smaller instances",
-                max_bytes=limit,
-            )
+    """Read a JSON body (bounded by the body limit) and validate it in a worker thread."""
+    body = await request.body()
+    return await run_in_threadpool(_validate_json, schema, body)
+
+
+def _validate_json(schema: type[BodyT], body: bytes) -> BodyT:
     try:
-        return schema.model_validate_json(bytes(body))
+        return schema.model_validate_json(body)
     except ValidationError as error:
         errors = error.errors(include_url=False, include_context=False)
         raise RequestValidationError(

@@ -24,9 +24,10 @@ from service.errors import error_responses
 from service.images import instances_to_batch
 from service.model_cache import ModelCache
 from service.monitoring import record_predictions
-from service.routes.predict import check_instance_count, read_json_body
+from service.routes.predict import check_instance_count, check_instance_pixels, read_json_body
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
+from trainer.spec_base import MAX_VERSION
 from worker.settings import Settings
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -126,6 +127,7 @@ async def _predict(
     body = await read_json_body(request, settings, TfServingRequest)
     instances, columnar = _instances(body)
     check_instance_count(len(instances), settings)
+    await run_in_threadpool(check_instance_pixels, instances, settings)
     probabilities = await run_in_threadpool(
         predict_probabilities, cache, model_name, version, instances, settings.max_upload_bytes
     )
@@ -156,7 +158,7 @@ _PREDICT_OPTIONS: dict[str, Any] = {
         }
     },
 }
-VersionPath = Annotated[int, Path(ge=1, description="Version number.")]
+VersionPath = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Version number.")]
 AliasPath = Annotated[str, Path(description="Alias (TF Serving's version label).")]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from trainer.errors import InvalidInputError
 from trainer.spec_base import TrainingSpecBase
 
 Shape = tuple[int, int, int]
@@ -65,6 +66,13 @@ class CostTracer:
 
     def pool(self) -> None:
         self.height, self.width = self.height // 2, self.width // 2
+        if self.height < 1 or self.width < 1:
+            # Keras would fail to build this model inside the worker; say so at submit.
+            raise InvalidInputError(
+                "the model halves the image more times than its size allows; use fewer "
+                "pooling stages (conv blocks) for this dataset",
+                field="body.hyperparameters",
+            )
         self.activations += self.values
 
     def batch_norm(self) -> None:

@@ -14,10 +14,12 @@ from .redis import RedisJobStore
 from .sqlite import SqliteJobStore
 
 
-def open_job_store(redis_url: str | None, sqlite_path: Path) -> JobStore:
+def open_job_store(
+    redis_url: str | None, sqlite_path: Path, *, socket_timeout: float = 5.0
+) -> JobStore:
     """The Redis store when a URL is given (multi-machine), else the embedded SQLite file."""
     if redis_url:
-        return RedisJobStore(redis_url)
+        return RedisJobStore(redis_url, socket_timeout=socket_timeout)
     return SqliteJobStore(sqlite_path)
 
 

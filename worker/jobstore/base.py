@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from trainer.errors import ConflictError, JobNotFoundError
+from trainer.errors import ConflictError, JobNotFoundError, LeaseLostError
 
 from .models import EpochProgress, Job, JobError, JobStatus, TerminalStatus
 
@@ -36,7 +36,9 @@ class JobStore(Protocol):
     ) -> tuple[list[Job], int]: ...
     def claim(self, job_id: str, worker: str, lease_seconds: float) -> Job | None: ...
     def renew_lease(self, job_id: str, worker: str, lease_seconds: float) -> bool: ...
-    def record_epoch(self, job_id: str, progress: EpochProgress) -> None: ...
+    def record_epoch(
+        self, job_id: str, progress: EpochProgress, *, worker: str | None = None
+    ) -> None: ...
     def finish(
         self,
         job_id: str,
@@ -44,13 +46,17 @@ class JobStore(Protocol):
         *,
         version: int | None = None,
         error: JobError | None = None,
+        worker: str | None = None,
     ) -> Job: ...
+    def release(self, job_id: str, worker: str) -> bool: ...
+    def mark_unsent(self, job_id: str) -> None: ...
     def request_cancel(self, job_id: str) -> Job: ...
     def is_cancel_requested(self, job_id: str) -> bool: ...
     # builtins.list: inside the class body, plain ``list`` names the method above.
     def requeue_orphans(
         self, max_attempts: int = 3
     ) -> tuple[builtins.list[str], builtins.list[str]]: ...
+    def jobs_to_send(self, resend_after_seconds: float) -> builtins.list[str]: ...
     def count_by_status(self) -> dict[str, int]: ...
     def ping(self) -> None: ...
     def close(self) -> None: ...
@@ -121,7 +127,24 @@ def _ended(job: Job, refusal: str) -> ConflictError:
     )
 
 
-def with_epoch(job: Job, progress: EpochProgress, now: datetime) -> Job:
+def _check_holder(job: Job, worker: str | None) -> None:
+    # Fencing: a worker whose lease expired may still be training. Once another worker
+    # has claimed the job (or the sweep requeued or failed it), the old one's writes
+    # are refused, and the refusal tells it to stop.
+    if worker is None:
+        return
+    if job.status != "running" or job.worker != worker:
+        holder = f"worker {job.worker!r}" if job.status == "running" else "no worker"
+        raise LeaseLostError(
+            f"Job {job.job_id!r} is no longer held by worker {worker!r} (status "
+            f"{job.status!r}, held by {holder}); its lease expired. Stop working on it.",
+            job_id=job.job_id,
+            status=job.status,
+        )
+
+
+def with_epoch(job: Job, progress: EpochProgress, now: datetime, worker: str | None = None) -> Job:
+    _check_holder(job, worker)
     if job.is_terminal:
         # A worker that lost its job (declared lost, then failed) must stop
         # writing; the error tells it so.
@@ -137,7 +160,9 @@ def finished(
     version: int | None,
     error: JobError | None,
     now: datetime,
+    worker: str | None = None,
 ) -> Job:
+    _check_holder(job, worker)
     if job.is_terminal:
         raise _ended(job, f"it cannot be finished again as {status!r}.")
     return job.model_copy(
@@ -174,7 +199,7 @@ def recovered_orphan(job: Job, max_attempts: int, now: datetime) -> Job | None:
     """What becomes of a running job whose worker vanished, or None if it is not one."""
     if job.status != "running" or not lease_expired(job, now):
         return None
-    base = {"worker": None, "lease_expires_at": None, "updated_at": now}
+    base = {"worker": None, "lease_expires_at": None, "updated_at": now, "enqueued_at": None}
     if job.cancel_requested:
         # Someone asked to stop it and nobody runs it any more: honour the request.
         return job.model_copy(update={**base, "status": "cancelled", "finished_at": now})
@@ -190,6 +215,49 @@ def recovered_orphan(job: Job, max_attempts: int, now: datetime) -> Job | None:
         ),
     )
     return job.model_copy(update={**base, "status": "failed", "error": error, "finished_at": now})
+
+
+def released(job: Job, worker: str, now: datetime) -> Job | None:
+    """A running job given back by (or for) a worker that was stopped on purpose.
+
+    The attempt is not counted: a restart of the service is not the job's fault,
+    while ``max_attempts`` is there to stop jobs that kill their workers.
+    """
+    if job.status != "running" or job.worker != worker:
+        return None
+    return job.model_copy(
+        update={
+            "status": "queued",
+            "worker": None,
+            "lease_expires_at": None,
+            "attempts": max(0, job.attempts - 1),
+            "progress": None,
+            "history": [],
+            "enqueued_at": None,
+            "updated_at": now,
+        }
+    )
+
+
+def due_for_sending(job: Job, resend_after_seconds: float, now: datetime) -> Job | None:
+    """The job stamped as sent now, if it is queued and was never sent or long ago.
+
+    A queued job whose broker message was lost would otherwise wait forever; sending
+    it again is harmless, since a second delivery of a taken job is a no-op.
+    """
+    if job.status != "queued" or job.cancel_requested:
+        return None
+    cutoff = now - timedelta(seconds=resend_after_seconds)
+    if job.enqueued_at is not None and job.enqueued_at > cutoff:
+        return None
+    return job.model_copy(update={"enqueued_at": now, "updated_at": now})
+
+
+def unsent(job: Job, now: datetime) -> Job | None:
+    """A queued job whose hand-over to the broker failed: the next sweep sends it."""
+    if job.status != "queued":
+        return None
+    return job.model_copy(update={"enqueued_at": None, "updated_at": now})
 
 
 Change = Callable[[Job, datetime], Job | None]
@@ -218,9 +286,14 @@ class JobTransitions:
         result = self._update(job_id, lambda job, now: renewed(job, worker, lease_seconds, now))
         return result is not None
 
-    def record_epoch(self, job_id: str, progress: EpochProgress) -> None:
-        """Set the latest progress and append it to the job's history."""
-        self._update(job_id, lambda job, now: with_epoch(job, progress, now))
+    def record_epoch(
+        self, job_id: str, progress: EpochProgress, *, worker: str | None = None
+    ) -> None:
+        """Set the latest progress and append it to the job's history.
+
+        A worker passes its name: LeaseLostError if it no longer holds the job.
+        """
+        self._update(job_id, lambda job, now: with_epoch(job, progress, now, worker))
 
     def finish(
         self,
@@ -229,11 +302,25 @@ class JobTransitions:
         *,
         version: int | None = None,
         error: JobError | None = None,
+        worker: str | None = None,
     ) -> Job:
-        """Move the job to a terminal status; ConflictError if it already ended."""
-        ended = self._update(job_id, lambda job, now: finished(job, status, version, error, now))
+        """Move the job to a terminal status; ConflictError if it already ended.
+
+        A worker passes its name: LeaseLostError if it no longer holds the job.
+        """
+        ended = self._update(
+            job_id, lambda job, now: finished(job, status, version, error, now, worker)
+        )
         assert ended is not None  # finished() never declines, it raises
         return ended
+
+    def release(self, job_id: str, worker: str) -> bool:
+        """Put a job back in the queue without spending an attempt; False if not held."""
+        return self._update(job_id, lambda job, now: released(job, worker, now)) is not None
+
+    def mark_unsent(self, job_id: str) -> None:
+        """Record that sending the queued job failed, so the next sweep sends it."""
+        self._update(job_id, unsent)
 
     def request_cancel(self, job_id: str) -> Job:
         """Cancel a queued job now, or flag a running one for its worker to stop."""

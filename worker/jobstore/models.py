@@ -51,6 +51,9 @@ class Job(BaseModel):
     finished_at: AwareDatetime | None = None
     updated_at: AwareDatetime
     lease_expires_at: AwareDatetime | None = None
+    # When the job was last handed to the broker; None while a queued job still has
+    # to be sent (after a lost worker, a release, or a failed send).
+    enqueued_at: AwareDatetime | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -68,4 +71,5 @@ class Job(BaseModel):
             model_name=model_name,
             created_at=now,
             updated_at=now,
+            enqueued_at=now,
         )

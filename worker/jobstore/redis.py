@@ -28,9 +28,22 @@ class RedisJobStore(base.JobTransitions):
     """Job store in Redis, shared by API and worker processes on any machine."""
 
     def __init__(
-        self, url: str, prefix: str = "daciavision", *, clock: base.Clock = utc_now
+        self,
+        url: str,
+        prefix: str = "daciavision",
+        *,
+        clock: base.Clock = utc_now,
+        socket_timeout: float = 5.0,
     ) -> None:
-        self.client = redis.Redis.from_url(url, decode_responses=True)
+        # Explicit timeouts: without them a half-open connection blocks a request
+        # (or a worker's lease renewal) forever.
+        self.client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            health_check_interval=30,
+        )
         self.prefix = prefix
         self.clock = clock
 
@@ -156,6 +169,18 @@ class RedisJobStore(base.JobTransitions):
             elif recovered is not None and recovered.status == "failed":
                 failed.append(recovered.job_id)
         return requeued, failed
+
+    def jobs_to_send(self, resend_after_seconds: float) -> builtins.list[str]:
+        """Queued jobs never sent or sent long ago, stamped as sent now; their ids."""
+        due: builtins.list[str] = []
+        for job_id in self.client.zrange(self._status_key("queued"), 0, -1):
+            stamped = self._update(
+                str(job_id),
+                lambda job, now: base.due_for_sending(job, resend_after_seconds, now),
+            )
+            if stamped is not None:
+                due.append(stamped.job_id)
+        return due
 
     def count_by_status(self) -> dict[str, int]:
         """Number of jobs in each status, zeros included."""

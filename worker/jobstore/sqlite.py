@@ -174,6 +174,21 @@ class SqliteJobStore(base.JobTransitions):
                     failed.append(recovered.job_id)
         return requeued, failed
 
+    def jobs_to_send(self, resend_after_seconds: float) -> builtins.list[str]:
+        """Queued jobs never sent or sent long ago, stamped as sent now; their ids."""
+        due: list[str] = []
+        with self._write() as connection:
+            now = self.clock()
+            rows = connection.execute("SELECT document FROM jobs WHERE status = 'queued'")
+            for (document,) in rows.fetchall():
+                stamped = base.due_for_sending(
+                    Job.model_validate_json(document), resend_after_seconds, now
+                )
+                if stamped is not None:
+                    self._save(connection, stamped)
+                    due.append(stamped.job_id)
+        return due
+
     def count_by_status(self) -> dict[str, int]:
         """Number of jobs in each status, zeros included."""
         with self._read() as connection:

@@ -1,0 +1,294 @@
+"""Who may call what: API keys with scopes, and the checks that keep other sites out.
+
+Keys are configured as SHA-256 hashes with their scopes (``DACIAVISION_API_KEYS``), so
+the settings never hold a usable secret. A request presents its key as
+``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; each router declares, in
+``service/app.py``, which scope its reads and its writes need.
+
+A web page the operator merely visits must not be able to act either. A cross-site
+form post carries no custom header and a form content type; other cross-site scripts
+carry an Origin. So a state-changing POST without an API key header is refused when
+it has a form body or a foreign origin (this service's own pages, and the configured
+origins, excepted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Annotated, Final, Literal, get_args
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as AsgiScope
+
+from service.errors import (
+    ForbiddenError,
+    UnauthenticatedError,
+    UnsupportedMediaTypeError,
+    error_json,
+    quoted,
+)
+
+Scope = Literal["predict", "train", "admin"]
+SCOPES: Final[tuple[str, ...]] = get_args(Scope)
+KEY_PREFIX = "dv_"
+ENTRY_SEPARATOR = ";"
+# Methods an HTML form can send cross-site without a CORS preflight.
+FORM_METHODS = frozenset({"POST"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+JSON_TYPE = "application/json"
+# The bodies an HTML form can send to any site without asking (no CORS preflight).
+FORM_CONTENT_TYPES = frozenset(
+    {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
+)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One accepted key: the SHA-256 digest of the key and the scopes it grants."""
+
+    digest: bytes
+    scopes: frozenset[str]
+
+
+def hash_key(key: str) -> str:
+    """The SHA-256 hex digest under which a key is configured."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    """A fresh random key: 256 bits, URL-safe, recognisable by its prefix."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def settings_entry(key: str, scopes: Iterable[str]) -> str:
+    """The ``DACIAVISION_API_KEYS`` entry for ``key``: its hash and its scopes."""
+    return f"{hash_key(key)}:{','.join(check_scopes(scopes))}"
+
+
+def check_scopes(scopes: Iterable[str]) -> list[str]:
+    """The scopes, validated and de-duplicated in their canonical order."""
+    wanted = {scope.strip() for scope in scopes if scope.strip()}
+    unknown = sorted(wanted - set(SCOPES))
+    if unknown or not wanted:
+        raise ValueError(
+            f"scopes {sorted(wanted) or 'none'} are not valid; use one or more of: "
+            f"{', '.join(SCOPES)}"
+        )
+    return [scope for scope in SCOPES if scope in wanted]
+
+
+def parse_api_keys(text: str) -> tuple[ApiKey, ...]:
+    """Parse ``DACIAVISION_API_KEYS``: ``sha256hex:scope,scope`` entries joined by ';'."""
+    keys = []
+    for number, entry in enumerate(text.split(ENTRY_SEPARATOR), start=1):
+        if not entry.strip():
+            continue
+        digest, separator, scopes = entry.strip().partition(":")
+        if not separator or len(digest) != 64:
+            raise ValueError(
+                f"DACIAVISION_API_KEYS entry {number} is not '<64 hex digits>:<scopes>'; "
+                "create one with `daciavision keys new --scopes predict`"
+            )
+        try:
+            raw = bytes.fromhex(digest)
+        except ValueError:
+            raise ValueError(
+                f"DACIAVISION_API_KEYS entry {number}: the hash is not hexadecimal"
+            ) from None
+        keys.append(ApiKey(raw, frozenset(check_scopes(scopes.split(",")))))
+    return tuple(keys)
+
+
+class Keyring:
+    """The configured keys; empty means the API runs open (loopback only)."""
+
+    def __init__(self, keys: Iterable[ApiKey]) -> None:
+        self.keys = tuple(keys)
+
+    @property
+    def open(self) -> bool:
+        return not self.keys
+
+    def scopes_of(self, presented: str) -> frozenset[str] | None:
+        """The scopes of a presented key, or None if it is not one of ours."""
+        digest = hashlib.sha256(presented.encode()).digest()
+        found: frozenset[str] | None = None
+        # Compare with every key, in constant time each, and never stop early:
+        # the time taken says nothing about which key, or how much of it, matched.
+        for key in self.keys:
+            if hmac.compare_digest(digest, key.digest):
+                found = key.scopes
+        return found
+
+
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="BearerKey",
+    description="An API key as `Authorization: Bearer <key>`.",
+)
+_API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="ApiKeyHeader",
+    description="An API key as `X-API-Key: <key>`.",
+)
+
+
+async def presented_key(
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    header: Annotated[str | None, Depends(_API_KEY_HEADER)],
+) -> str | None:
+    """The key the request carries, from either header."""
+    if bearer is not None and bearer.credentials:
+        return bearer.credentials
+    return header or None
+
+
+PresentedKey = Annotated[str | None, Depends(presented_key)]
+
+
+def _same_origin_browser(request: Request, allowed_origins: frozenset[str]) -> bool:
+    # Browsers mark where a request comes from; a page of this very service (the
+    # docs' "Try it out") or an allowed origin may post like any client.
+    if request.headers.get("sec-fetch-site") == "same-origin":
+        return True
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    return origin == own or origin in allowed_origins
+
+
+@dataclass(frozen=True)
+class RouteAccess:
+    """The scopes a router's routes need: one for reads, one for changes.
+
+    ``form_posts`` allows bodies any client may send (multipart uploads to
+    /predict): such routes change nothing, so a cross-site post gains nothing.
+    """
+
+    read: Scope
+    write: Scope
+    form_posts: bool = False
+
+    def scope_for(self, method: str) -> Scope:
+        return self.read if method.upper() in READ_METHODS else self.write
+
+    async def __call__(self, request: Request, key: PresentedKey) -> None:
+        # async: cheap checks, so no thread from the shared pool is taken for them.
+        keyring: Keyring = request.app.state.services.keyring
+        scope = self.scope_for(request.method)
+        if not keyring.open:
+            self._check_key(keyring, key, scope)
+        if request.method in FORM_METHODS and not self.form_posts and key is None:
+            self._check_not_a_form_post(request)
+
+    @staticmethod
+    def _check_key(keyring: Keyring, key: str | None, scope: Scope) -> None:
+        if key is None:
+            raise UnauthenticatedError(
+                "this route needs an API key; send it as 'Authorization: Bearer <key>' or "
+                "'X-API-Key: <key>' (the operator creates keys with `daciavision keys new`)"
+            )
+        scopes = keyring.scopes_of(key)
+        if scopes is None:
+            raise UnauthenticatedError("the API key is not valid; check it or ask for a new one")
+        if scope not in scopes and "admin" not in scopes:
+            raise ForbiddenError(
+                f"this route needs the {scope!r} scope; the key has "
+                f"{', '.join(sorted(scopes))}. Use a key with {scope!r} or 'admin'",
+                required_scope=scope,
+            )
+
+    @staticmethod
+    def _check_not_a_form_post(request: Request) -> None:
+        allowed: frozenset[str] = request.app.state.services.allowed_origins
+        if _same_origin_browser(request, allowed):
+            return
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type in FORM_CONTENT_TYPES:
+            raise UnsupportedMediaTypeError(
+                f"this POST changes state, so it is not accepted as {content_type} (what any "
+                f"web page's form can send); send {JSON_TYPE} (the body may be empty) or an "
+                "API key header",
+                accepted_content_types=[JSON_TYPE],
+            )
+        # A script without a form (fetch in no-cors mode, a beacon) still says where
+        # it runs; scripts and tools outside a browser send no Origin at all.
+        if "origin" in request.headers or request.headers.get("sec-fetch-site") in (
+            "cross-site",
+            "same-site",
+        ):
+            raise ForbiddenError(
+                f"origin {quoted(request.headers.get('origin'), 100)!r} may not change state "
+                "here; the operator lists allowed origins in DACIAVISION_ALLOWED_ORIGINS"
+            )
+
+
+LOOPBACK_HOSTS: Final[tuple[str, ...]] = ("localhost", "127.0.0.1", "[::1]", "::1")
+# Probes come from orchestrators that address the container by IP; they reveal nothing.
+_OPEN_PATH_PREFIX = "/health/"
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """Which Host names the API answers."""
+
+    names: frozenset[str]
+    # Names without a dot ("localhost", a machine's own short name) cannot be
+    # registered in public DNS, so no attacker's page can be served under one.
+    dotless: bool = False
+
+    def allows(self, name: str) -> bool:
+        return name in self.names or (self.dotless and "." not in name and ":" not in name)
+
+
+def host_policy(configured: str | None, keyring: Keyring) -> HostPolicy | None:
+    """The Host names to answer, or None for any.
+
+    Without keys, only loopback addresses and dotless names: a DNS-rebinding page
+    (evil.example resolving to 127.0.0.1) then reaches nothing. With keys, such a
+    page has no key to send, so any name is answered unless the operator lists them.
+    """
+    if configured is None:
+        return HostPolicy(frozenset(LOOPBACK_HOSTS), dotless=True) if keyring.open else None
+    names = frozenset(name.strip().lower() for name in configured.split(",") if name.strip())
+    return None if "*" in names else HostPolicy(names)
+
+
+def _host_name(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class TrustedHostMiddleware:
+    """Answers 400 to a Host header not in the allowed list (one error shape)."""
+
+    def __init__(self, app: ASGIApp, policy: HostPolicy) -> None:
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(_OPEN_PATH_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        host = Headers(scope=scope).get("host", "")
+        if self.policy.allows(_host_name(host)):
+            await self.app(scope, receive, send)
+            return
+        response = error_json(
+            400,
+            "invalid_host",
+            f"this server does not answer to the host name {quoted(host, 100)!r}; the operator "
+            "lists accepted names in DACIAVISION_ALLOWED_HOSTS",
+        )
+        await response(scope, receive, send)

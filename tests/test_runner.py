@@ -1,0 +1,136 @@
+"""The worker's side of a job: fencing, time limits and cancellation in every phase.
+
+``run_job`` runs for real against an embedded (SQLite) store; only the training is
+replaced by a loop that reports an epoch every 50 ms until it is told to stop, so
+each test takes a second or two instead of a training's minutes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainer.errors import TrainingCancelledError
+from trainer.progress import EpochProgress
+from trainer.registry import FileModelRegistry
+from trainer.run import train_and_register
+from trainer.spec import parse_training_spec
+from worker import runner
+from worker.jobstore import Job, SqliteJobStore
+from worker.settings import Settings
+
+SPEC = {"dataset": "digits", "epochs": 3, "hyperparameters": {"filters1": 4, "filters2": 4}}
+TINY = {**SPEC, "hyperparameters": {"filters1": 4, "filters2": 4, "dense_units": 8}}
+
+
+def endless_training(on_epoch: Callable[[int], None]) -> Callable[..., Any]:
+    def train(*_: Any, progress: Any, should_cancel: Callable[[], bool], **__: Any) -> Any:
+        for number in range(1, 1200):
+            if should_cancel():
+                raise TrainingCancelledError("training was cancelled on request")
+            record = EpochProgress(epoch=number, epochs=3, loss=1.0, accuracy=0.5, seconds=0.05)
+            for listener in progress:
+                listener(record)
+            on_epoch(number)
+            time.sleep(0.05)
+        raise AssertionError("the training was never stopped")
+
+    return train
+
+
+def queued_job(store: SqliteJobStore, spec: dict[str, Any]) -> Job:
+    job = Job.new(spec=spec, model_name="digits-runner")
+    store.create(job)
+    return job
+
+
+def test_a_stale_worker_is_refused_and_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(home=tmp_path, job_lease_seconds=30)
+    store = SqliteJobStore(settings.jobs_db_path)
+    job = queued_job(store, SPEC)
+
+    def take_over(number: int) -> None:
+        if number == 3:
+            # The first worker stalled past its lease; another worker claims the job.
+            store._update(
+                job.job_id,
+                lambda current, now: current.model_copy(
+                    update={"lease_expires_at": now - timedelta(seconds=1)}
+                ),
+            )
+            assert store.claim(job.job_id, "worker-2:1", 60) is not None
+
+    monkeypatch.setattr(runner, "train_and_register", endless_training(take_over))
+    started = time.monotonic()
+    outcome = runner.run_job(job.job_id, settings)
+    assert outcome == {"job_id": job.job_id, "status": "lease_lost"}
+    assert time.monotonic() - started < 10
+    current = store.get(job.job_id)
+    # The new holder's job, untouched by the stale worker: no epochs, no ending.
+    assert (current.status, current.worker, current.history) == ("running", "worker-2:1", [])
+    assert current.finished_at is None
+
+
+def test_a_job_past_its_time_limit_is_stopped_and_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(home=tmp_path, job_lease_seconds=4)
+    store = SqliteJobStore(settings.jobs_db_path)
+    job = queued_job(store, {**SPEC, "time_limit_seconds": 1})
+    monkeypatch.setattr(runner, "train_and_register", endless_training(lambda _: None))
+
+    started = time.monotonic()
+    assert runner.run_job(job.job_id, settings)["status"] == "failed"
+    assert time.monotonic() - started < 10
+    ended = store.get(job.job_id)
+    assert ended.status == "failed"
+    assert ended.error is not None and ended.error.type == "TimeLimitExceeded"
+    assert "time_limit_seconds" in ended.error.message
+    assert len(ended.history) >= 5  # it did run until the limit
+
+
+def test_a_cancel_during_data_preparation_stops_before_training(tmp_path: Path) -> None:
+    registry = FileModelRegistry(tmp_path / "registry")
+    calls: list[int] = []
+
+    def cancel_after_the_first_check() -> bool:
+        calls.append(1)
+        return len(calls) > 1  # true as soon as the data is prepared
+
+    epochs: list[EpochProgress] = []
+    with pytest.raises(TrainingCancelledError, match="after data preparation"):
+        train_and_register(
+            parse_training_spec(TINY),
+            data_dir=None,
+            registry=registry,
+            progress=[epochs.append],
+            should_cancel=cancel_after_the_first_check,
+        )
+    assert epochs == []
+    assert registry.list_models() == []
+
+
+def test_a_cancel_after_the_last_batch_stops_before_registration(tmp_path: Path) -> None:
+    registry = FileModelRegistry(tmp_path / "registry")
+    cancelled = False
+
+    def cancel_when_training_ends(progress: EpochProgress) -> None:
+        nonlocal cancelled
+        cancelled = progress.epoch == progress.epochs
+
+    with pytest.raises(TrainingCancelledError, match="before evaluation"):
+        train_and_register(
+            parse_training_spec({**TINY, "epochs": 1}),
+            data_dir=None,
+            registry=registry,
+            progress=[cancel_when_training_ends],
+            should_cancel=lambda: cancelled,
+        )
+    assert registry.list_models() == []
