@@ -23,6 +23,8 @@ from trainer.errors import DaciaVisionError
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
+# An overloaded /predict clears in well under a second; the broker takes longer to return.
+RETRY_AFTER_SECONDS_BY_CODE = {"overloaded": 1}
 
 
 class PayloadTooLargeError(DaciaVisionError):
@@ -41,6 +43,10 @@ class ModelLoadError(DaciaVisionError):
     code = "model_load_failed"
 
 
+class OverloadedError(DaciaVisionError):
+    code = "overloaded"
+
+
 STATUS_BY_CODE: dict[str, int] = {
     "invalid_input": 422,
     "invalid_model_name": 422,
@@ -54,6 +60,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "broker_unavailable": 503,
+    "overloaded": 503,
     "corrupt_model": 500,
     "model_load_failed": 500,
 }
@@ -74,7 +81,8 @@ _DESCRIPTIONS = {
     413: "The upload or batch is larger than the service accepts.",
     415: "The content type or image format is not supported.",
     422: "The input is invalid; `errors` names each field, the value received and what is allowed.",
-    503: "The broker or job store is unreachable; retry after the `Retry-After` seconds.",
+    503: "The broker or job store is unreachable, or too many predictions are in progress; "
+    "retry after the `Retry-After` seconds.",
 }
 
 
@@ -89,7 +97,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def error_json(
     status_code: int, code: str, message: str, details: dict[str, Any] | None = None
 ) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status_code == 503 else None
+    retry_after = RETRY_AFTER_SECONDS_BY_CODE.get(code, RETRY_AFTER_SECONDS)
+    headers = {"Retry-After": str(retry_after)} if status_code == 503 else None
     # Details never override the two fields every client relies on.
     body = {"detail": {**jsonable_encoder(details or {}), "code": code, "message": message}}
     return JSONResponse(status_code=status_code, content=body, headers=headers)
