@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     max_batch_wait_seconds: float = Field(
         0.002,
         ge=0,
-        le=1,
+        le=10,
         description="Longest a request waits for its batch to fill; only under load, never "
         "on an idle server.",
     )
