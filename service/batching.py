@@ -27,8 +27,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from service.inference import Batch
 logger = logging.getLogger(__name__)
 
 InferenceFunction = Callable[[Batch], Batch]
+ExtraT = TypeVar("ExtraT")
 
 
 @dataclass(frozen=True)
@@ -191,3 +193,45 @@ class Batcher:
             end = start + len(request.images)
             request.future.set_result(probabilities[start:end])
             start = end
+
+
+async def prepare_and_predict(
+    executor: Executor, prepare: Callable[[], tuple[Batch, ExtraT]], batcher: Batcher
+) -> tuple[Batch, ExtraT]:
+    """Run ``prepare`` (decoding) on ``executor``, its batch on ``batcher``; await both.
+
+    The decoding thread hands its batch straight to the batcher, so the event loop
+    wakes once, when the probabilities are ready: each hand-over between threads
+    costs a scheduler wake-up, milliseconds on a machine whose cores are all busy.
+    Returns the probabilities and whatever else ``prepare`` returned beside the batch.
+    """
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[tuple[Batch, ExtraT]] = loop.create_future()
+
+    def fail(error: BaseException) -> None:
+        if not answer.done():  # the request may have been cancelled meanwhile
+            answer.set_exception(error)
+
+    def succeed(result: tuple[Batch, ExtraT]) -> None:
+        if not answer.done():
+            answer.set_result(result)
+
+    def prepare_then_submit() -> None:
+        try:
+            images, extra = prepare()
+        except Exception as error:  # noqa: BLE001 - raised again in the awaiting request
+            loop.call_soon_threadsafe(fail, error)
+            return
+
+        def deliver(inference: Future[Batch]) -> None:
+            if inference.cancelled():
+                return
+            if (error := inference.exception()) is not None:
+                loop.call_soon_threadsafe(fail, error)
+            else:
+                loop.call_soon_threadsafe(succeed, (inference.result(), extra))
+
+        batcher.submit(images).add_done_callback(deliver)
+
+    executor.submit(prepare_then_submit)
+    return await answer

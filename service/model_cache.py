@@ -49,10 +49,6 @@ class LoadedModel:
         """Class probabilities (N, num_classes) for a float32 batch (N, H, W, C) in [0, 1]."""
         return self.batcher.predict_blocking(batch)
 
-    async def predict_async(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        """As ``predict``, awaited on the event loop while the batcher thread works."""
-        return await self.batcher.predict(batch)
-
 
 @dataclass(frozen=True)
 class CacheStats:

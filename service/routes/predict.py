@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.batching import prepare_and_predict
 from service.deps import (
     DecodePoolDep,
     ModelCacheDep,
@@ -217,10 +218,11 @@ async def predict_inputs(
     k = _check_top_k(top_k, loaded)
     # Decoding is CPU-bound: its own threads, while the batcher's thread runs the model
     # on other requests' images. Pillow and TensorFlow both release the GIL.
-    batch, filenames = await asyncio.get_running_loop().run_in_executor(
-        decode_pool, decode_inputs, inputs, loaded.input_shape, max_upload_bytes
+    probabilities, filenames = await prepare_and_predict(
+        decode_pool,
+        functools.partial(decode_inputs, inputs, loaded.input_shape, max_upload_bytes),
+        loaded.batcher,
     )
-    probabilities = await loaded.predict_async(batch)
     return {
         "model_name": loaded.model_name,
         "version": loaded.version,

@@ -9,7 +9,6 @@ Serving's top-level ``"error"`` string, which its clients display.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
@@ -22,6 +21,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.admission import RequestLimiter
+from service.batching import prepare_and_predict
 from service.deps import (
     DecodePoolDep,
     ModelCacheDep,
@@ -31,7 +31,7 @@ from service.deps import (
     SettingsDep,
 )
 from service.errors import error_responses
-from service.images import instances_to_batch
+from service.images import Batch, instances_to_batch
 from service.model_cache import ModelCache
 from service.monitoring import record_predictions
 from service.routes.predict import check_instance_count, loaded_model, read_json_body
@@ -130,12 +130,14 @@ async def predict_probabilities(
 ) -> list[list[float]]:
     """Probabilities per instance, as TF Serving returns a softmax model's output."""
     loaded = await loaded_model(cache, model_name, version)
+
     # As /predict: decode on the decode threads, infer on the model's batcher thread.
-    batch = await asyncio.get_running_loop().run_in_executor(
-        decode_pool, instances_to_batch, instances, loaded.input_shape, "0-1", max_upload_bytes
-    )
-    probabilities: list[list[float]] = (await loaded.predict_async(batch)).tolist()
-    return probabilities
+    def decode() -> tuple[Batch, None]:
+        return instances_to_batch(instances, loaded.input_shape, "0-1", max_upload_bytes), None
+
+    probabilities, _ = await prepare_and_predict(decode_pool, decode, loaded.batcher)
+    rows: list[list[float]] = probabilities.tolist()
+    return rows
 
 
 async def _predict(
