@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             recovery.cancel()
+            services.close()
 
     # Swagger UI and ReDoc served from the package, not a CDN: /docs works offline.
     app = FastAPIOffline(

@@ -7,6 +7,7 @@ built once per app in ``Services`` and reached through ``request.app.state``.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated
@@ -15,6 +16,8 @@ from celery import Celery
 from fastapi import Depends, Path, Query, Request
 from kombu.exceptions import OperationalError
 
+from service.admission import RequestLimiter
+from service.batching import BatchingOptions
 from service.errors import BrokerUnavailableError
 from service.locks import redis_alias_lock
 from service.model_cache import ModelCache
@@ -85,12 +88,42 @@ class Services:
 
     @cached_property
     def model_cache(self) -> ModelCache:
-        return ModelCache(self.registry, capacity=self.settings.model_cache_size)
+        settings = self.settings
+        batching = BatchingOptions(
+            enabled=settings.batching,
+            max_batch_size=settings.max_batch_size,
+            max_wait_seconds=settings.max_batch_wait_seconds,
+        )
+        return ModelCache(
+            self.registry,
+            capacity=settings.model_cache_size,
+            batching=batching,
+            jit_compile=settings.inference_jit_compile,
+        )
+
+    @cached_property
+    def decode_pool(self) -> ThreadPoolExecutor:
+        # Its own pool, not the event loop's default one: decoding then runs beside the
+        # batcher's inference thread, never queued behind blocking registry calls.
+        return ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
+
+    @cached_property
+    def predict_limiter(self) -> RequestLimiter:
+        return RequestLimiter(self.settings.predict_max_pending)
+
+    def close(self) -> None:
+        """Stop the threads this app started (batchers, decoders); only those it created."""
+        if "model_cache" in self.__dict__:
+            self.model_cache.close()
+        if "decode_pool" in self.__dict__:
+            self.decode_pool.shutdown(wait=True, cancel_futures=True)
 
 
 async def get_services(request: Request) -> Services:
     # async: a sync dependency would take a thread from the shared pool, and health
     # probes must answer even when that pool is full.
+    # Also, the getters that only read an attribute are async: FastAPI runs a plain def
+    # dependency in a worker thread, a thread hop per dependency and request.
     services: Services = request.app.state.services
     return services
 
@@ -98,11 +131,11 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_settings_dep(services: ServicesDep) -> Settings:
+async def get_settings_dep(services: ServicesDep) -> Settings:
     return services.settings
 
 
-def get_registry(services: ServicesDep) -> FileModelRegistry:
+async def get_registry(services: ServicesDep) -> FileModelRegistry:
     return services.registry
 
 
@@ -114,8 +147,16 @@ def get_dispatcher(services: ServicesDep) -> JobDispatcher:
     return services.dispatcher
 
 
-def get_model_cache(services: ServicesDep) -> ModelCache:
+async def get_model_cache(services: ServicesDep) -> ModelCache:
     return services.model_cache
+
+
+async def get_predict_limiter(services: ServicesDep) -> RequestLimiter:
+    return services.predict_limiter
+
+
+async def get_decode_pool(services: ServicesDep) -> ThreadPoolExecutor:
+    return services.decode_pool
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
@@ -123,6 +164,8 @@ RegistryDep = Annotated[FileModelRegistry, Depends(get_registry)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 DispatcherDep = Annotated[JobDispatcher, Depends(get_dispatcher)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
+PredictLimiterDep = Annotated[RequestLimiter, Depends(get_predict_limiter)]
+DecodePoolDep = Annotated[ThreadPoolExecutor, Depends(get_decode_pool)]
 
 
 @dataclass(frozen=True)

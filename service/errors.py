@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
 # The most characters of a client's input an error message quotes back.
 QUOTE_LIMIT = 200
+# An overloaded /predict clears in well under a second; the broker takes longer to return.
+RETRY_AFTER_SECONDS_BY_CODE = {"overloaded": 1}
 
 
 class PayloadTooLargeError(DaciaVisionError):
@@ -60,6 +62,10 @@ class JobStoreUnavailableError(DaciaVisionError):
     code = "job_store_unavailable"
 
 
+class OverloadedError(DaciaVisionError):
+    code = "overloaded"
+
+
 STATUS_BY_CODE: dict[str, int] = {
     "invalid_input": 422,
     "resource_budget_exceeded": 422,
@@ -83,6 +89,7 @@ STATUS_BY_CODE: dict[str, int] = {
     # The version's files are broken: it cannot be served, the others still can.
     "corrupt_model": 503,
     "model_load_failed": 503,
+    "overloaded": 503,
 }
 
 
@@ -103,8 +110,9 @@ _DESCRIPTIONS = {
     413: "The upload or batch is larger than the service accepts.",
     415: "The content type or image format is not supported.",
     422: "The input is invalid; `errors` names each field, the value received and what is allowed.",
-    503: "The broker or job store is unreachable, or the model version's files are broken "
-    "(`corrupt_model`, `model_load_failed`); retry after the `Retry-After` seconds.",
+    503: "The broker or job store is unreachable, too many predictions are in progress, or "
+    "the model version's files are broken (`corrupt_model`, `model_load_failed`); retry "
+    "after the `Retry-After` seconds.",
 }
 
 
@@ -119,7 +127,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def error_json(
     status_code: int, code: str, message: str, details: dict[str, Any] | None = None
 ) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status_code == 503 else None
+    retry_after = RETRY_AFTER_SECONDS_BY_CODE.get(code, RETRY_AFTER_SECONDS)
+    headers = {"Retry-After": str(retry_after)} if status_code == 503 else None
     if status_code == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="daciavision"'}
     # Details never override the two fields every client relies on.

@@ -1,8 +1,11 @@
 """A bounded LRU of loaded, warmed Keras models keyed by (model_name, version).
 
-A model enters the cache only after its checksum was verified, it was loaded and one
-prediction ran, so a request never meets a cold or broken model; a failed load leaves
-the cache as it was. Keras is imported on the first load, which keeps importing the
+A model enters the cache only after its checksum was verified, it was loaded, its
+forward pass was traced for every batch size it will see (``service/inference.py``)
+and one prediction ran through its batcher (``service/batching.py``), so a request
+never meets a cold or broken model; a failed load leaves the cache as it was. Each
+loaded model owns one batcher thread, stopped when the model leaves the cache or the
+app shuts down. Keras is imported on the first load, which keeps importing the
 service (and forking workers from it) free of TensorFlow.
 """
 
@@ -10,13 +13,16 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from service.batching import Batcher, BatchingOptions
 from service.errors import ModelLoadError
+from service.inference import CompiledModel
 from trainer.card import ModelCard
 from trainer.errors import CorruptModelError, NotFoundError
 from trainer.registry import FileModelRegistry
@@ -33,9 +39,8 @@ class LoadedModel:
     class_names: tuple[str, ...]
     input_shape: tuple[int, int, int]
     model: Any = field(repr=False)
-    # One call at a time per model: Keras layers are not documented as safe to call from
-    # several threads, and one CPU inference already uses all cores (intra-op threads).
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Runs every call of this model, one at a time, batching concurrent requests.
+    batcher: Batcher = field(repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -43,11 +48,7 @@ class LoadedModel:
 
     def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         """Class probabilities (N, num_classes) for a float32 batch (N, H, W, C) in [0, 1]."""
-        # Calling the model directly, as Keras advises for batches that fit in memory:
-        # predict() and predict_on_batch() retrace a tf.function for every new batch size.
-        with self._lock:
-            probabilities = self.model(batch, training=False)
-        return np.asarray(probabilities, dtype=np.float32)
+        return self.batcher.predict_blocking(batch)
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,20 @@ class CacheStats:
 class ModelCache:
     """Loaded models, at most ``capacity`` of them, least recently used evicted first."""
 
-    def __init__(self, registry: FileModelRegistry, capacity: int) -> None:
+    def __init__(
+        self,
+        registry: FileModelRegistry,
+        capacity: int,
+        batching: BatchingOptions | None = None,
+        *,
+        jit_compile: bool = False,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.registry = registry
         self.capacity = capacity
+        self.batching = batching or BatchingOptions()
+        self.jit_compile = jit_compile
         self._entries: OrderedDict[CacheKey, LoadedModel] = OrderedDict()
         # Guards _entries, _key_locks and the counters; never held while a model loads,
         # so a slow load of one version does not block hits on others.
@@ -93,12 +103,28 @@ class ModelCache:
                     return cached
             loaded = self._load(model_name, version)
             with self._lock:
-                self._insert(key, loaded)
+                evicted = self._insert(key, loaded)
+            # Outside the cache lock: closing answers the evicted models' queued requests
+            # first. A request that took an evicted model just before is still answered,
+            # in its own thread (Batcher.submit); the GC frees the model after it.
+            _close_batchers(evicted)
             return loaded
+
+    def get_if_loaded(self, model_name: str, version: int) -> LoadedModel | None:
+        """The loaded model if it is in the cache, else None; never loads, never blocks long."""
+        with self._lock:
+            return self._lookup((model_name, version))
 
     def preload(self, model_name: str, version: int) -> LoadedModel:
         """Load and warm a version before traffic moves to it; ModelLoadError if it cannot be."""
         return self.get(model_name, version)
+
+    def close(self) -> None:
+        """Stop every loaded model's batcher (at app shutdown); the cache is empty after."""
+        with self._lock:
+            closing = list(self._entries.values())
+            self._entries.clear()
+        _close_batchers(closing)
 
     def stats(self) -> CacheStats:
         with self._lock:
@@ -118,14 +144,16 @@ class ModelCache:
             self._hits += 1
         return loaded
 
-    def _insert(self, key: CacheKey, loaded: LoadedModel) -> None:
+    def _insert(self, key: CacheKey, loaded: LoadedModel) -> list[LoadedModel]:
+        """Add a loaded model; the models it evicted, whose batchers the caller closes."""
         self._entries[key] = loaded
         self._entries.move_to_end(key)
         self._loads += 1
+        evicted = []
         while len(self._entries) > self.capacity:
-            # An evicted model still serves requests holding it; the GC frees it after them.
-            self._entries.popitem(last=False)
+            evicted.append(self._entries.popitem(last=False)[1])
             self._evictions += 1
+        return evicted
 
     def _load(self, model_name: str, version: int) -> LoadedModel:
         try:
@@ -151,16 +179,30 @@ class ModelCache:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
         input_shape = _input_shape(card, model)
         class_names = tuple(card.class_names)
-        loaded = LoadedModel(model_name, version, class_names, input_shape, model)
-        # The warm-up takes the path requests take, so it also proves the model runs.
-        num_outputs = loaded.predict(np.zeros((1, *input_shape), dtype=np.float32)).shape[-1]
-        if not class_names:
-            loaded.class_names = tuple(str(index) for index in range(num_outputs))
-        elif len(class_names) != num_outputs:
-            raise ValueError(
-                f"the card names {len(class_names)} classes but the model outputs {num_outputs}"
-            )
+        compiled = CompiledModel(
+            model, input_shape, self.batching.max_batch_size, jit_compile=self.jit_compile
+        )
+        compiled.warm()
+        batcher = Batcher(compiled, self.batching, name=f"{model_name} v{version}")
+        loaded = LoadedModel(model_name, version, class_names, input_shape, model, batcher)
+        try:
+            # The warm-up takes the path requests take, so it also proves the model runs.
+            num_outputs = loaded.predict(np.zeros((1, *input_shape), dtype=np.float32)).shape[-1]
+            if not class_names:
+                loaded.class_names = tuple(str(index) for index in range(num_outputs))
+            elif len(class_names) != num_outputs:
+                raise ValueError(
+                    f"the card names {len(class_names)} classes but the model outputs {num_outputs}"
+                )
+        except Exception:
+            batcher.close()
+            raise
         return loaded
+
+
+def _close_batchers(models: Iterable[LoadedModel]) -> None:
+    for loaded in models:
+        loaded.batcher.close()
 
 
 def _input_shape(card: ModelCard, model: Any) -> tuple[int, int, int]:

@@ -44,6 +44,26 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(4, ge=1, description="Loaded model versions kept in memory.")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_instances: int = Field(256, ge=1, description="Images per /predict request.")
+    batching: bool = Field(
+        True, description="Run concurrent /predict requests of one model as one model call."
+    )
+    max_batch_size: int = Field(
+        64, ge=1, le=1024, description="Most images in one model call (batches and chunks)."
+    )
+    max_batch_wait_seconds: float = Field(
+        0.002,
+        ge=0,
+        le=10,
+        description="Longest a request waits for its batch to fill; only under load, never "
+        "on an idle server.",
+    )
+    predict_max_pending: int = Field(
+        128, ge=1, description="Prediction requests in progress before new ones get a 503."
+    )
+    decode_threads: int = Field(2, ge=1, description="Threads decoding images for /predict.")
+    inference_jit_compile: bool = Field(
+        False, description="Compile the forward pass with XLA (faster for single images here)."
+    )
     job_lease_seconds: float = Field(
         60.0, gt=1, description="A running job whose worker is silent this long is requeued."
     )

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.deps import ModelCacheDep, ModelVersion, QueryModelVersionDep, SettingsDep
+from service.batching import prepare_and_predict
+from service.deps import (
+    DecodePoolDep,
+    ModelCacheDep,
+    ModelVersion,
+    PredictLimiterDep,
+    QueryModelVersionDep,
+    SettingsDep,
+)
 from service.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
@@ -23,6 +34,8 @@ from service.errors import (
 )
 from service.images import (
     ACCEPTED_FORMATS_TEXT,
+    Batch,
+    InputShape,
     PixelRange,
     check_pixel_budget,
     check_upload_size,
@@ -232,37 +245,60 @@ def _too_many(received: str, settings: Settings) -> PayloadTooLargeError:
     )
 
 
-def predict_inputs(
+async def loaded_model(cache: ModelCache, model_name: str, version: int) -> LoadedModel:
+    """The cached model at once, or loaded in a worker thread: a load takes seconds."""
+    loaded = cache.get_if_loaded(model_name, version)
+    if loaded is None:
+        loaded = await run_in_threadpool(cache.get, model_name, version)
+    return loaded
+
+
+def decode_inputs(
+    inputs: PredictInputs, input_shape: InputShape, max_upload_bytes: int
+) -> tuple[Batch, list[str | None]]:
+    """The inputs as one float32 batch, and the uploaded file names (None for JSON)."""
+    if isinstance(inputs, PredictRequest):
+        batch = instances_to_batch(
+            inputs.instances, input_shape, inputs.pixel_range, max_upload_bytes
+        )
+        return batch, [None] * len(batch)
+    arrays = [
+        decode_image(upload.data, input_shape, description=f"file {upload.filename!r}")
+        for upload in inputs
+    ]
+    return np.stack(arrays), [upload.filename for upload in inputs]
+
+
+async def predict_inputs(
     cache: ModelCache,
     model_version: ModelVersion,
     inputs: PredictInputs,
     top_k: int | None,
     max_upload_bytes: int,
-) -> PredictResponse:
-    """Decode the inputs, run the model once on the whole batch, rank the classes."""
-    loaded = cache.get(model_version.model_name, model_version.version)
+    decode_pool: Executor,
+) -> dict[str, Any]:
+    """Decode the inputs, run them through the model's batcher, rank the classes.
+
+    Returns the PredictResponse as plain JSON data: building and re-validating
+    pydantic objects per class and image cost more than the model call for small images.
+    """
+    loaded = await loaded_model(cache, model_version.model_name, model_version.version)
     k = _check_top_k(top_k, loaded)
-    filenames: list[str | None]
-    if isinstance(inputs, PredictRequest):
-        batch = instances_to_batch(
-            inputs.instances, loaded.input_shape, inputs.pixel_range, max_upload_bytes
-        )
-        filenames = [None] * len(batch)
-    else:
-        arrays = [
-            decode_image(upload.data, loaded.input_shape, description=f"file {upload.filename!r}")
-            for upload in inputs
-        ]
-        batch, filenames = np.stack(arrays), [upload.filename for upload in inputs]
-    probabilities = loaded.predict(batch)
-    return PredictResponse(
-        model_name=loaded.model_name,
-        version=loaded.version,
-        predictions=[
+    # Decoding is CPU-bound: its own threads, while the batcher's thread runs the model
+    # on other requests' images. Pillow and TensorFlow both release the GIL.
+    probabilities, filenames = await prepare_and_predict(
+        decode_pool,
+        functools.partial(decode_inputs, inputs, loaded.input_shape, max_upload_bytes),
+        loaded.batcher,
+    )
+    return {
+        "model_name": loaded.model_name,
+        "version": loaded.version,
+        "predictions": [
             _prediction(row, loaded.class_names, k, filename)
             for row, filename in zip(probabilities, filenames, strict=True)
         ],
-    )
+    }
 
 
 def _check_top_k(top_k: int | None, loaded: LoadedModel) -> int:
@@ -280,20 +316,21 @@ def _check_top_k(top_k: int | None, loaded: LoadedModel) -> int:
 
 def _prediction(
     probabilities: NDArray[np.float32], class_names: tuple[str, ...], k: int, filename: str | None
-) -> Prediction:
+) -> dict[str, Any]:
+    """One Prediction as JSON data (the schema documents it; see predict_inputs)."""
     # Stable sort: ties keep class order, so equal probabilities rank the same every time.
-    ranked = np.argsort(-probabilities, kind="stable")[:k]
-    best = int(ranked[0])
-    return Prediction(
-        label=class_names[best],
-        class_index=best,
-        confidence=float(probabilities[best]),
-        top_k=[
-            LabelProbability(label=class_names[index], probability=float(probabilities[index]))
-            for index in ranked
-        ],
-        filename=filename,
-    )
+    ranked = np.argsort(-probabilities, kind="stable")[:k].tolist()
+    values = probabilities.tolist()
+    best = ranked[0]
+    prediction: dict[str, Any] = {
+        "label": class_names[best],
+        "class_index": best,
+        "confidence": values[best],
+        "top_k": [{"label": class_names[index], "probability": values[index]} for index in ranked],
+    }
+    if filename is not None:  # response_model_exclude_none, as the schema says
+        prediction["filename"] = filename
+    return prediction
 
 
 # A 1x1 black PNG: small enough to paste into the docs' "Try it out".
@@ -342,9 +379,10 @@ TopKQuery = Annotated[
         "model's channels (transparency composited on white) and resized to its input.\n"
         f'* `{JSON_TYPE}`: `{{"instances": [...]}}`, each `{{"b64": "..."}}` or a pixel array '
         'of the input shape, with `"pixel_range"` `"0-255"` (default) or `"0-1"`.\n\n'
-        "Per-file and per-request limits answer 413."
+        "Per-file and per-request limits answer 413; past the server's queue depth it "
+        "answers 503 with `Retry-After`."
     ),
-    responses=error_responses(404, 413, 415, 422),
+    responses=error_responses(404, 413, 415, 422, 503),
     openapi_extra=_OPENAPI_BODY,
 )
 async def predict(
@@ -352,13 +390,15 @@ async def predict(
     model_version: QueryModelVersionDep,
     cache: ModelCacheDep,
     settings: SettingsDep,
+    limiter: PredictLimiterDep,
+    decode_pool: DecodePoolDep,
     top_k: TopKQuery = None,
-) -> PredictResponse:
+) -> Response:
     """Classify uploaded images or JSON instances with one model version."""
-    inputs = await read_inputs(request, settings)
-    # Decoding and inference are CPU-bound: keep them off the event loop.
-    response = await run_in_threadpool(
-        predict_inputs, cache, model_version, inputs, top_k, settings.max_upload_bytes
-    )
-    record_predictions(response.model_name, response.version, len(response.predictions))
-    return response
+    with limiter.admit():
+        inputs = await read_inputs(request, settings)
+        body = await predict_inputs(
+            cache, model_version, inputs, top_k, settings.max_upload_bytes, decode_pool
+        )
+    record_predictions(body["model_name"], body["version"], len(body["predictions"]))
+    return JSONResponse(body)

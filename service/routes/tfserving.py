@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
@@ -19,12 +20,26 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.deps import ModelCacheDep, ModelNamePath, RegistryDep, SettingsDep
+from service.admission import RequestLimiter
+from service.batching import prepare_and_predict
+from service.deps import (
+    DecodePoolDep,
+    ModelCacheDep,
+    ModelNamePath,
+    PredictLimiterDep,
+    RegistryDep,
+    SettingsDep,
+)
 from service.errors import error_responses
-from service.images import instances_to_batch
+from service.images import Batch, instances_to_batch
 from service.model_cache import ModelCache
 from service.monitoring import record_predictions
-from service.routes.predict import check_instance_count, check_instance_pixels, read_json_body
+from service.routes.predict import (
+    check_instance_count,
+    check_instance_pixels,
+    loaded_model,
+    read_json_body,
+)
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
 from trainer.spec_base import MAX_VERSION
@@ -111,36 +126,52 @@ def _instances(request: TfServingRequest) -> tuple[list[Any], bool]:
     return [_unwrap_named_input(instance) for instance in batch], columnar
 
 
-def predict_probabilities(
-    cache: ModelCache, model_name: str, version: int, instances: list[Any], max_upload_bytes: int
+async def predict_probabilities(
+    cache: ModelCache,
+    model_name: str,
+    version: int,
+    instances: list[Any],
+    max_upload_bytes: int,
+    decode_pool: Executor,
 ) -> list[list[float]]:
     """Probabilities per instance, as TF Serving returns a softmax model's output."""
-    loaded = cache.get(model_name, version)
-    batch = instances_to_batch(instances, loaded.input_shape, "0-1", max_upload_bytes)
-    probabilities: list[list[float]] = loaded.predict(batch).tolist()
-    return probabilities
+    loaded = await loaded_model(cache, model_name, version)
+
+    # As /predict: decode on the decode threads, infer on the model's batcher thread.
+    def decode() -> tuple[Batch, None]:
+        return instances_to_batch(instances, loaded.input_shape, "0-1", max_upload_bytes), None
+
+    probabilities, _ = await prepare_and_predict(decode_pool, decode, loaded.batcher)
+    rows: list[list[float]] = probabilities.tolist()
+    return rows
 
 
 async def _predict(
-    request: Request, settings: Settings, cache: ModelCache, model_name: str, version: int
-) -> TfServingPredictResponse:
-    body = await read_json_body(request, settings, TfServingRequest)
-    instances, columnar = _instances(body)
-    check_instance_count(len(instances), settings)
-    await run_in_threadpool(check_instance_pixels, instances, settings)
-    probabilities = await run_in_threadpool(
-        predict_probabilities, cache, model_name, version, instances, settings.max_upload_bytes
-    )
+    request: Request,
+    settings: Settings,
+    cache: ModelCache,
+    limiter: RequestLimiter,
+    decode_pool: Executor,
+    model_name: str,
+    version: int,
+) -> Response:
+    with limiter.admit():
+        body = await read_json_body(request, settings, TfServingRequest)
+        instances, columnar = _instances(body)
+        check_instance_count(len(instances), settings)
+        await run_in_threadpool(check_instance_pixels, instances, settings)
+        probabilities = await predict_probabilities(
+            cache, model_name, version, instances, settings.max_upload_bytes, decode_pool
+        )
     record_predictions(model_name, version, len(probabilities))
-    if columnar:
-        return TfServingPredictResponse(outputs=probabilities)
-    return TfServingPredictResponse(predictions=probabilities)
+    # Plain JSON: re-validating thousands of floats through the response model is slow.
+    return JSONResponse({"outputs" if columnar else "predictions": probabilities})
 
 
 _PREDICT_OPTIONS: dict[str, Any] = {
     "response_model": TfServingPredictResponse,
     "response_model_exclude_none": True,
-    "responses": error_responses(404, 413, 415, 422),
+    "responses": error_responses(404, 413, 415, 422, 503),
     # The body is read whatever its content type: `curl -d` sends form-urlencoded.
     "openapi_extra": {
         "requestBody": {
@@ -165,11 +196,12 @@ AliasPath = Annotated[str, Path(description="Alias (TF Serving's version label).
 @router.post("/{model_name}:predict", summary="Predict (default version)", **_PREDICT_OPTIONS)
 async def predict_default(
     request: Request, model_name: ModelNamePath, registry: RegistryDep,
-    cache: ModelCacheDep, settings: SettingsDep,
-) -> TfServingPredictResponse:  # fmt: skip
+    cache: ModelCacheDep, settings: SettingsDep, limiter: PredictLimiterDep,
+    decode_pool: DecodePoolDep,
+) -> Response:  # fmt: skip
     """Class probabilities from the `production` version, else the latest."""
     version = await run_in_threadpool(registry.resolve, model_name, None)
-    return await _predict(request, settings, cache, model_name, version)
+    return await _predict(request, settings, cache, limiter, decode_pool, model_name, version)
 
 
 @router.post(
@@ -178,20 +210,22 @@ async def predict_default(
 async def predict_version(
     request: Request, model_name: ModelNamePath, version: VersionPath,
     registry: RegistryDep, cache: ModelCacheDep, settings: SettingsDep,
-) -> TfServingPredictResponse:  # fmt: skip
+    limiter: PredictLimiterDep, decode_pool: DecodePoolDep,
+) -> Response:  # fmt: skip
     """Class probabilities from one version."""
     resolved = await run_in_threadpool(registry.resolve, model_name, version)
-    return await _predict(request, settings, cache, model_name, resolved)
+    return await _predict(request, settings, cache, limiter, decode_pool, model_name, resolved)
 
 
 @router.post("/{model_name}/labels/{alias}:predict", summary="Predict (label)", **_PREDICT_OPTIONS)
 async def predict_label(
     request: Request, model_name: ModelNamePath, alias: AliasPath,
     registry: RegistryDep, cache: ModelCacheDep, settings: SettingsDep,
-) -> TfServingPredictResponse:  # fmt: skip
+    limiter: PredictLimiterDep, decode_pool: DecodePoolDep,
+) -> Response:  # fmt: skip
     """Class probabilities from the version an alias (TF Serving label) points at."""
     resolved = await run_in_threadpool(registry.resolve, model_name, alias)
-    return await _predict(request, settings, cache, model_name, resolved)
+    return await _predict(request, settings, cache, limiter, decode_pool, model_name, resolved)
 
 
 class StatusDetail(BaseModel):
