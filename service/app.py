@@ -14,7 +14,7 @@ from service import __version__
 from service.deps import Services
 from service.errors import install_error_handlers
 from service.monitoring import install_monitoring
-from service.routes import health, jobs, metrics, models, predict, tfserving
+from service.routes import health, jobs, metrics, models, predict, reports, studies, tfserving
 from worker.recovery import requeue_orphaned_jobs
 from worker.settings import Settings, get_settings
 
@@ -37,6 +37,7 @@ Every error has the shape `{"detail": {"code": ..., "message": ...}}`.
 
 TAGS = [
     {"name": "jobs", "description": "Queue, watch and cancel training jobs."},
+    {"name": "studies", "description": "The whole CNN lab as one request, and its report."},
     {"name": "models", "description": "Registered models, versions and aliases."},
     {"name": "predict", "description": "Classify images with a registered version."},
     {"name": "metrics", "description": "Per-class evaluation reports."},
@@ -86,8 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_monitoring(app)
     for router in (
-        jobs.router, models.router, predict.router, metrics.router,
-        tfserving.router, health.router,
+        jobs.router, studies.router, models.router, reports.router, predict.router,
+        metrics.router, tfserving.router, health.router,
     ):  # fmt: skip
         app.include_router(router)
     return app

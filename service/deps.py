@@ -20,6 +20,8 @@ from trainer.registry import FileModelRegistry
 from worker.app import create_celery_app, enqueue_training
 from worker.jobstore import JobStore, open_job_store
 from worker.settings import Settings
+from worker.studies import StudyStore
+from worker.studies.runtime import study_store_for
 
 
 class JobDispatcher:
@@ -58,6 +60,10 @@ class Services:
         return JobDispatcher(create_celery_app(self.settings))
 
     @cached_property
+    def study_store(self) -> StudyStore:
+        return study_store_for(self.settings)
+
+    @cached_property
     def model_cache(self) -> ModelCache:
         return ModelCache(self.registry, capacity=self.settings.model_cache_size)
 
@@ -86,6 +92,10 @@ def get_dispatcher(services: ServicesDep) -> JobDispatcher:
     return services.dispatcher
 
 
+def get_study_store(services: ServicesDep) -> StudyStore:
+    return services.study_store
+
+
 def get_model_cache(services: ServicesDep) -> ModelCache:
     return services.model_cache
 
@@ -95,6 +105,7 @@ RegistryDep = Annotated[FileModelRegistry, Depends(get_registry)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 DispatcherDep = Annotated[JobDispatcher, Depends(get_dispatcher)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
+StudyStoreDep = Annotated[StudyStore, Depends(get_study_store)]
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
 
 def create_celery_app(settings: Settings) -> Celery:
     broker_url, transport_options = broker_options(settings)
-    app = Celery("daciavision", broker=broker_url, include=["worker.tasks"])
+    app = Celery("daciavision", broker=broker_url, include=["worker.tasks", "worker.study_tasks"])
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
