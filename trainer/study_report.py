@@ -130,7 +130,7 @@ class ReportInput(BaseModel):
     base_key: str | None = Field(None, description="The model it retrained, if any.")
 
 
-def test_set_of(card: ModelCard) -> str:
+def sample_key(card: ModelCard) -> str:
     return f"{card.dataset.name}@{card.dataset.sample_fraction:g}/seed{card.dataset.seed}"
 
 
@@ -159,7 +159,7 @@ def _report_model(entry: ReportInput, labels: IntArray) -> ReportModel:
         version=card.version,
         architecture=card.architecture,
         dataset=card.dataset.name,
-        test_set=test_set_of(card),
+        test_set=sample_key(card),
         hyperparameters=hyperparameters,
         augmentation_target_classes=card.augmentation_target_classes,
         augmented=card.spec.augmentation.active,
@@ -209,8 +209,8 @@ def build_study_report(
     from trainer.study_discussion import discuss
 
     for entry in inputs:
-        check_labels(entry.card, labels_by_test_set[test_set_of(entry.card)])
-    models = [_report_model(e, labels_by_test_set[test_set_of(e.card)]) for e in inputs]
+        check_labels(entry.card, labels_by_test_set[sample_key(entry.card)])
+    models = [_report_model(e, labels_by_test_set[sample_key(e.card)]) for e in inputs]
     predictions = {e.key: np.asarray(e.card.test_predictions) for e in inputs}
     compared = [m for m, e in zip(models, inputs, strict=True) if e.compared]
     comparisons = []

@@ -17,7 +17,7 @@ from trainer.data import Images, load_raw, stratified_sample
 from trainer.files import write_json_atomically
 from trainer.registry import FileModelRegistry
 from trainer.statistics import IntArray
-from trainer.study_report import ReportInput, StudyReport, build_study_report, test_set_of
+from trainer.study_report import ReportInput, StudyReport, build_study_report, sample_key
 from worker.settings import Settings
 from worker.studies.base import with_stage_outcome
 from worker.studies.models import Study
@@ -31,7 +31,7 @@ def report_path(settings: Settings, study_id: str) -> Path:
     return reports_dir(settings) / study_id / REPORT_FILE
 
 
-def test_labels(card: ModelCard, data_dir: Path | None) -> IntArray:
+def true_test_labels(card: ModelCard, data_dir: Path | None) -> IntArray:
     """The card's test labels, recomputed with the sampling training used."""
     raw = load_raw(card.dataset.name, data_dir)
     # The split depends only on the labels, fraction and seed: positions stand in for images.
@@ -76,9 +76,9 @@ def build_report(study: Study, settings: Settings) -> StudyReport:
     inputs = report_inputs(study, registry)
     labels: dict[str, IntArray] = {}
     for entry in inputs:
-        test_set = test_set_of(entry.card)
+        test_set = sample_key(entry.card)
         if test_set not in labels:
-            labels[test_set] = test_labels(entry.card, settings.resolved_data_dir)
+            labels[test_set] = true_test_labels(entry.card, settings.resolved_data_dir)
     selections = {
         stage.name: stage.winner
         for stage in study.stages
