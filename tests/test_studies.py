@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from scipy.stats import binomtest
 
+from tests.workers import REDIS_HOST, REDIS_PORT, ensure_redis
 from trainer.architectures import ARCHITECTURES
 from trainer.errors import InvalidInputError
+from trainer.registry import FileModelRegistry
 from trainer.selection import Candidate, pick_best
 from trainer.statistics import accuracy_interval, binomial_two_sided_p, mcnemar_exact
 from trainer.study_presets import VARIATIONS, expand
 from trainer.study_spec import StudyRequest, check_stages, study_of_job
-from worker.studies import SqliteStudyStore, Study
+from worker.jobstore import JobError, RedisJobStore, SqliteJobStore
+from worker.studies import RedisStudyStore, SqliteStudyStore, Study
+from worker.studies.advance import advance_study
 from worker.studies.base import JobOutcome, advanced, cancelled
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -220,3 +227,49 @@ def test_a_study_is_listed_cancelled_and_has_no_report_before_its_end(
     assert all(client.get(f"/jobs/{job_id}").json()["status"] == "cancelled" for job_id in sent)
     again = client.post(f"/studies/{study['study_id']}/cancel")
     assert again.status_code == 409 and _error(again)["code"] == "conflict"
+
+
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/14"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """A study store and a job store of one backend."""
+    if request.param == "sqlite":
+        yield SqliteStudyStore(tmp_path / "db.sqlite3"), SqliteJobStore(tmp_path / "db.sqlite3")
+        return
+    ensure_redis()
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    yield RedisStudyStore(REDIS_URL, prefix=prefix), RedisJobStore(REDIS_URL, prefix=prefix)
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+def test_advancing_twice_starts_each_training_once(stores: tuple[Any, Any], tmp_path: Path) -> None:
+    studies, jobs = stores
+    study = _study()
+    studies.create(study)
+    sent: list[str] = []
+    registry = FileModelRegistry(tmp_path / "registry")
+
+    def advance() -> Study:
+        return advance_study(
+            study.study_id, studies=studies, jobs=jobs, registry=registry,
+            enqueue_training=sent.append, enqueue_report=sent.append,
+        )  # fmt: skip
+
+    first = advance()
+    second = advance()
+    assert len(sent) == 3 + 1 + 1  # variations, alexnet, secondary alexnet
+    assert len(set(sent)) == len(sent)
+    assert [s.status for s in first.stages] == [s.status for s in second.stages]
+    assert {jobs.get(job_id).status for job_id in sent} == {"queued"}
+    # A job that ended failed makes its stage fail on the next advance.
+    jobs.finish(sent[0], "failed", error=JobError(type="Boom", message="out of memory"))
+    third = advance()
+    assert third.stage("variations").status == "failed"
+    assert "out of memory" in (third.stage("variations").error or "")
+    assert third.stage("best").status == "skipped"
+    listed, total = studies.list(status="running")
+    assert total == 1 and listed[0].stage("variations").status == "failed"

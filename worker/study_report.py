@@ -55,7 +55,9 @@ def report_inputs(study: Study, registry: FileModelRegistry) -> list[ReportInput
             assert model.version is not None  # a succeeded stage's jobs all registered
             key = f"{stage.name}/{index}"
             key_by_model[model.model_name] = key
-            base = study.stage(training.from_winner).winner if training.from_winner else None
+            # Before/after per class: only for retrains that change the augmentation.
+            source = training.from_winner if "augmentation" in training.overrides else None
+            base = study.stage(source).winner if source else None
             inputs.append(
                 ReportInput(
                     key=key,

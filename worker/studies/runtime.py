@@ -80,7 +80,12 @@ def advance_after_job(job_id: str, settings: Settings, celery_app: Celery) -> No
 def advance_running_studies(settings: Settings, celery_app: Celery) -> list[str]:
     """Advance every running study (on worker start: whatever a crash left behind)."""
     store = study_store_for(settings)
-    running, _ = store.list(status="running", limit=10_000)
+    try:
+        running, _ = store.list(status="running", limit=10_000)
+    except Exception:
+        # A store that is down now is retried when the next job of a study ends.
+        logger.exception("could not list running studies")
+        return []
     for study in running:
         try:
             advance(study.study_id, settings, celery_app, studies=store)
