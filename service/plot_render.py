@@ -48,6 +48,10 @@ def to_plotly(figure: Figure) -> dict[str, Any]:
     }  # fmt: skip
     if figure.heatmap is not None:
         layout["yaxis"]["autorange"] = "reversed"
+    if figure.heatmap is not None or any(s.kind == "bar" for s in figure.series):
+        # Class names such as "0".."9" are categories, not numbers.
+        layout["xaxis"]["type"] = "category"
+        layout["yaxis"]["type"] = "category" if figure.heatmap is not None else "linear"
     return {"data": data, "layout": layout}
 
 

@@ -101,7 +101,7 @@ def study_figures(report: StudyReport) -> list[Figure]:
             y_label="test accuracy",
             series=[
                 Series(
-                    name=model.dataset, kind="scatter",
+                    name=f"{model.label} ({model.dataset})", kind="scatter",
                     x=[model.fit_seconds], y=[model.test_accuracy.estimate],
                     text=[f"{model.label} ({model.stage})"],
                     sizes=[float(model.parameter_count)],

@@ -97,7 +97,9 @@ def tables(report: StudyReport) -> dict[str, Table]:
         )  # fmt: skip
     for model in models:
         result[f"layers_{slug(model.key)}"] = (
-            ["layer", "type", "output shape", "parameters"],
+            ["layer", "type", "output shape", "parameters"]
+            if model.layers
+            else ["layers were not recorded in this model's card"],
             [[layer.name, layer.layer_type, str(tuple(layer.output_shape)),
               f"{layer.parameters:,}"] for layer in model.layers],
         )  # fmt: skip
@@ -148,8 +150,8 @@ def to_html(report: StudyReport) -> str:
     figures: dict[str, Figure] = {f.name: f for f in study_figures(report)}
     items = "".join(f"<li>{escape(sentence)}</li>" for sentence in report.discussion)
     note = (
-        f"{report.labels_source} Intervals: {report.bootstrap_resamples} bootstrap resamples; "
-        f"alpha {report.alpha}."
+        f"{report.method} {report.labels_source} Bootstrap: {report.bootstrap_resamples} "
+        f"resamples; alpha {report.alpha}."
     )
     parts = [
         f"<h1>Study {escape(report.name or report.study_id)}</h1>",
@@ -184,8 +186,8 @@ def to_markdown(report: StudyReport, plot_url: str = "") -> str:
     titles = {f.name: f.title for f in study_figures(report)}
     parts = [f"# Study {report.name or report.study_id}", "## Discussion",
              "\n".join(f"- {s}" for s in report.discussion),
-             f"_{report.labels_source} Intervals: {report.bootstrap_resamples} bootstrap "
-             f"resamples; alpha {report.alpha}._"]  # fmt: skip
+             f"_{report.method} {report.labels_source} Bootstrap: "
+             f"{report.bootstrap_resamples} resamples; alpha {report.alpha}._"]  # fmt: skip
     for heading, table_names, figure_names in _sections(report):
         parts.append(f"## {heading}")
         parts.extend(_markdown_table(all_tables[name]) for name in table_names)

@@ -19,7 +19,12 @@ from trainer.architectures import ARCHITECTURES
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
 from trainer.selection import Candidate, pick_best
-from trainer.statistics import accuracy_interval, binomial_two_sided_p, mcnemar_exact
+from trainer.statistics import (
+    accuracy_interval,
+    binomial_two_sided_p,
+    holm_adjusted,
+    mcnemar_exact,
+)
 from trainer.study_presets import VARIATIONS, expand
 from trainer.study_spec import StudyRequest, check_stages, study_of_job
 from worker.jobstore import JobError, RedisJobStore, SqliteJobStore
@@ -146,7 +151,7 @@ def test_advancing_starts_stages_as_their_dependencies_succeed() -> None:
     second = advanced(first, outcomes, NOW)
     assert second is not None
     winner = second.stage("variations").winner
-    assert winner is not None and winner.label == VARIATIONS[1][0]
+    assert winner is not None and winner.label == f"variations: {VARIATIONS[1][0]}"
     best = second.stage("best").winner
     assert second.stage("best").status == "succeeded" and best is not None
     assert best.label.startswith("variations")  # 0.9 beats alexnet's 0.8
@@ -273,3 +278,9 @@ def test_advancing_twice_starts_each_training_once(stores: tuple[Any, Any], tmp_
     assert third.stage("best").status == "skipped"
     listed, total = studies.list(status="running")
     assert total == 1 and listed[0].stage("variations").status == "failed"
+
+
+def test_holm_adjusts_step_down_and_keeps_order() -> None:
+    # Sorted p: 0.01*3, 0.02*2, 0.04*1 → 0.03, 0.04, 0.04 (monotone).
+    assert holm_adjusted([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm_adjusted([0.5, 0.6]) == pytest.approx([1.0, 1.0])

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 2000
@@ -37,8 +37,31 @@ class McNemarResult(BaseModel):
     only_a_correct: int
     only_b_correct: int
     p_value: float
-    significant: bool
+    p_value_holm: float | None = Field(
+        None, description="Holm-adjusted over the report's family of tests, when part of one."
+    )
+    significant: bool = Field(description="p (Holm-adjusted when given) below alpha.")
     alpha: float = ALPHA
+
+
+def holm_adjusted(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: controls the chance of any false "better" in a family."""
+    order = sorted(range(len(p_values)), key=p_values.__getitem__)
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def with_holm(results: list[McNemarResult]) -> list[McNemarResult]:
+    """The tests of one family with Holm-adjusted p-values deciding significance."""
+    adjusted = holm_adjusted([result.p_value for result in results])
+    return [
+        result.model_copy(update={"p_value_holm": p, "significant": p < result.alpha})
+        for result, p in zip(results, adjusted, strict=True)
+    ]
 
 
 def binomial_two_sided_p(successes: int, trials: int) -> float:

@@ -27,8 +27,17 @@ from trainer.statistics import (
     accuracy_interval,
     f1_delta_intervals,
     mcnemar_exact,
+    with_holm,
 )
 
+METHOD = (
+    "Test accuracy intervals are 95% percentile-bootstrap intervals over the test images. "
+    "Pairs of models are compared with McNemar's exact test on the same test images; the "
+    "pairwise tests, and separately the before/after augmentation tests, are Holm-adjusted "
+    "as a family, and a model is called better only when the adjusted p is below alpha. "
+    "Per-class F1 changes carry paired-bootstrap 95% intervals, not adjusted for the number "
+    "of classes: read a single highlighted class with that in mind."
+)
 LABELS_SOURCE = (
     "True test labels are recomputed from the dataset sample (dataset, sample fraction and "
     "seed, with the same stratified split training used) and checked against each card: the "
@@ -51,6 +60,7 @@ class ReportModel(BaseModel):
     hyperparameters: dict[str, object]
     augmentation_target_classes: list[str]
     augmented: bool
+    augmentation: dict[str, object] = Field(description="The training spec's augmentation.")
     parameter_count: int
     model_file_bytes: int
     layers: list[LayerSummary]
@@ -109,6 +119,7 @@ class StudyReport(BaseModel):
     alpha: float = ALPHA
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
     labels_source: str = LABELS_SOURCE
+    method: str = METHOD
     models: list[ReportModel]
     selections: dict[str, Winner] = Field(description="Stage name → its winner and why.")
     comparisons: list[Comparison]
@@ -163,6 +174,7 @@ def _report_model(entry: ReportInput, labels: IntArray) -> ReportModel:
         hyperparameters=hyperparameters,
         augmentation_target_classes=card.augmentation_target_classes,
         augmented=card.spec.augmentation.active,
+        augmentation=card.spec.augmentation.model_dump(mode="json"),
         parameter_count=card.parameter_count,
         model_file_bytes=card.model_file_bytes,
         layers=card.layers,
@@ -184,18 +196,23 @@ def _report_model(entry: ReportInput, labels: IntArray) -> ReportModel:
     )
 
 
+def describe_p(test: McNemarResult) -> str:
+    """'p = …' with the Holm-adjusted value that decided, when there is one."""
+    text = f"McNemar p = {test.p_value:.3g}"
+    if test.p_value_holm is not None:
+        text += f", Holm-adjusted {test.p_value_holm:.3g}"
+    return f"{text} {'<' if test.significant else '≥'} {test.alpha}"
+
+
 def _verdict(a: ReportModel, b: ReportModel, test: McNemarResult) -> str:
     where = f"on {a.dataset}"
     if not test.significant:
         return (
             f"no significant difference between {a.label} and {b.label} {where} "
-            f"(McNemar p = {test.p_value:.3g} ≥ {test.alpha})"
+            f"({describe_p(test)})"
         )
     better, worse = (a, b) if test.only_a_correct > test.only_b_correct else (b, a)
-    return (
-        f"{better.label} is better than {worse.label} {where} "
-        f"(McNemar p = {test.p_value:.3g} < {test.alpha})"
-    )
+    return f"{better.label} is better than {worse.label} {where} ({describe_p(test)})"
 
 
 def build_study_report(
@@ -213,23 +230,27 @@ def build_study_report(
     models = [_report_model(e, labels_by_test_set[sample_key(e.card)]) for e in inputs]
     predictions = {e.key: np.asarray(e.card.test_predictions) for e in inputs}
     compared = [m for m, e in zip(models, inputs, strict=True) if e.compared]
-    comparisons = []
-    for a, b in combinations(compared, 2):
-        if a.test_set != b.test_set:
-            continue
-        labels = labels_by_test_set[a.test_set]
-        test = mcnemar_exact(labels, predictions[a.key], predictions[b.key])
-        comparisons.append(
-            Comparison(
-                a=a.key,
-                b=b.key,
-                test_set=a.test_set,
-                accuracy_a=a.test_accuracy.estimate,
-                accuracy_b=b.test_accuracy.estimate,
-                mcnemar=test,
-                verdict=_verdict(a, b, test),
-            )
+    pairs = [(a, b) for a, b in combinations(compared, 2) if a.test_set == b.test_set]
+    # One family: every pairwise test is Holm-adjusted, so "better" anywhere in the report
+    # keeps the chance of any false claim at alpha.
+    tests = with_holm(
+        [
+            mcnemar_exact(labels_by_test_set[a.test_set], predictions[a.key], predictions[b.key])
+            for a, b in pairs
+        ]
+    )
+    comparisons = [
+        Comparison(
+            a=a.key,
+            b=b.key,
+            test_set=a.test_set,
+            accuracy_a=a.test_accuracy.estimate,
+            accuracy_b=b.test_accuracy.estimate,
+            mcnemar=test,
+            verdict=_verdict(a, b, test),
         )
+        for (a, b), test in zip(pairs, tests, strict=True)
+    ]
     effects = []
     by_key = {m.key: m for m in models}
     for entry in inputs:
@@ -264,6 +285,8 @@ def build_study_report(
                 mcnemar=mcnemar_exact(labels, predictions[base.key], predictions[variant.key]),
             )
         )
+    adjusted = with_holm([effect.mcnemar for effect in effects])
+    effects = [e.model_copy(update={"mcnemar": t}) for e, t in zip(effects, adjusted, strict=True)]
     report = StudyReport(
         study_id=study_id,
         name=name,

@@ -199,6 +199,11 @@ def _validate_spec(stage: str, spec: dict[str, Any]) -> None:
         ) from None
 
 
+def stage_title(stage: str, label: str) -> str:
+    """How a stage's training is named in reports: its label, with the stage unless equal."""
+    return label if label == stage else f"{stage}: {label}"
+
+
 def stage_model_name(study_id: str, stage: str, index: int) -> str:
     """Where a study's training registers: one model per training, version 1."""
     return f"study-{study_id[:12]}-{stage}-{index}".replace("_", "-")

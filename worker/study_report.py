@@ -18,6 +18,7 @@ from trainer.files import write_json_atomically
 from trainer.registry import FileModelRegistry
 from trainer.statistics import IntArray
 from trainer.study_report import ReportInput, StudyReport, build_study_report, sample_key
+from trainer.study_spec import stage_title
 from worker.settings import Settings
 from worker.studies.base import with_stage_outcome
 from worker.studies.models import Study
@@ -62,7 +63,7 @@ def report_inputs(study: Study, registry: FileModelRegistry) -> list[ReportInput
                 ReportInput(
                     key=key,
                     stage=stage.name,
-                    label=model.label,
+                    label=stage_title(stage.name, model.label),
                     card=registry.get_card(model.model_name, model.version),
                     compared=stage.winner is None
                     or stage.winner.model_name == model.model_name

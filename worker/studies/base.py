@@ -15,6 +15,7 @@ from typing import Protocol
 
 from trainer.errors import ConflictError, NotFoundError
 from trainer.selection import Candidate, pick_best
+from trainer.study_spec import stage_title
 
 from .models import StageRecord, Study, StudyStatus
 
@@ -89,7 +90,7 @@ def _finish_train_stage(
         winner = pick_best(
             [
                 Candidate(
-                    label=model.label,
+                    label=stage_title(stage.name, model.label),
                     model_name=model.model_name,
                     version=outcomes[model.job_id].version or 0,
                     validation_accuracy=outcomes[model.job_id].validation_accuracy or 0.0,
@@ -110,11 +111,8 @@ def _start_stage(
             best = earlier[name].winner
             # check_stages only lets a select stage depend on stages that have a winner.
             assert best is not None, f"stage {name!r} has no winner"
-            candidates.append(
-                Candidate(**best.model_dump(include=set(Candidate.model_fields))).model_copy(
-                    update={"label": f"{name}: {best.label}"}
-                )
-            )
+            # Winners' labels already name their stage (stage_title).
+            candidates.append(Candidate(**best.model_dump(include=set(Candidate.model_fields))))
         winner = pick_best(candidates)
         return stage.model_copy(
             update={"status": "succeeded", "winner": winner, "started_at": now, "finished_at": now}
