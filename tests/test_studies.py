@@ -284,3 +284,21 @@ def test_holm_adjusts_step_down_and_keeps_order() -> None:
     # Sorted p: 0.01*3, 0.02*2, 0.04*1 → 0.03, 0.04, 0.04 (monotone).
     assert holm_adjusted([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
     assert holm_adjusted([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def test_openapi_documents_the_study_routes(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, method in (
+        ("/studies", "post"), ("/studies", "get"), ("/studies/{study_id}", "get"),
+        ("/studies/{study_id}/cancel", "post"), ("/studies/{study_id}/report", "get"),
+        ("/studies/{study_id}/plots/{name}.svg", "get"),
+        ("/models/{model_name}/versions/{version}/report", "get"),
+        ("/models/{model_name}/versions/{version}/plots/{name}.svg", "get"),
+    ):  # fmt: skip
+        operation = paths[path][method]
+        assert operation["summary"] and operation["description"], path
+        if "404" in operation["responses"]:
+            schema = operation["responses"]["404"]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, path
+    report = paths["/studies/{study_id}/report"]["get"]["responses"]["200"]["content"]
+    assert {"application/json", "text/html", "text/markdown"} <= set(report)

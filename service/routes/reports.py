@@ -17,9 +17,8 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 @router.get(
     "/{model_name}/versions/{version}/report",
-    response_class=HTMLResponse,
     summary="One version's report as an offline HTML page",
-    responses=error_responses(404, 422),
+    responses={**error_responses(404, 422), 200: {"content": {"text/html": {}}}},
 )
 def version_report(registry: RegistryDep, model: PathModelVersionDep) -> HTMLResponse:
     """Headline figures, loss and accuracy curves, the confusion matrix and per-class F1."""
@@ -42,7 +41,7 @@ def version_report(registry: RegistryDep, model: PathModelVersionDep) -> HTMLRes
 @router.get(
     "/{model_name}/versions/{version}/plots/{name}.svg",
     summary="One plot of a version as SVG: curves, confusion or f1",
-    responses=error_responses(404, 422),
+    responses={**error_responses(404, 422), 200: {"content": {"image/svg+xml": {}}}},
 )
 def version_plot(registry: RegistryDep, model: PathModelVersionDep, name: str) -> Response:
     """Stable URLs for embedding a version's plots."""

@@ -48,7 +48,12 @@ def post_study(
     return study_view(create_study(request, settings, studies, jobs, dispatcher), jobs)
 
 
-@router.get("", response_model=StudyList, summary="List studies, newest first")
+@router.get(
+    "",
+    response_model=StudyList,
+    summary="List studies, newest first",
+    responses=error_responses(422),
+)
 def list_studies(
     studies: StudyStoreDep,
     jobs: JobStoreDep,
@@ -66,7 +71,7 @@ def list_studies(
     "/{study_id}",
     response_model=StudyView,
     summary="Stages, progress and winners of a study",
-    responses=error_responses(404),
+    responses=error_responses(404, 422),
 )
 def get_study(studies: StudyStoreDep, jobs: JobStoreDep, study_id: StudyIdPath) -> StudyView:
     """Each stage with its status, its jobs' live progress and, for stages that pick, the
@@ -79,7 +84,7 @@ def get_study(studies: StudyStoreDep, jobs: JobStoreDep, study_id: StudyIdPath) 
     response_model=StudyView,
     status_code=status.HTTP_202_ACCEPTED,
     summary="Cancel a study",
-    responses=error_responses(404, 409),
+    responses=error_responses(404, 409, 422),
 )
 def post_cancel(studies: StudyStoreDep, jobs: JobStoreDep, study_id: StudyIdPath) -> StudyView:
     """Cancels the study's queued and running jobs; stages not started never start."""
@@ -90,7 +95,7 @@ def post_cancel(studies: StudyStoreDep, jobs: JobStoreDep, study_id: StudyIdPath
     "/{study_id}/report",
     summary="The study's report: JSON, offline HTML or Markdown",
     responses={
-        **error_responses(404, 409),
+        **error_responses(404, 409, 422),
         200: {"content": {"application/json": {}, "text/html": {}, "text/markdown": {}}},
     },
 )
@@ -115,7 +120,7 @@ def get_report(
 @router.get(
     "/{study_id}/plots/{name}.svg",
     summary="One plot of the study's report as SVG",
-    responses=error_responses(404, 409),
+    responses={**error_responses(404, 409, 422), 200: {"content": {"image/svg+xml": {}}}},
 )
 def get_study_plot(
     settings: SettingsDep, studies: StudyStoreDep, study_id: StudyIdPath, name: str
