@@ -14,6 +14,7 @@ import redis
 from fastapi.testclient import TestClient
 from scipy.stats import binomtest
 
+from tests.conftest import make_record
 from tests.workers import REDIS_HOST, REDIS_PORT, ensure_redis
 from trainer.architectures import ARCHITECTURES
 from trainer.errors import InvalidInputError
@@ -28,9 +29,11 @@ from trainer.statistics import (
 from trainer.study_presets import VARIATIONS, expand
 from trainer.study_spec import StudyRequest, check_stages, study_of_job
 from worker.jobstore import JobError, RedisJobStore, SqliteJobStore
+from worker.settings import Settings
 from worker.studies import RedisStudyStore, SqliteStudyStore, Study
 from worker.studies.advance import advance_study
 from worker.studies.base import JobOutcome, advanced, cancelled
+from worker.studies.runtime import advance_running_studies, study_store_for
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -302,3 +305,61 @@ def test_openapi_documents_the_study_routes(client: TestClient) -> None:
             assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, path
     report = paths["/studies/{study_id}/report"]["get"]["responses"]["200"]["content"]
     assert {"application/json", "text/html", "text/markdown"} <= set(report)
+
+
+class _FakeCelery:
+    """Records what would be sent to the queue."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def send_task(self, name: str, args: list[str], **_: Any) -> None:
+        self.sent.append((name, args[0]))
+
+
+def _train_without_tensorflow(settings: Settings, job_id: str, validation_accuracy: float) -> None:
+    """What a worker does for a job, with a made-up card: claim, register, finish."""
+    jobs = SqliteJobStore(settings.jobs_db_path)
+    job = jobs.claim(job_id, "fake", 60)
+    assert job is not None
+    record = make_record(spec=job.spec)
+    validation = record.metrics.validation.model_copy(update={"accuracy": validation_accuracy})
+    record = record.model_copy(
+        update={"metrics": record.metrics.model_copy(update={"validation": validation})}
+    )
+    registry = FileModelRegistry(settings.resolved_registry_dir)
+    version = registry.register(job.model_name, lambda path: path.write_bytes(b"model"), record)
+    jobs.finish(job_id, "succeeded", version=version)
+
+
+def test_a_worker_start_advances_what_a_crash_left_behind(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    celery = _FakeCelery()
+    studies = study_store_for(settings)
+    study = _study()
+    studies.create(study)
+    advance_running_studies(settings, celery)  # type: ignore[arg-type]
+    queued = [job_id for _, job_id in celery.sent]
+    variations = [m.job_id for m in study.stage("variations").models]
+    alexnet = study.stage("alexnet").models[0].job_id
+    assert set(variations) | {alexnet} <= set(queued)
+    # The jobs end, but their worker dies before advancing the study.
+    for job_id, accuracy in zip([*variations, alexnet], [0.5, 0.95, 0.6, 0.7], strict=True):
+        _train_without_tensorflow(settings, job_id, accuracy)
+    assert studies.get(study.study_id).stage("augmentation").status == "pending"
+
+    advance_running_studies(settings, celery)  # a worker starts
+    after = studies.get(study.study_id)
+    best = after.stage("best").winner
+    assert best is not None and best.model_name == study.stage("variations").models[1].model_name
+    assert after.stage("augmentation").status == "running"
+    jobs = SqliteJobStore(settings.jobs_db_path)
+    uniform, targeted = (jobs.get(m.job_id) for m in after.stage("augmentation").models)
+    assert uniform.spec["augmentation"]["enabled"] is True and uniform.spec["epochs"] == 2
+    assert targeted.spec["augmentation"]["target_classes"] == "weak"
+    assert targeted.spec["augmentation"]["reference_model"] == {
+        "model_name": best.model_name, "version": 1,
+    }  # fmt: skip
+    sent_before = len(celery.sent)
+    advance_running_studies(settings, celery)  # and another: nothing starts twice
+    assert [job for _, job in celery.sent[sent_before:]] == []

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+from service.local import _celery_worker_command
 from tests.test_worker_integration import Deployment
 from tests.workers import (
     REDIS_HOST,
@@ -48,6 +49,14 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         client.flushdb()
 
 
+def _start_worker(deployment: Deployment, name: str) -> Process:
+    # The product's worker command, as `daciavision worker` and `serve` run it.
+    command = _celery_worker_command(1, "INFO", f"{name}@%h")
+    process = Process(command, deployment.environment, deployment.home / f"{name}.log")
+    deployment.workers.append(process)
+    return process
+
+
 def _start_api(deployment: Deployment, port: int, name: str) -> Process:
     # The product's own command: `daciavision serve` (API only when REDIS_URL is set).
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
@@ -68,8 +77,8 @@ def _start_api(deployment: Deployment, port: int, name: str) -> Process:
 def test_a_quick_study_completes_without_the_api_and_reports_card_figures(
     deployment: Deployment,
 ) -> None:
-    deployment.start_worker("first")
-    deployment.start_worker("second")
+    _start_worker(deployment, "first")
+    _start_worker(deployment, "second")
     port = free_port()
     api = _start_api(deployment, port, "api-1")
     url = f"http://127.0.0.1:{port}"

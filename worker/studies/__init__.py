@@ -1,21 +1,14 @@
-"""Studies: several trainings run as stages, advanced by the workers as jobs end."""
+"""Studies: several trainings run as stages, advanced by the workers as jobs end.
+
+``runtime.study_store_for(settings)`` opens the store beside the job store.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from .base import StudyNotFoundError, StudyStore
 from .models import StageRecord, Study, StudyStatus
 from .redis import RedisStudyStore
 from .sqlite import SqliteStudyStore
-
-
-def open_study_store(redis_url: str | None, sqlite_path: Path) -> StudyStore:
-    """Beside the jobs: Redis when a URL is given, else the embedded SQLite file."""
-    if redis_url:
-        return RedisStudyStore(redis_url)
-    return SqliteStudyStore(sqlite_path)
-
 
 __all__ = [
     "RedisStudyStore",
@@ -25,5 +18,4 @@ __all__ = [
     "StudyNotFoundError",
     "StudyStatus",
     "StudyStore",
-    "open_study_store",
 ]

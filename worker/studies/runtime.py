@@ -20,6 +20,7 @@ from worker.settings import Settings
 from .advance import advance_study
 from .base import StudyStore
 from .models import Study
+from .redis import RedisStudyStore
 from .sqlite import SqliteStudyStore
 
 logger = logging.getLogger(__name__)
@@ -31,8 +32,6 @@ STUDY_REPORT_TASK = "daciavision.study_report"
 def study_store_for(settings: Settings) -> StudyStore:
     """The study store beside the configured job store."""
     if settings.redis_url:
-        from .redis import RedisStudyStore
-
         return RedisStudyStore(settings.redis_url)
     return SqliteStudyStore(settings.jobs_db_path)
 
