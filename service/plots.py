@@ -103,7 +103,7 @@ def study_figures(report: StudyReport) -> list[Figure]:
                 Series(
                     name=f"{model.label} ({model.dataset})", kind="scatter",
                     x=[model.fit_seconds], y=[model.test_accuracy.estimate],
-                    text=[f"{model.label} ({model.stage})"],
+                    text=[model.label],
                     sizes=[float(model.parameter_count)],
                 )
                 for model in report.models
@@ -115,10 +115,10 @@ def study_figures(report: StudyReport) -> list[Figure]:
         members = [m for m in report.models if m.test_set == test_set]
         figures.append(
             f1_bars(f"f1_{index}", f"Per-class test F1 on {test_set}", members[0].class_names,
-                    {f"{m.label} ({m.stage})": [c.f1 for c in m.per_class] for m in members})
+                    {m.label: [c.f1 for c in m.per_class] for m in members})
         )  # fmt: skip
     for model in report.models:
-        who = f"{model.label} ({model.stage}, {model.dataset})"
+        who = f"{model.label} ({model.dataset})"
         figures.append(
             curves(f"curves_{slug(model.key)}", f"{who}: loss and accuracy", model.history)
         )

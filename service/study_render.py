@@ -75,8 +75,8 @@ def tables(report: StudyReport) -> dict[str, Table]:
                                    f"{c.validation_loss:.4f}", mark])  # fmt: skip
     mcnemar: Table = (
         ["a", "b", "test set", "only a right", "only b right", "p", "verdict"],
-        [[report.model(c.a).label + f" ({report.model(c.a).stage})",
-          report.model(c.b).label + f" ({report.model(c.b).stage})", c.test_set,
+        [[report.model(c.a).label,
+          report.model(c.b).label, c.test_set,
           str(c.mcnemar.only_a_correct), str(c.mcnemar.only_b_correct),
           f"{c.mcnemar.p_value:.4g}", c.verdict] for c in report.comparisons],
     )  # fmt: skip
@@ -122,7 +122,7 @@ def _sections(report: StudyReport) -> list[tuple[str, list[str], list[str]]]:
     for model in report.models:
         key = slug(model.key)
         by_stage.append(
-            (f"{model.label} ({model.stage}): {model.architecture} on {model.dataset}",
+            (f"{model.label}: {model.architecture} on {model.dataset}",
              [f"layers_{key}"], [f"curves_{key}", f"confusion_{key}"])
         )  # fmt: skip
     return by_stage
