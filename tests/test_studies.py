@@ -363,3 +363,18 @@ def test_a_worker_start_advances_what_a_crash_left_behind(tmp_path: Path) -> Non
     sent_before = len(celery.sent)
     advance_running_studies(settings, celery)  # and another: nothing starts twice
     assert [job for _, job in celery.sent[sent_before:]] == []
+
+
+def test_explicit_stages_need_a_winner_where_one_is_used() -> None:
+    small = {"label": "small", "spec": {"dataset": "digits"}}
+    large = {"label": "large", "spec": {"dataset": "digits", "hyperparameters": {"filters1": 64}}}
+    retrain = {"name": "augmented", "depends_on": ["variations"], "trainings": [
+        {"label": "targeted", "from_winner": "variations",
+         "overrides": {"augmentation": {"target_classes": "weak"}},
+         "reference_winner": "variations"}]}  # fmt: skip
+    picking = {"name": "variations", "trainings": [small, large], "pick": "validation_accuracy"}
+    request = StudyRequest.model_validate({"stages": [picking, retrain]})
+    assert [s.name for s in check_stages(request.stages or [])] == ["variations", "augmented"]
+    not_picking = StudyRequest.model_validate({"stages": [{**picking, "pick": "none"}, retrain]})
+    with pytest.raises(InvalidInputError, match="do not pick one"):
+        check_stages(not_picking.stages or [])
