@@ -91,9 +91,19 @@ def resolve_training(
 
 
 def ensure_jobs(
-    study: Study, jobs: JobStore, registry: FileModelRegistry, enqueue: Enqueue
+    study: Study,
+    jobs: JobStore,
+    registry: FileModelRegistry,
+    enqueue: Enqueue,
+    *,
+    resend_queued: bool = False,
 ) -> list[str]:
-    """Create and enqueue the missing jobs of running train stages; returns their ids."""
+    """Create and enqueue the missing jobs of running train stages; returns their ids.
+
+    ``resend_queued`` also sends jobs that exist but are still queued: their message
+    may have been lost with the broker (a worker runs a job once; a second message
+    for it is skipped).
+    """
     if study.is_terminal:
         return []
     started = []
@@ -102,7 +112,9 @@ def ensure_jobs(
             continue
         for training, model in zip(stage.spec.trainings, stage.models, strict=True):
             try:
-                jobs.get(model.job_id)
+                existing = jobs.get(model.job_id)
+                if resend_queued and existing.status == "queued":
+                    enqueue(model.job_id)
                 continue
             except JobNotFoundError:
                 pass
@@ -134,13 +146,15 @@ def advance_study(
     registry: FileModelRegistry,
     enqueue_training: Enqueue,
     enqueue_report: Enqueue,
+    resend_queued: bool = False,
 ) -> Study:
     """Move the study on as far as its jobs allow; idempotent."""
     for _ in range(10):  # a job failing at creation may finish a stage: look again
         study = studies.get(study_id)
         outcomes = collect_outcomes(study, jobs, registry)
         study = studies.update(study_id, _advancer(outcomes)) or study
-        started = ensure_jobs(study, jobs, registry, enqueue_training)
+        started = ensure_jobs(study, jobs, registry, enqueue_training, resend_queued=resend_queued)
+        resend_queued = False  # once is enough
         if started or not _has_unstarted_failures(study, jobs):
             break
     report = next((s for s in study.stages if s.spec.kind == "report"), None)

@@ -52,6 +52,7 @@ def advance(
     *,
     studies: StudyStore | None = None,
     jobs: JobStore | None = None,
+    resend_queued: bool = False,
 ) -> Study:
     """Advance one study with the configured stores and queue."""
     return advance_study(
@@ -61,6 +62,7 @@ def advance(
         registry=FileModelRegistry(settings.resolved_registry_dir),
         enqueue_training=lambda job_id: enqueue_training(celery_app, job_id),
         enqueue_report=lambda sid: send_study_task(celery_app, STUDY_REPORT_TASK, sid),
+        resend_queued=resend_queued,
     )
 
 
@@ -87,7 +89,8 @@ def advance_running_studies(settings: Settings, celery_app: Celery) -> list[str]
         return []
     for study in running:
         try:
-            advance(study.study_id, settings, celery_app, studies=store)
+            # A broker outage may have lost the messages of queued jobs: send them again.
+            advance(study.study_id, settings, celery_app, studies=store, resend_queued=True)
         except Exception:
             logger.exception("could not advance study %s", study.study_id)
     return [study.study_id for study in running]
