@@ -16,7 +16,7 @@ from service.deps import Services
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware, RequestTimeoutMiddleware, body_limit_for
 from service.monitoring import install_monitoring
-from service.routes import health, jobs, metrics, models, predict, tfserving
+from service.routes import health, jobs, metrics, models, predict, reports, studies, tfserving
 from service.security import RouteAccess, TrustedHostMiddleware, host_policy
 from worker.recovery import requeue_orphaned_jobs
 from worker.settings import Settings, get_settings
@@ -46,6 +46,9 @@ probes needs an API key (`Authorization: Bearer <key>` or `X-API-Key`; use
 # Which scope each router's reads and changes need. Health probes stay open.
 ACCESS = [
     (jobs.router, RouteAccess(read="train", write="train")),
+    # Reading studies and reports is reading results, like models and metrics.
+    (studies.router, RouteAccess(read="predict", write="train")),
+    (reports.router, RouteAccess(read="predict", write="admin")),
     (models.router, RouteAccess(read="predict", write="admin")),
     (predict.router, RouteAccess(read="predict", write="predict", form_posts=True)),
     (metrics.router, RouteAccess(read="predict", write="admin")),
@@ -55,6 +58,7 @@ TELEMETRY_ACCESS = RouteAccess(read="admin", write="admin")
 
 TAGS = [
     {"name": "jobs", "description": "Queue, watch and cancel training jobs."},
+    {"name": "studies", "description": "The whole CNN lab as one request, and its report."},
     {"name": "models", "description": "Registered models, versions and aliases."},
     {"name": "predict", "description": "Classify images with a registered version."},
     {"name": "metrics", "description": "Per-class evaluation reports."},

@@ -10,6 +10,7 @@ from typing import Any
 
 from service import client, local
 from service.spec_arguments import add_training_spec_arguments
+from service.study_cli import add_study_parser
 from trainer.errors import DaciaVisionError
 
 
@@ -98,7 +99,7 @@ def _add_client_parsers(commands: Any) -> None:
     predict.add_argument("--version", help="number or alias (default: production, else latest)")
     predict.add_argument("--top-k", type=int, default=3)
     predict.set_defaults(handler=client.predict_command)
-    for command in (submit, listing, *followers, predict):
+    for command in (submit, listing, *followers, predict, *add_study_parser(commands)):
         command.add_argument(
             "--url", help="server URL (default: DACIAVISION_API_URL or http://127.0.0.1:8000)"
         )

@@ -26,6 +26,8 @@ from trainer.registry import FileModelRegistry
 from worker.app import create_celery_app, enqueue_training
 from worker.jobstore import JobStore, open_job_store
 from worker.settings import Settings
+from worker.studies import StudyStore
+from worker.studies.runtime import study_store_for
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,10 @@ class Services:
     @cached_property
     def dispatcher(self) -> JobDispatcher:
         return JobDispatcher(create_celery_app(self.settings))
+
+    @cached_property
+    def study_store(self) -> StudyStore:
+        return study_store_for(self.settings)
 
     @cached_property
     def model_cache(self) -> ModelCache:
@@ -147,6 +153,10 @@ def get_dispatcher(services: ServicesDep) -> JobDispatcher:
     return services.dispatcher
 
 
+async def get_study_store(services: ServicesDep) -> StudyStore:
+    return services.study_store
+
+
 async def get_model_cache(services: ServicesDep) -> ModelCache:
     return services.model_cache
 
@@ -166,6 +176,7 @@ DispatcherDep = Annotated[JobDispatcher, Depends(get_dispatcher)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 PredictLimiterDep = Annotated[RequestLimiter, Depends(get_predict_limiter)]
 DecodePoolDep = Annotated[ThreadPoolExecutor, Depends(get_decode_pool)]
+StudyStoreDep = Annotated[StudyStore, Depends(get_study_store)]
 
 
 @dataclass(frozen=True)

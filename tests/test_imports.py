@@ -23,6 +23,8 @@ def _modules_after_import(statement: str) -> set[str]:
     "statement",
     [
         "import worker.tasks",  # what `celery -A worker.app worker` loads before forking
+        "import worker.study_tasks",  # the study tasks, loaded by the same worker
+        "import service.study_render, service.plots, trainer.study_report",
         "import worker.app, worker.recovery, worker.jobstore",
         "import trainer.spec, trainer.registry, trainer.data, trainer.errors",
         "import trainer.architectures, trainer.card, trainer.datasets",
@@ -39,7 +41,8 @@ def test_tensorflow_is_not_imported(statement: str) -> None:
 
 def test_trainer_knows_nothing_of_http_or_queues() -> None:
     modules = _modules_after_import(
-        "import trainer.run, trainer.train, trainer.evaluate, trainer.augmentation"
+        "import trainer.run, trainer.train, trainer.evaluate, trainer.augmentation, "
+        "trainer.study_report, trainer.study_presets, trainer.selection, trainer.statistics"
     )
     assert not {"fastapi", "celery", "redis", "service", "worker"} & modules
 

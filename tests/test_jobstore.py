@@ -610,7 +610,7 @@ class FlakyBroker:
     def __init__(self, home: Path) -> None:
         self.sent: list[str] = []
         self.calls = 0
-        self.conf = SimpleNamespace(daciavision_settings=Settings(home=home))
+        self.conf = SimpleNamespace(broker_transport_options={})
 
     def send_task(self, name: str, *, args: list[str], **options: Any) -> None:
         self.calls += 1

@@ -45,16 +45,17 @@ def _broker_directories(settings: Settings) -> tuple[Path, Path]:
     return settings.broker_dir / "queue", settings.broker_dir / "control"
 
 
-def prepare_broker(settings: Settings) -> None:
+def prepare_broker(celery_app: Celery) -> None:
     """Create the embedded broker's folders; called before sending or consuming, never at import."""
-    if settings.embedded:
-        for directory in _broker_directories(settings):
-            directory.mkdir(parents=True, exist_ok=True)
+    options = celery_app.conf.broker_transport_options or {}
+    for key in ("data_folder_in", "data_folder_out", "control_folder"):
+        if key in options:
+            Path(options[key]).mkdir(parents=True, exist_ok=True)
 
 
 def create_celery_app(settings: Settings) -> Celery:
     broker_url, transport_options = broker_options(settings)
-    app = Celery("daciavision", broker=broker_url, include=["worker.tasks"])
+    app = Celery("daciavision", broker=broker_url, include=["worker.tasks", "worker.study_tasks"])
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
@@ -74,15 +75,13 @@ def create_celery_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         task_serializer="json",
         accept_content=["json"],
-        # Not a Celery setting: what the app was made from, for prepare_broker().
-        daciavision_settings=settings,
     )
     return app
 
 
 def enqueue_training(celery_app: Celery, job_id: str) -> None:
     """Send job ``job_id`` to the training queue; raises if the broker is unreachable."""
-    prepare_broker(celery_app.conf.daciavision_settings)
+    prepare_broker(celery_app)
     celery_app.send_task(
         TRAIN_TASK,
         args=[job_id],
@@ -98,4 +97,4 @@ app = create_celery_app(get_settings())
 
 @signals.worker_init.connect
 def _prepare_broker(**_: Any) -> None:
-    prepare_broker(get_settings())
+    prepare_broker(app)

@@ -16,6 +16,7 @@ from worker.app import TRAIN_TASK, app
 from worker.jobstore import open_job_store
 from worker.recovery import requeue_orphaned_jobs
 from worker.settings import get_settings
+from worker.studies.runtime import advance_after_job
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,11 @@ def train_job(job_id: str) -> dict[str, Any]:
     """Run training job ``job_id`` from the job store; safe to deliver twice."""
     from worker.runner import run_job
 
-    return run_job(job_id)
+    try:
+        return run_job(job_id)
+    finally:
+        # A job of a study ending (however it ended) may unblock the study's next stages.
+        advance_after_job(job_id, get_settings(), app)
 
 
 @signals.worker_ready.connect

@@ -1,0 +1,110 @@
+"""Draws a ``Figure`` two ways: Plotly JSON for the offline HTML page, SVG via matplotlib."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from functools import lru_cache
+from typing import Any
+
+from service.plots import Figure
+
+
+@lru_cache(maxsize=1)
+def plotly_js() -> str:
+    """plotly.js from the installed package, to inline: the page needs no network."""
+    from plotly.offline import get_plotlyjs
+
+    return str(get_plotlyjs())
+
+
+def to_plotly(figure: Figure) -> dict[str, Any]:
+    """The figure as Plotly ``{data, layout}``."""
+    data: list[dict[str, Any]] = []
+    if figure.heatmap is not None:
+        data.append(
+            {"type": "heatmap", "z": figure.heatmap.matrix, "x": figure.heatmap.labels,
+             "y": figure.heatmap.labels, "colorscale": "Blues", "texttemplate": "%{z}"}
+        )  # fmt: skip
+    for series in figure.series:
+        entry: dict[str, Any] = {"name": series.name, "x": series.x, "y": series.y}
+        if series.kind == "bar":
+            entry["type"] = "bar"
+        else:
+            entry["type"] = "scatter"
+            entry["mode"] = "lines+markers" if series.kind == "line" else "markers+text"
+            if series.dashed:
+                entry["line"] = {"dash": "dash"}
+        if series.text:
+            entry["text"] = series.text
+            entry["textposition"] = "top center"
+        if series.sizes:
+            entry["marker"] = {"size": [8 + 4 * math.log10(max(s, 1)) for s in series.sizes]}
+        data.append(entry)
+    layout: dict[str, Any] = {
+        "title": {"text": figure.title}, "xaxis": {"title": {"text": figure.x_label}},
+        "yaxis": {"title": {"text": figure.y_label}}, "barmode": "group", "height": 420,
+    }  # fmt: skip
+    if figure.heatmap is not None:
+        layout["yaxis"]["autorange"] = "reversed"
+    if figure.heatmap is not None or any(s.kind == "bar" for s in figure.series):
+        # Class names such as "0".."9" are categories, not numbers.
+        layout["xaxis"]["type"] = "category"
+        layout["yaxis"]["type"] = "category" if figure.heatmap is not None else "linear"
+    return {"data": data, "layout": layout}
+
+
+def plotly_div(figure: Figure, element_id: str) -> str:
+    spec = json.dumps(to_plotly(figure))
+    return (
+        f'<div id="{element_id}" class="plot"></div>'
+        f"<script>Plotly.newPlot({json.dumps(element_id)}, {spec}.data, {spec}.layout, "
+        '{"displaylogo": false, "responsive": true});</script>'
+    )
+
+
+def to_svg(figure: Figure) -> bytes:
+    """The figure as a standalone SVG document."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    fig, axes = pyplot.subplots(figsize=(7, 4.5))
+    try:
+        if figure.heatmap is not None:
+            labels = figure.heatmap.labels
+            axes.imshow(figure.heatmap.matrix, cmap="Blues")
+            axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+            axes.set_yticks(range(len(labels)), labels)
+            for row, values in enumerate(figure.heatmap.matrix):
+                for column, value in enumerate(values):
+                    axes.text(column, row, str(value), ha="center", va="center", fontsize=7)
+        bars = [s for s in figure.series if s.kind == "bar"]
+        for index, series in enumerate(figure.series):
+            if series.kind == "bar":
+                width = 0.8 / len(bars)
+                positions = [i + index * width for i in range(len(series.x))]
+                axes.bar(positions, series.y, width=width, label=series.name)
+                axes.set_xticks([i + 0.4 - width / 2 for i in range(len(series.x))],
+                                [str(x) for x in series.x], rotation=45, ha="right")  # fmt: skip
+            elif series.kind == "line":
+                axes.plot(series.x, series.y, "--" if series.dashed else "-", marker=".",
+                          label=series.name)  # fmt: skip
+            else:
+                sizes = [20 + 10 * math.log10(max(s, 1)) for s in series.sizes or [1.0]]
+                axes.scatter(series.x, series.y, s=sizes, label=series.name)
+                for x, y, text in zip(series.x, series.y, series.text or [], strict=False):
+                    axes.annotate(text, (float(x), y), fontsize=7)
+        axes.set_title(figure.title, fontsize=10)
+        axes.set_xlabel(figure.x_label)
+        axes.set_ylabel(figure.y_label)
+        if figure.series:
+            axes.legend(fontsize=7)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
+        return buffer.getvalue()
+    finally:
+        pyplot.close(fig)

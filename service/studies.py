@@ -1,0 +1,117 @@
+"""Studies seen from the API: create (and advance once), view with live job progress, cancel.
+
+The API only starts a study; the workers advance it as its jobs end.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kombu.exceptions import OperationalError
+
+from service.deps import JobDispatcher
+from service.errors import BrokerUnavailableError
+from service.schemas_studies import StageJobView, StageView, StudyView
+from trainer.errors import ConflictError, JobNotFoundError
+from trainer.study_presets import expand
+from trainer.study_spec import StudyRequest, check_stages
+from worker.jobstore import JobStore
+from worker.settings import Settings
+from worker.studies import Study, StudyStore
+from worker.studies.base import cancelled
+from worker.studies.runtime import advance
+
+logger = logging.getLogger(__name__)
+
+
+def create_study(
+    request: StudyRequest,
+    settings: Settings,
+    studies: StudyStore,
+    jobs: JobStore,
+    dispatcher: JobDispatcher,
+) -> Study:
+    """Store the study with its whole plan, then start the stages that can start."""
+    stages = check_stages(expand(request))
+    study = Study.new(request.model_dump(mode="json", exclude_none=True), stages, request.name)
+    studies.create(study)
+    try:
+        return advance(study.study_id, settings, dispatcher.celery_app, studies=studies, jobs=jobs)
+    except (OperationalError, OSError) as error:
+        # Stored but not started: the next worker to start advances it.
+        raise BrokerUnavailableError(
+            f"the job queue is unreachable ({error}); study {study.study_id} was stored and "
+            "starts when a worker starts"
+        ) from error
+
+
+def cancel_study(study_id: str, studies: StudyStore, jobs: JobStore) -> Study:
+    """Stop the study and cancel its queued and running jobs."""
+    study = studies.update(study_id, cancelled)
+    assert study is not None  # cancelled() never declines, it raises
+    for stage in study.stages:
+        for model in stage.models:
+            try:
+                jobs.request_cancel(model.job_id)
+            except (ConflictError, JobNotFoundError):
+                continue  # ended already, or never created
+    return study
+
+
+def study_view(study: Study, jobs: JobStore) -> StudyView:
+    """The study with each stage's jobs and their latest epoch."""
+    stages = []
+    for stage in study.stages:
+        job_views = []
+        for model in stage.models:
+            try:
+                job = jobs.get(model.job_id)
+            except JobNotFoundError:
+                job_views.append(StageJobView(**model.model_dump()))
+                continue
+            epochs = job.progress.epochs if job.progress else int(job.spec.get("epochs") or 1)
+            epoch = job.progress.epoch if job.progress else 0
+            done = 1.0 if job.status == "succeeded" else epoch / max(1, epochs)
+            job_views.append(
+                StageJobView(
+                    **{**model.model_dump(), "status": job.status, "version": job.version},
+                    epoch=epoch,
+                    epochs=epochs,
+                    progress=round(done, 4),
+                    error=job.error.message if job.error else None,
+                )
+            )
+        if stage.is_terminal or stage.status == "pending":
+            progress = 1.0 if stage.status == "succeeded" else 0.0
+        else:
+            progress = sum(j.progress for j in job_views) / max(1, len(job_views))
+        stages.append(
+            StageView(
+                name=stage.name,
+                kind=stage.spec.kind,
+                description=stage.spec.description,
+                depends_on=stage.spec.depends_on,
+                status=stage.status,
+                progress=round(progress, 4),
+                jobs=job_views,
+                winner=stage.winner,
+                error=stage.error,
+                started_at=stage.started_at,
+                finished_at=stage.finished_at,
+            )
+        )
+    overall = sum(stage.progress for stage in stages) / max(1, len(stages))
+    report = study.stages[-1].status == "succeeded" and study.stages[-1].spec.kind == "report"
+    return StudyView(
+        study_id=study.study_id,
+        name=study.name,
+        status=study.status,
+        progress=round(overall, 4),
+        request=study.request,
+        stages=stages,
+        cancel_requested=study.cancel_requested,
+        created_at=study.created_at,
+        updated_at=study.updated_at,
+        finished_at=study.finished_at,
+        report_url=f"/studies/{study.study_id}/report" if report else None,
+    )

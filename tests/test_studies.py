@@ -1,0 +1,387 @@
+"""Studies without workers: statistics, picking, the preset, transitions, the store, routes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from scipy.stats import binomtest
+
+from tests.conftest import make_record
+from tests.workers import REDIS_HOST, REDIS_PORT, ensure_redis
+from trainer.architectures import ARCHITECTURES
+from trainer.errors import InvalidInputError
+from trainer.registry import FileModelRegistry
+from trainer.selection import Candidate, pick_best
+from trainer.statistics import (
+    accuracy_interval,
+    binomial_two_sided_p,
+    holm_adjusted,
+    mcnemar_exact,
+)
+from trainer.study_presets import VARIATIONS, expand
+from trainer.study_spec import StudyRequest, check_stages, study_of_job
+from worker.jobstore import JobError, RedisJobStore, SqliteJobStore
+from worker.settings import Settings
+from worker.studies import RedisStudyStore, SqliteStudyStore, Study
+from worker.studies.advance import advance_study
+from worker.studies.base import JobOutcome, advanced, cancelled
+from worker.studies.runtime import advance_running_studies, study_store_for
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("successes", "trials"), [(0, 0), (3, 10), (1, 12), (40, 60), (7, 7)])
+def test_binomial_p_value_equals_scipy(successes: int, trials: int) -> None:
+    expected = 1.0 if trials == 0 else binomtest(successes, trials, 0.5).pvalue
+    assert binomial_two_sided_p(successes, trials) == pytest.approx(expected, rel=1e-12)
+
+
+def test_mcnemar_counts_only_the_discordant_images() -> None:
+    # 20 images both right, 5 both wrong, a alone right on 2, b alone right on 10.
+    y = np.zeros(37, dtype=int)
+    a = np.array([0] * 20 + [1] * 5 + [0] * 2 + [1] * 10)
+    b = np.array([0] * 20 + [1] * 5 + [1] * 2 + [0] * 10)
+    result = mcnemar_exact(y, a, b)
+    assert (result.only_a_correct, result.only_b_correct) == (2, 10)
+    # Exact: 2 * P(X <= 2), X ~ Binomial(12, 1/2) = 2 * (1 + 12 + 66) / 4096.
+    assert result.p_value == pytest.approx(2 * 79 / 4096)
+    assert result.significant
+    assert not mcnemar_exact(y[:27], a[:27], b[:27]).significant  # 2 vs 0: p = 0.5
+
+
+def test_bootstrap_interval_covers_the_true_accuracy() -> None:
+    generator = np.random.default_rng(0)
+    covered = 0
+    for trial in range(40):
+        y = generator.integers(0, 10, 500)
+        right = generator.random(500) < 0.8  # the true accuracy is 0.8
+        predictions = np.where(right, y, (y + 1) % 10)
+        interval = accuracy_interval(y, predictions, resamples=500, seed=trial)
+        assert interval.low <= interval.estimate <= interval.high
+        covered += interval.low <= 0.8 <= interval.high
+    # A 95% interval misses now and then; 40 trials missing more than 6 times is ~0.1% likely.
+    assert covered >= 34
+
+
+def test_the_winner_is_chosen_on_validation_even_when_the_test_ranking_differs() -> None:
+    # test_accuracy would favour "b"; selection cannot even see it.
+    test_accuracy = {"a": 0.70, "b": 0.90}
+    candidates = [
+        Candidate(label="a", model_name="m-a", version=1, validation_accuracy=0.85,
+                  validation_loss=0.5),
+        Candidate(label="b", model_name="m-b", version=1, validation_accuracy=0.80,
+                  validation_loss=0.4),
+    ]  # fmt: skip
+    winner = pick_best(candidates)
+    assert winner.label == "a" and max(test_accuracy, key=test_accuracy.__getitem__) == "b"
+    assert "validation accuracy" in winner.reason and "0.8500" in winner.reason
+    assert "test" not in Candidate.model_fields
+
+
+def test_ties_go_to_the_lower_validation_loss() -> None:
+    candidates = [
+        Candidate(label="a", model_name="m-a", version=1, validation_accuracy=0.8,
+                  validation_loss=0.6),
+        Candidate(label="b", model_name="m-b", version=1, validation_accuracy=0.8,
+                  validation_loss=0.3),
+    ]  # fmt: skip
+    assert pick_best(candidates).label == "b"
+
+
+def test_the_preset_is_the_labs_protocol_from_the_definitions() -> None:
+    stages = {stage.name: stage for stage in check_stages(expand(StudyRequest(preset="cnn-lab")))}
+    variations = stages["variations"].trainings
+    assert [t.label for t in variations] == [label for label, _ in VARIATIONS]
+    assert all(t.spec and t.spec["dataset"] == "cifar10" for t in variations)
+    assert all(t.spec and t.spec["sample_fraction"] == 0.25 and t.spec["epochs"] == 30
+               for t in variations)  # fmt: skip
+    assert variations[1].spec and variations[1].spec["hyperparameters"]["filters1"] == 64
+    assert variations[2].spec and variations[2].spec["hyperparameters"]["kernel_size"] == 5
+    assert stages["alexnet"].trainings[0].spec["epochs"] == 50  # type: ignore[index]
+    assert stages["secondary_custom"].trainings[0].overrides["dataset"] == "mnist"
+    assert stages["augmentation"].trainings[1].reference_winner == "best"
+    reference = stages["reference"].trainings[0].spec
+    assert reference is not None and reference["architecture"] in ARCHITECTURES
+    # The resnet recipe's own epochs, not a number of ours.
+    assert reference["epochs"] == ARCHITECTURES["resnet"].spec.model_fields["epochs"].default
+    assert stages["variations"].pick == "validation_accuracy"
+    assert "reference" not in {
+        s.name for s in expand(StudyRequest(preset="cnn-lab", include_reference=False))
+    }
+
+
+def test_explicit_stages_must_come_after_what_they_use() -> None:
+    request = StudyRequest(stages=[
+        {"name": "retrain", "trainings": [{"label": "x", "from_winner": "base"}],
+         "depends_on": ["base"]},
+        {"name": "base", "trainings": [{"label": "y", "spec": {"dataset": "digits"}}]},
+    ])  # fmt: skip
+    with pytest.raises(InvalidInputError, match="not stages listed before it"):
+        check_stages(request.stages or [])
+
+
+def _study() -> Study:
+    request = StudyRequest(preset="cnn-lab", quick=True, include_reference=False)
+    return Study.new(request.model_dump(mode="json"), check_stages(expand(request)), None)
+
+
+def _succeeded(study: Study, stage: str, accuracies: list[float]) -> dict[str, JobOutcome]:
+    return {
+        model.job_id: JobOutcome(status="succeeded", version=1, validation_accuracy=accuracy,
+                                 validation_loss=1 - accuracy)
+        for model, accuracy in zip(study.stage(stage).models, accuracies, strict=True)
+    }  # fmt: skip
+
+
+def test_advancing_starts_stages_as_their_dependencies_succeed() -> None:
+    study = _study()
+    first = advanced(study, {}, NOW)
+    assert first is not None
+    running = {s.name for s in first.stages if s.status == "running"}
+    assert running == {"variations", "alexnet", "secondary_alexnet"}
+    assert advanced(first, {}, NOW) is None  # nothing new: no write, nothing started twice
+
+    outcomes = {**_succeeded(first, "variations", [0.6, 0.9, 0.7]),
+                **_succeeded(first, "alexnet", [0.8])}  # fmt: skip
+    second = advanced(first, outcomes, NOW)
+    assert second is not None
+    winner = second.stage("variations").winner
+    assert winner is not None and winner.label == f"variations: {VARIATIONS[1][0]}"
+    best = second.stage("best").winner
+    assert second.stage("best").status == "succeeded" and best is not None
+    assert best.label.startswith("variations")  # 0.9 beats alexnet's 0.8
+    assert second.stage("augmentation").status == "running"
+    assert second.stage("secondary_custom").status == "running"
+    assert second.stage("report").status == "pending"
+
+
+def test_a_failed_job_fails_its_stage_and_skips_what_depends_on_it() -> None:
+    first = advanced(_study(), {}, NOW)
+    assert first is not None
+    job_id = first.stage("variations").models[0].job_id
+    outcome = {job_id: JobOutcome(status="failed", error="OOM")}
+    second = advanced(first, outcome, NOW)
+    assert second is not None
+    assert second.stage("variations").status == "failed"
+    assert "OOM" in (second.stage("variations").error or "")
+    assert second.stage("best").status == "skipped"
+    assert second.stage("report").status == "skipped"
+    assert second.status == "running"  # alexnet and secondary_alexnet still run
+
+
+def test_job_ids_are_derived_and_name_their_study() -> None:
+    study = _study()
+    again = [m.job_id for s in study.stages for m in s.models]
+    assert len(set(again)) == len(again)
+    assert all(study_of_job(job_id) == study.study_id for job_id in again)
+    assert study_of_job("0" * 32) is None
+
+
+def test_sqlite_store_applies_changes_atomically(tmp_path: Path) -> None:
+    store = SqliteStudyStore(tmp_path / "jobs.sqlite3")
+    study = _study()
+    store.create(study)
+    assert store.update(study.study_id, lambda s, now: advanced(s, {}, now)) is not None
+    assert store.update(study.study_id, lambda s, now: advanced(s, {}, now)) is None
+    stopped = store.update(study.study_id, cancelled)
+    assert stopped is not None and stopped.status == "cancelled"
+    items, total = store.list(status="cancelled")
+    assert total == 1 and items[0].study_id == study.study_id
+    assert all(s.is_terminal for s in store.get(study.study_id).stages)
+
+
+def _error(response: Any) -> dict[str, Any]:
+    detail: dict[str, Any] = response.json()["detail"]
+    return detail
+
+
+def test_routes_answer_with_the_one_error_shape(client: TestClient) -> None:
+    missing = client.get("/studies/" + "0" * 32)
+    assert missing.status_code == 404 and _error(missing)["code"] == "study_not_found"
+    bad = client.post("/studies", json={"preset": "cnn-lab", "stages": []})
+    assert bad.status_code == 422 and _error(bad)["code"] == "invalid_input"
+    unknown = client.post("/studies", json={"preset": "cnn-lab", "primary_dataset": "imagenet"})
+    assert unknown.status_code == 422
+
+
+def test_a_study_is_listed_cancelled_and_has_no_report_before_its_end(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[str] = []
+    monkeypatch.setattr(
+        "worker.studies.runtime.enqueue_training", lambda app, job_id: sent.append(job_id)
+    )
+    created = client.post("/studies", json={"preset": "cnn-lab", "quick": True})
+    assert created.status_code == 202, created.text
+    study = created.json()
+    assert {job["job_id"] for s in study["stages"] if s["status"] == "running"
+            for job in s["jobs"]} == set(sent)  # fmt: skip
+    assert len(sent) == 6  # 3 variations, alexnet, secondary alexnet, reference
+    for job_id in sent:
+        assert client.get(f"/jobs/{job_id}").json()["status"] == "queued"
+    not_ready = client.get(f"/studies/{study['study_id']}/report")
+    assert not_ready.status_code == 409 and _error(not_ready)["code"] == "report_not_ready"
+    assert client.get("/studies").json()["total"] == 1
+    stopped = client.post(f"/studies/{study['study_id']}/cancel")
+    assert stopped.status_code == 202 and stopped.json()["status"] == "cancelled"
+    assert all(client.get(f"/jobs/{job_id}").json()["status"] == "cancelled" for job_id in sent)
+    again = client.post(f"/studies/{study['study_id']}/cancel")
+    assert again.status_code == 409 and _error(again)["code"] == "conflict"
+
+
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/14"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """A study store and a job store of one backend."""
+    if request.param == "sqlite":
+        yield SqliteStudyStore(tmp_path / "db.sqlite3"), SqliteJobStore(tmp_path / "db.sqlite3")
+        return
+    ensure_redis()
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    yield RedisStudyStore(REDIS_URL, prefix=prefix), RedisJobStore(REDIS_URL, prefix=prefix)
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+def test_advancing_twice_starts_each_training_once(stores: tuple[Any, Any], tmp_path: Path) -> None:
+    studies, jobs = stores
+    study = _study()
+    studies.create(study)
+    sent: list[str] = []
+    registry = FileModelRegistry(tmp_path / "registry")
+
+    def advance() -> Study:
+        return advance_study(
+            study.study_id, studies=studies, jobs=jobs, registry=registry,
+            enqueue_training=sent.append, enqueue_report=sent.append,
+        )  # fmt: skip
+
+    first = advance()
+    second = advance()
+    assert len(sent) == 3 + 1 + 1  # variations, alexnet, secondary alexnet
+    assert len(set(sent)) == len(sent)
+    assert [s.status for s in first.stages] == [s.status for s in second.stages]
+    assert {jobs.get(job_id).status for job_id in sent} == {"queued"}
+    # A job that ended failed makes its stage fail on the next advance.
+    jobs.finish(sent[0], "failed", error=JobError(type="Boom", message="out of memory"))
+    third = advance()
+    assert third.stage("variations").status == "failed"
+    assert "out of memory" in (third.stage("variations").error or "")
+    assert third.stage("best").status == "skipped"
+    listed, total = studies.list(status="running")
+    assert total == 1 and listed[0].stage("variations").status == "failed"
+
+
+def test_holm_adjusts_step_down_and_keeps_order() -> None:
+    # Sorted p: 0.01*3, 0.02*2, 0.04*1 → 0.03, 0.04, 0.04 (monotone).
+    assert holm_adjusted([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm_adjusted([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def test_openapi_documents_the_study_routes(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, method in (
+        ("/studies", "post"), ("/studies", "get"), ("/studies/{study_id}", "get"),
+        ("/studies/{study_id}/cancel", "post"), ("/studies/{study_id}/report", "get"),
+        ("/studies/{study_id}/plots/{name}.svg", "get"),
+        ("/models/{model_name}/versions/{version}/report", "get"),
+        ("/models/{model_name}/versions/{version}/plots/{name}.svg", "get"),
+    ):  # fmt: skip
+        operation = paths[path][method]
+        assert operation["summary"] and operation["description"], path
+        if "404" in operation["responses"]:
+            schema = operation["responses"]["404"]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, path
+    report = paths["/studies/{study_id}/report"]["get"]["responses"]["200"]["content"]
+    assert {"application/json", "text/html", "text/markdown"} <= set(report)
+
+
+class _FakeCelery:
+    """Records what would be sent to the queue."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+        self.conf = SimpleNamespace(broker_transport_options={})
+
+    def send_task(self, name: str, args: list[str], **_: Any) -> None:
+        self.sent.append((name, args[0]))
+
+
+def _train_without_tensorflow(settings: Settings, job_id: str, validation_accuracy: float) -> None:
+    """What a worker does for a job, with a made-up card: claim, register, finish."""
+    jobs = SqliteJobStore(settings.jobs_db_path)
+    job = jobs.claim(job_id, "fake", 60)
+    assert job is not None
+    record = make_record(spec=job.spec)
+    validation = record.metrics.validation.model_copy(update={"accuracy": validation_accuracy})
+    record = record.model_copy(
+        update={"metrics": record.metrics.model_copy(update={"validation": validation})}
+    )
+    registry = FileModelRegistry(settings.resolved_registry_dir)
+    version = registry.register(job.model_name, lambda path: path.write_bytes(b"model"), record)
+    jobs.finish(job_id, "succeeded", version=version)
+
+
+def test_a_worker_start_advances_what_a_crash_left_behind(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    celery = _FakeCelery()
+    studies = study_store_for(settings)
+    study = _study()
+    studies.create(study)
+    advance_running_studies(settings, celery)
+    queued = [job_id for _, job_id in celery.sent]
+    variations = [m.job_id for m in study.stage("variations").models]
+    alexnet = study.stage("alexnet").models[0].job_id
+    assert set(variations) | {alexnet} <= set(queued)
+    # The jobs end, but their worker dies before advancing the study.
+    for job_id, accuracy in zip([*variations, alexnet], [0.5, 0.95, 0.6, 0.7], strict=True):
+        _train_without_tensorflow(settings, job_id, accuracy)
+    assert studies.get(study.study_id).stage("augmentation").status == "pending"
+
+    advance_running_studies(settings, celery)  # a worker starts
+    after = studies.get(study.study_id)
+    best = after.stage("best").winner
+    assert best is not None and best.model_name == study.stage("variations").models[1].model_name
+    assert after.stage("augmentation").status == "running"
+    jobs = SqliteJobStore(settings.jobs_db_path)
+    uniform, targeted = (jobs.get(m.job_id) for m in after.stage("augmentation").models)
+    assert uniform.spec["augmentation"]["enabled"] is True and uniform.spec["epochs"] == 2
+    assert targeted.spec["augmentation"]["target_classes"] == "weak"
+    assert targeted.spec["augmentation"]["reference_model"] == {
+        "model_name": best.model_name, "version": 1,
+    }  # fmt: skip
+    sent_before = len(celery.sent)
+    created_before = jobs.list(limit=100)[1]
+    advance_running_studies(settings, celery)  # and another: nothing starts twice
+    assert jobs.list(limit=100)[1] == created_before
+    # Only still-queued jobs are sent again (their messages may have been lost).
+    resent = [job_id for _, job_id in celery.sent[sent_before:]]
+    assert resent and all(jobs.get(job_id).status == "queued" for job_id in resent)
+    assert not {*variations, alexnet} & set(resent)
+
+
+def test_explicit_stages_need_a_winner_where_one_is_used() -> None:
+    small = {"label": "small", "spec": {"dataset": "digits"}}
+    large = {"label": "large", "spec": {"dataset": "digits", "hyperparameters": {"filters1": 64}}}
+    retrain = {"name": "augmented", "depends_on": ["variations"], "trainings": [
+        {"label": "targeted", "from_winner": "variations",
+         "overrides": {"augmentation": {"target_classes": "weak"}},
+         "reference_winner": "variations"}]}  # fmt: skip
+    picking = {"name": "variations", "trainings": [small, large], "pick": "validation_accuracy"}
+    request = StudyRequest.model_validate({"stages": [picking, retrain]})
+    assert [s.name for s in check_stages(request.stages or [])] == ["variations", "augmented"]
+    not_picking = StudyRequest.model_validate({"stages": [{**picking, "pick": "none"}, retrain]})
+    with pytest.raises(InvalidInputError, match="do not pick one"):
+        check_stages(not_picking.stages or [])

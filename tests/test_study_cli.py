@@ -1,0 +1,71 @@
+"""`daciavision study`: sends only what the user gave, draws stage bars, saves reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service import study_cli
+from service.cli import build_parser, main
+
+STUDY: dict[str, Any] = {
+    "study_id": "a" * 32, "status": "succeeded", "progress": 1.0,
+    "report_url": f"/studies/{'a' * 32}/report",
+    "stages": [
+        {"name": "variations", "progress": 1.0, "status": "succeeded",
+         "winner": {"label": "64/128/256"}, "error": None},
+        {"name": "augmentation", "progress": 0.5, "status": "running", "winner": None,
+         "error": None},
+    ],
+}  # fmt: skip
+
+
+def _serve(monkeypatch: pytest.MonkeyPatch, seen: list[httpx.Request]) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path.endswith(".svg"):
+            return httpx.Response(200, content=b"<svg/>")
+        if request.url.params.get("format") == "markdown":
+            plot = f"/studies/{'a' * 32}/plots/accuracy_vs_cost.svg"
+            return httpx.Response(200, text=f"# Study\n\n![plot]({plot})\n")
+        return httpx.Response(202 if request.method == "POST" else 200, json=STUDY)
+
+    transport = httpx.MockTransport(handler)
+    monkeypatch.setattr(
+        study_cli,
+        "_client",
+        lambda arguments: httpx.Client(base_url="http://t", transport=transport),
+    )
+
+
+def test_run_sends_only_the_given_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[httpx.Request] = []
+    _serve(monkeypatch, seen)
+    assert main(["study", "run", "cnn-lab", "--quick", "--epochs", "3"]) == 0
+    assert seen[0].method == "POST" and seen[0].url.path == "/studies"
+    assert seen[0].read() == b'{"preset":"cnn-lab","quick":true,"epochs":3}'
+
+
+def test_stage_lines_show_a_bar_and_the_winner() -> None:
+    lines = study_cli.stage_lines(STUDY, width=10)
+    assert "[##########] succeeded" in lines[1] and "winner: 64/128/256" in lines[1]
+    assert "[#####.....] running" in lines[2]
+
+
+def test_markdown_report_is_saved_with_its_plots(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: list[httpx.Request] = []
+    _serve(monkeypatch, seen)
+    output = tmp_path / "lab.md"
+    assert main(["study", "report", "a" * 32, "--output", str(output)]) == 0
+    assert "](lab_plots/accuracy_vs_cost.svg)" in output.read_text()
+    assert (tmp_path / "lab_plots" / "accuracy_vs_cost.svg").read_bytes() == b"<svg/>"
+
+
+def test_the_preset_choices_come_from_the_definitions() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["study", "run", "no-such-preset"])

@@ -1,0 +1,112 @@
+"""The study report on constructed cards: figures come from the cards, verdicts follow
+McNemar's test, the discussion states only what the figures say, renderings are whole."""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.plot_render import to_svg
+from service.plots import study_figures
+from service.study_render import to_html, to_markdown
+from tests.conftest import CARD_0_1_0, make_record
+from trainer.card import ModelCard
+from trainer.evaluate import evaluate_predictions
+from trainer.selection import Candidate, pick_best
+from trainer.study_report import ReportInput, StudyReport, build_study_report, sample_key
+from worker.study_report import true_test_labels
+
+CLASSES = [str(d) for d in range(10)]
+
+
+def _card(name: str, labels: np.ndarray, predictions: np.ndarray, validation: float) -> ModelCard:
+    report = evaluate_predictions(labels, np.eye(10)[predictions], CLASSES)
+    record = make_record()
+    metrics = record.metrics.model_copy(
+        update={"test": report, "validation_accuracy": validation,
+                "validation": record.metrics.validation.model_copy(update={"accuracy": validation})}
+    )  # fmt: skip
+    raw: dict[str, Any] = json.loads(CARD_0_1_0.read_text())
+    return ModelCard.model_validate(
+        {**raw, **record.model_dump(mode="json", exclude={"metrics"}),
+         "metrics": metrics.model_dump(mode="json"), "model_name": name, "version": 1,
+         "test_predictions": predictions.tolist()}
+    )  # fmt: skip
+
+
+def _predictions(labels: np.ndarray, wrong: np.ndarray) -> np.ndarray:
+    return np.where(wrong, (labels + 1) % 10, labels)
+
+
+@pytest.fixture(scope="module")
+def report() -> StudyReport:
+    labels = true_test_labels(_card("probe", np.zeros(360, int), np.zeros(360, int), 0.5), None)
+    positions = np.arange(len(labels))
+    strong = _card("strong", labels, _predictions(labels, positions % 10 == 0), 0.85)  # 90%
+    weak = _card("weak", labels, _predictions(labels, positions % 4 == 0), 0.90)  # 75%
+    close = _card(
+        "close", labels, _predictions(labels, (positions % 10 == 0) | (positions == 1)), 0.8
+    )
+    inputs = [
+        ReportInput(key="variations/0", stage="variations", label="strong", card=strong,
+                    compared=True),
+        ReportInput(key="variations/1", stage="variations", label="weak", card=weak,
+                    compared=True),
+        ReportInput(key="augmentation/0", stage="augmentation", label="close", card=close,
+                    compared=True, base_key="variations/0"),
+    ]  # fmt: skip
+    winner = pick_best(
+        [Candidate(label=i.label, model_name=i.card.model_name, version=1,
+                   validation_accuracy=i.card.metrics.validation.accuracy,
+                   validation_loss=i.card.metrics.validation.loss) for i in inputs[:2]]
+    )  # fmt: skip
+    return build_study_report(
+        "f" * 32, "constructed", inputs, {sample_key(strong): labels}, {"variations": winner}
+    )
+
+
+def test_figures_are_the_cards_and_verdicts_follow_the_test(report: StudyReport) -> None:
+    strong, weak = report.model("variations/0"), report.model("variations/1")
+    assert strong.test_accuracy.estimate == 0.9 and weak.test_accuracy.estimate == 0.75
+    assert strong.test_accuracy.low < 0.9 < strong.test_accuracy.high
+    by_pair = {(c.a, c.b): c for c in report.comparisons}
+    big = by_pair[("variations/0", "variations/1")]
+    assert big.mcnemar.significant and big.verdict.startswith("strong is better than weak")
+    small = by_pair[("variations/0", "augmentation/0")]
+    assert (small.mcnemar.only_a_correct, small.mcnemar.only_b_correct) == (1, 0)
+    assert not small.mcnemar.significant and small.verdict.startswith("no significant difference")
+    # The winner went by validation (weak: 0.90) although strong is better on the test set.
+    assert report.selections["variations"].label == "weak"
+
+
+def test_the_discussion_states_the_figures(report: StudyReport) -> None:
+    text = " ".join(report.discussion)
+    assert "strong is better than weak" in text
+    assert "no significant difference between strong and close" in text
+    assert "0.900 (95% CI" in text and "0.750 (95% CI" in text
+    assert "the test split was not consulted" in text
+    effect = report.augmentation[0]
+    assert effect.base == "variations/0" and effect.variant == "augmentation/0"
+    # One more error: the F1 of its true and of its predicted class drop, within noise.
+    changed = [c for c in effect.per_class if c.f1_delta.estimate != 0]
+    assert len(changed) == 2
+    assert all(c.f1_delta.estimate < 0 and not c.significant for c in changed)
+    assert "no class's F1 changed significantly" in text
+    assert "Holm-adjusted" in text
+
+
+def test_html_is_offline_and_markdown_links_every_plot(report: StudyReport) -> None:
+    page = to_html(report)
+    assert "<script src" not in page  # plotly.js is inlined: the page works offline
+    assert page.count('<div id="plot-') == len(study_figures(report))
+    for sentence in report.discussion:
+        assert escape(sentence) in page
+    markdown = to_markdown(report, "plots/")
+    for figure in study_figures(report):
+        assert f"(plots/{figure.name}.svg)" in markdown
+    assert "| strong | variations | digits |" in markdown
+    assert to_svg(study_figures(report)[0]).startswith(b"<?xml")

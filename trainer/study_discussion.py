@@ -1,0 +1,101 @@
+"""The report's discussion, written from its figures: each sentence states a number
+from the report, and a model is called better only when the paired test says so."""
+
+from __future__ import annotations
+
+from trainer.study_report import StudyReport, describe_p
+
+
+def _accuracy(report: StudyReport, key: str) -> str:
+    interval = report.model(key).test_accuracy
+    return f"{interval.estimate:.3f} (95% CI {interval.low:.3f}–{interval.high:.3f})"
+
+
+def _selections(report: StudyReport) -> list[str]:
+    sentences = []
+    for stage, winner in report.selections.items():
+        if len(winner.candidates) < 2:
+            continue
+        sentences.append(
+            f"Stage {stage}: {winner.reason}. It was chosen on the validation split; its test "
+            f"accuracy is reported below but played no part in the choice."
+        )
+    return sentences
+
+
+def _comparisons(report: StudyReport) -> list[str]:
+    sentences = []
+    for comparison in report.comparisons:
+        a, b = report.model(comparison.a), report.model(comparison.b)
+        sentences.append(
+            f"{a.label} ({a.architecture}, {_accuracy(report, a.key)}) vs {b.label} "
+            f"({b.architecture}, {_accuracy(report, b.key)}), exactly one of them right on "
+            f"{comparison.mcnemar.only_a_correct + comparison.mcnemar.only_b_correct} of the "
+            f"same test images: {comparison.verdict}."
+        )
+    return sentences
+
+
+def _augmentation(report: StudyReport) -> list[str]:
+    sentences = []
+    for effect in report.augmentation:
+        base, variant = report.model(effect.base), report.model(effect.variant)
+        significant = [c for c in effect.per_class if c.significant]
+        improved = [c.class_name for c in significant if c.f1_delta.estimate > 0]
+        worsened = [c.class_name for c in significant if c.f1_delta.estimate < 0]
+        if effect.target_classes:
+            target = f" (targeted at {', '.join(effect.target_classes)})"
+        elif variant.augmentation.get("target_classes") == "weak":
+            # "weak" resolved to no class: nothing was oversampled or augmented.
+            target = " (no class of the reference was weak, so nothing was targeted)"
+        else:
+            target = ""
+        test = effect.mcnemar
+        direction = "better" if test.only_b_correct > test.only_a_correct else "worse"
+        overall = (
+            f"{direction} overall ({describe_p(test)})"
+            if test.significant
+            else f"not significantly different overall ({describe_p(test)})"
+        )
+        if improved or worsened:
+            classes = (
+                f"F1 rose significantly for {', '.join(improved) or 'no class'} and fell "
+                f"significantly for {', '.join(worsened) or 'no class'}"
+            )
+        else:
+            classes = "no class's F1 changed significantly (every 95% interval includes zero)"
+        sentences.append(
+            f"{variant.label}{target}: test accuracy {base.test_accuracy.estimate:.3f} → "
+            f"{variant.test_accuracy.estimate:.3f}, {overall}; {classes}."
+        )
+    return sentences
+
+
+def _efficiency(report: StudyReport) -> list[str]:
+    if len(report.models) < 2:
+        return []
+    gap = max(report.models, key=lambda m: m.generalization_gap)
+    fastest = min(report.models, key=lambda m: m.fit_seconds)
+    smallest = min(report.models, key=lambda m: m.parameter_count)
+    if gap.generalization_gap > 0:
+        overfit = (
+            f"The largest generalization gap (final train minus validation accuracy) is "
+            f"{gap.generalization_gap:.3f}, for {gap.label} on {gap.dataset}."
+        )
+    else:
+        overfit = (
+            "No model's final train accuracy exceeds its validation accuracy (the largest "
+            f"gap is {gap.generalization_gap:.3f}, for {gap.label}): no sign of overfitting "
+            "by this measure."
+        )
+    return [
+        overfit,
+        f"The quickest to train was {fastest.label} ({fastest.fit_seconds:.1f} s for "
+        f"{fastest.epochs_run} epochs); the smallest is {smallest.label} "
+        f"({smallest.parameter_count:,} parameters).",
+    ]
+
+
+def discuss(report: StudyReport) -> list[str]:
+    """Sentences drawn from the report's figures, in the report's order."""
+    return _selections(report) + _comparisons(report) + _augmentation(report) + _efficiency(report)

@@ -1,0 +1,88 @@
+"""Redis study store: ``{prefix}:study:{id}`` as JSON, a sorted set per status and one of all."""
+
+from __future__ import annotations
+
+import builtins
+
+import redis
+
+from trainer.errors import ConflictError
+from trainer.files import utc_now
+from worker.jobstore import base as job_base
+
+from . import base
+from .models import Study, StudyStatus
+
+
+class RedisStudyStore:
+    """Studies in the Redis that holds the jobs; every change in a WATCH/MULTI loop."""
+
+    def __init__(
+        self, url: str, prefix: str = "daciavision", *, clock: job_base.Clock = utc_now
+    ) -> None:
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.prefix = prefix
+        self.clock = clock
+
+    def _key(self, study_id: str) -> str:
+        return f"{self.prefix}:study:{study_id}"
+
+    def _index(self, status: str | None = None) -> str:
+        return f"{self.prefix}:studies" + (f":status:{status}" if status else "")
+
+    def create(self, study: Study) -> None:
+        """Store a new study; ConflictError if its id is taken."""
+        score = job_base.microseconds(study.created_at)
+        if not self.client.set(self._key(study.study_id), study.model_dump_json(), nx=True):
+            raise ConflictError(f"Study {study.study_id!r} already exists")
+        with self.client.pipeline() as pipe:
+            pipe.zadd(self._index(), {study.study_id: score})
+            pipe.zadd(self._index(study.status), {study.study_id: score})
+            pipe.execute()
+
+    def get(self, study_id: str) -> Study:
+        """The study with this id; StudyNotFoundError if there is none."""
+        document = self.client.get(self._key(study_id))
+        if document is None:
+            raise base.study_not_found(study_id)
+        return Study.model_validate_json(document)
+
+    def update(self, study_id: str, change: base.Change) -> Study | None:
+        """Apply ``change`` atomically; None from it means no write."""
+        key = self._key(study_id)
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]  # untyped in redis-py
+                    document = pipe.get(key)
+                    if document is None:
+                        raise base.study_not_found(study_id)
+                    current = Study.model_validate_json(document)
+                    updated = change(current, self.clock())
+                    if updated is None:
+                        pipe.unwatch()
+                        return None
+                    pipe.multi()
+                    pipe.set(key, updated.model_dump_json())
+                    if updated.status != current.status:
+                        score = job_base.microseconds(current.created_at)
+                        pipe.zrem(self._index(current.status), study_id)
+                        pipe.zadd(self._index(updated.status), {study_id: score})
+                    pipe.execute()
+                    return updated
+                except redis.WatchError:
+                    continue  # changed meanwhile: decide again on the fresh state
+
+    def list(
+        self, *, status: StudyStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[builtins.list[Study], int]:
+        """One page of studies, newest first, and how many match."""
+        index = self._index(status)
+        total = int(self.client.zcard(index))
+        ids = [str(i) for i in self.client.zrevrange(index, offset, offset + limit - 1)]
+        documents = self.client.mget([self._key(i) for i in ids]) if ids else []
+        return [Study.model_validate_json(d) for d in documents if d], total
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.client.close()
