@@ -35,13 +35,23 @@ from worker.settings import Settings, get_settings
 
 KEYS = {scope: new_key() for scope in SCOPES}
 KEYS_SETTING = ";".join(settings_entry(key, [scope]) for scope, key in KEYS.items())
-PATH_VALUES = {"model_name": "no-such-model", "version": "1", "alias": "production", "job_id": "x"}
+PATH_VALUES = {
+    "model_name": "no-such-model",
+    "version": "1",
+    "alias": "production",
+    "job_id": "x",
+    "study_id": "x",
+    "name": "confusion",
+}
 
 
 def expected_scope(method: str, path: str) -> str:
     """The scope each route needs, as the issue states it."""
-    if path.startswith(("/jobs", "/studies")):
+    if path.startswith("/jobs"):
         return "train"
+    if path.startswith("/studies"):
+        # Reading a study is reading results; starting or cancelling one is training.
+        return "predict" if method == "GET" else "train"
     if path.startswith("/models"):
         return "predict" if method == "GET" else "admin"
     if path.startswith(("/predict", "/v1/", "/metrics")):
