@@ -23,6 +23,7 @@ from service.locks import redis_alias_lock
 from service.model_cache import ModelCache
 from service.security import Keyring, parse_api_keys
 from trainer.registry import FileModelRegistry
+from trainer.spec_base import MAX_VERSION
 from worker.app import create_celery_app, enqueue_training
 from worker.jobstore import JobStore, open_job_store
 from worker.settings import Settings
@@ -221,5 +222,29 @@ def model_version_from_path(
     return resolve_version(registry, model_name, version)
 
 
+# TensorFlow Serving addresses versions by number or by label (alias) in separate paths.
+VersionNumberPath = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Version number.")]
+AliasPath = Annotated[str, Path(description="Alias (TF Serving's version label).")]
+
+
+def default_model_version(registry: RegistryDep, model_name: ModelNamePath) -> ModelVersion:
+    return resolve_version(registry, model_name, None)
+
+
+def numbered_model_version(
+    registry: RegistryDep, model_name: ModelNamePath, version: VersionNumberPath
+) -> ModelVersion:
+    return resolve_version(registry, model_name, version)
+
+
+def labelled_model_version(
+    registry: RegistryDep, model_name: ModelNamePath, alias: AliasPath
+) -> ModelVersion:
+    return resolve_version(registry, model_name, alias)
+
+
 QueryModelVersionDep = Annotated[ModelVersion, Depends(model_version_from_query)]
 PathModelVersionDep = Annotated[ModelVersion, Depends(model_version_from_path)]
+DefaultModelVersionDep = Annotated[ModelVersion, Depends(default_model_version)]
+NumberedModelVersionDep = Annotated[ModelVersion, Depends(numbered_model_version)]
+LabelledModelVersionDep = Annotated[ModelVersion, Depends(labelled_model_version)]

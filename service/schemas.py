@@ -1,4 +1,4 @@
-"""Response and request bodies of the jobs, models and metrics routes."""
+"""Response and request bodies of the jobs, models, metrics and health routes."""
 
 from __future__ import annotations
 
@@ -134,3 +134,12 @@ class MetricsComparison(BaseModel):
     regressed_classes: list[str] = Field(description="F1 down by more than 0.01 from a to b.")
     weak_classes_a: list[str]
     weak_classes_b: list[str]
+
+
+class Liveness(BaseModel):
+    status: str = "alive"
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import pkgutil
 import subprocess
@@ -71,3 +72,38 @@ def test_importing_any_module_never_touches_the_disk(tmp_path: Path) -> None:
         [sys.executable, "-c", script], env=environment, check=True, timeout=300, cwd=tmp_path
     )
     assert not home.exists(), f"importing created {sorted(p.name for p in home.rglob('*'))}"
+
+
+ROUTES = Path(__file__).resolve().parents[1] / "service" / "routes"
+
+
+def _route_modules() -> list[Path]:
+    return sorted(path for path in ROUTES.glob("*.py") if path.name != "__init__.py")
+
+
+@pytest.mark.parametrize("path", _route_modules(), ids=lambda path: path.stem)
+def test_route_modules_do_not_import_each_other(path: Path) -> None:
+    # Shared request handling lives in service/ (bodies, predictions, deps), so a
+    # route module can change or go without breaking another one.
+    tree = ast.parse(path.read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert not {name for name in imported if name and name.startswith("service.routes")}
+
+
+@pytest.mark.parametrize("path", _route_modules(), ids=lambda path: path.stem)
+def test_request_and_response_schemas_live_with_the_schemas(path: Path) -> None:
+    tree = ast.parse(path.read_text())
+    classes = [node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+    bases = {
+        ast.unparse(base)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        for base in node.bases
+    }
+    assert "BaseModel" not in bases, f"{path.name} declares schemas {classes}"

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import anyio
 from fastapi import APIRouter, Response, status
-from pydantic import BaseModel
 
 from service.deps import Services, ServicesDep
+from service.schemas import Liveness, Readiness
 
 logger = logging.getLogger(__name__)
 
@@ -18,15 +18,6 @@ router = APIRouter(prefix="/health", tags=["health"])
 # Probes get threads of their own: when inference, decoding or synchronous routes
 # fill the shared pool, /health/ready still answers (and /health/live needs none).
 _PROBE_THREADS = anyio.CapacityLimiter(2)
-
-
-class Liveness(BaseModel):
-    status: str = "alive"
-
-
-class Readiness(BaseModel):
-    status: str
-    checks: dict[str, str]
 
 
 @router.get("/live", response_model=Liveness, summary="Is the process up")

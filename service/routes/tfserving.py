@@ -12,37 +12,40 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
 
 from service.admission import RequestLimiter
-from service.batching import prepare_and_predict
+from service.bodies import check_instance_count, check_instance_pixels, read_json_body
 from service.deps import (
     DecodePoolDep,
+    DefaultModelVersionDep,
+    LabelledModelVersionDep,
     ModelCacheDep,
     ModelNamePath,
+    ModelVersion,
+    NumberedModelVersionDep,
     PredictLimiterDep,
     RegistryDep,
     SettingsDep,
 )
 from service.errors import error_responses
-from service.images import Batch, instances_to_batch
 from service.model_cache import ModelCache
 from service.monitoring import record_predictions
-from service.routes.predict import (
-    check_instance_count,
-    check_instance_pixels,
-    loaded_model,
-    read_json_body,
+from service.predictions import predict_probabilities
+from service.schemas_predict import (
+    SIGNATURE_NAME,
+    ModelStatus,
+    TfServingPredictResponse,
+    TfServingRequest,
+    VersionStatus,
 )
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
-from trainer.spec_base import MAX_VERSION
 from worker.settings import Settings
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -50,7 +53,6 @@ Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 # Every architecture names its input layer "image" and its output "probabilities".
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
-SIGNATURE_NAME = "serving_default"
 
 
 class TfServingRoute(APIRoute):
@@ -90,19 +92,6 @@ def _with_error_key(response: Response) -> Response:
 router = APIRouter(prefix="/v1/models", tags=["tensorflow-serving"], route_class=TfServingRoute)
 
 
-class TfServingRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    signature_name: str | None = Field(None, description=f"Only {SIGNATURE_NAME!r} exists.")
-    instances: list[Any] | None = Field(None, description="Row format: one input per item.")
-    inputs: Any = Field(None, description="Columnar format: the batch, or {input name: batch}.")
-
-
-class TfServingPredictResponse(BaseModel):
-    predictions: list[list[float]] | None = Field(None, description="Row format answer.")
-    outputs: list[list[float]] | None = Field(None, description="Columnar format answer.")
-
-
 def _unwrap_named_input(value: Any) -> Any:
     # {"image": tensor} names the model's single input; {"b64": ...} is an image file.
     if isinstance(value, dict) and len(value) == 1 and "b64" not in value:
@@ -126,35 +115,15 @@ def _instances(request: TfServingRequest) -> tuple[list[Any], bool]:
     return [_unwrap_named_input(instance) for instance in batch], columnar
 
 
-async def predict_probabilities(
-    cache: ModelCache,
-    model_name: str,
-    version: int,
-    instances: list[Any],
-    max_upload_bytes: int,
-    decode_pool: Executor,
-) -> list[list[float]]:
-    """Probabilities per instance, as TF Serving returns a softmax model's output."""
-    loaded = await loaded_model(cache, model_name, version)
-
-    # As /predict: decode on the decode threads, infer on the model's batcher thread.
-    def decode() -> tuple[Batch, None]:
-        return instances_to_batch(instances, loaded.input_shape, "0-1", max_upload_bytes), None
-
-    probabilities, _ = await prepare_and_predict(decode_pool, decode, loaded.batcher)
-    rows: list[list[float]] = probabilities.tolist()
-    return rows
-
-
 async def _predict(
     request: Request,
+    model_version: ModelVersion,
     settings: Settings,
     cache: ModelCache,
     limiter: RequestLimiter,
     decode_pool: Executor,
-    model_name: str,
-    version: int,
 ) -> Response:
+    model_name, version = model_version.model_name, model_version.version
     with limiter.admit():
         body = await read_json_body(request, settings, TfServingRequest)
         instances, columnar = _instances(body)
@@ -189,58 +158,35 @@ _PREDICT_OPTIONS: dict[str, Any] = {
         }
     },
 }
-VersionPath = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Version number.")]
-AliasPath = Annotated[str, Path(description="Alias (TF Serving's version label).")]
 
 
 @router.post("/{model_name}:predict", summary="Predict (default version)", **_PREDICT_OPTIONS)
 async def predict_default(
-    request: Request, model_name: ModelNamePath, registry: RegistryDep,
-    cache: ModelCacheDep, settings: SettingsDep, limiter: PredictLimiterDep,
-    decode_pool: DecodePoolDep,
+    request: Request, model_version: DefaultModelVersionDep, cache: ModelCacheDep,
+    settings: SettingsDep, limiter: PredictLimiterDep, decode_pool: DecodePoolDep,
 ) -> Response:  # fmt: skip
     """Class probabilities from the `production` version, else the latest."""
-    version = await run_in_threadpool(registry.resolve, model_name, None)
-    return await _predict(request, settings, cache, limiter, decode_pool, model_name, version)
+    return await _predict(request, model_version, settings, cache, limiter, decode_pool)
 
 
 @router.post(
     "/{model_name}/versions/{version}:predict", summary="Predict (version)", **_PREDICT_OPTIONS
 )
 async def predict_version(
-    request: Request, model_name: ModelNamePath, version: VersionPath,
-    registry: RegistryDep, cache: ModelCacheDep, settings: SettingsDep,
-    limiter: PredictLimiterDep, decode_pool: DecodePoolDep,
+    request: Request, model_version: NumberedModelVersionDep, cache: ModelCacheDep,
+    settings: SettingsDep, limiter: PredictLimiterDep, decode_pool: DecodePoolDep,
 ) -> Response:  # fmt: skip
     """Class probabilities from one version."""
-    resolved = await run_in_threadpool(registry.resolve, model_name, version)
-    return await _predict(request, settings, cache, limiter, decode_pool, model_name, resolved)
+    return await _predict(request, model_version, settings, cache, limiter, decode_pool)
 
 
 @router.post("/{model_name}/labels/{alias}:predict", summary="Predict (label)", **_PREDICT_OPTIONS)
 async def predict_label(
-    request: Request, model_name: ModelNamePath, alias: AliasPath,
-    registry: RegistryDep, cache: ModelCacheDep, settings: SettingsDep,
-    limiter: PredictLimiterDep, decode_pool: DecodePoolDep,
+    request: Request, model_version: LabelledModelVersionDep, cache: ModelCacheDep,
+    settings: SettingsDep, limiter: PredictLimiterDep, decode_pool: DecodePoolDep,
 ) -> Response:  # fmt: skip
     """Class probabilities from the version an alias (TF Serving label) points at."""
-    resolved = await run_in_threadpool(registry.resolve, model_name, alias)
-    return await _predict(request, settings, cache, limiter, decode_pool, model_name, resolved)
-
-
-class StatusDetail(BaseModel):
-    error_code: str = "OK"
-    error_message: str = ""
-
-
-class VersionStatus(BaseModel):
-    version: str
-    state: str = "AVAILABLE"
-    status: StatusDetail = Field(default_factory=StatusDetail)
-
-
-class ModelStatus(BaseModel):
-    model_version_status: list[VersionStatus]
+    return await _predict(request, model_version, settings, cache, limiter, decode_pool)
 
 
 def _status(versions: list[int]) -> ModelStatus:
@@ -261,11 +207,9 @@ def model_status(model_name: ModelNamePath, registry: RegistryDep) -> ModelStatu
     response_model=ModelStatus,
     responses=error_responses(404, 422),
 )
-def version_status(
-    model_name: ModelNamePath, version: VersionPath, registry: RegistryDep
-) -> ModelStatus:
+def version_status(model_version: NumberedModelVersionDep) -> ModelStatus:
     """TF Serving model status of one version."""
-    return _status([registry.resolve(model_name, version)])
+    return _status([model_version.version])
 
 
 def _tensor(dims: list[int], name: str) -> dict[str, Any]:
@@ -279,8 +223,9 @@ def _tensor(dims: list[int], name: str) -> dict[str, Any]:
     }
 
 
-def model_metadata(registry: FileModelRegistry, model_name: str, version: int) -> dict[str, Any]:
+def model_metadata(registry: FileModelRegistry, model_version: ModelVersion) -> dict[str, Any]:
     """TF Serving's GetModelMetadata answer, from the card: no model is loaded."""
+    model_name, version = model_version.model_name, model_version.version
     card = registry.get_card(model_name, version)
     class_names = card.class_names
     signature = {
@@ -299,14 +244,16 @@ def model_metadata(registry: FileModelRegistry, model_name: str, version: int) -
 
 
 @router.get("/{model_name}/metadata", responses=error_responses(404, 422))
-def default_metadata(model_name: ModelNamePath, registry: RegistryDep) -> dict[str, Any]:
+def default_metadata(
+    model_version: DefaultModelVersionDep, registry: RegistryDep
+) -> dict[str, Any]:
     """Signature (input shape, output size) and class names of the default version."""
-    return model_metadata(registry, model_name, registry.resolve(model_name, None))
+    return model_metadata(registry, model_version)
 
 
 @router.get("/{model_name}/versions/{version}/metadata", responses=error_responses(404, 422))
 def version_metadata(
-    model_name: ModelNamePath, version: VersionPath, registry: RegistryDep
+    model_version: NumberedModelVersionDep, registry: RegistryDep
 ) -> dict[str, Any]:
     """Signature (input shape, output size) and class names of one version."""
-    return model_metadata(registry, model_name, registry.resolve(model_name, version))
+    return model_metadata(registry, model_version)

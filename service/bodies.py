@@ -1,0 +1,182 @@
+"""Reading request bodies within their limits: JSON off the event loop, bounded uploads.
+
+The body limit (service/limits.py) has bounded each request before it gets here;
+these helpers bound what is inside it — bytes per file, files and instances per
+request, pixels per image read from headers — before anything is decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from service.errors import PayloadTooLargeError, UnsupportedMediaTypeError, quoted
+from service.images import check_pixel_budget, check_upload_size, decode_base64
+from service.schemas_predict import PredictRequest
+from trainer.errors import InvalidInputError
+from worker.settings import Settings
+
+JSON_TYPE = "application/json"
+MULTIPART_TYPE = "multipart/form-data"
+UPLOAD_FIELDS = ("files", "file")
+# Text fields a multipart form may carry besides its files.
+UPLOAD_FIELD_LIMIT = 16
+BodyT = TypeVar("BodyT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str | None
+    data: bytes
+
+
+PredictInputs = PredictRequest | list[Upload]
+
+
+async def read_predict_inputs(request: Request, settings: Settings) -> PredictInputs:
+    """Parse a /predict body by its content type: multipart uploads or JSON instances.
+
+    Each file is bounded while it streams, and every image's pixel count is read from
+    its header before anything is decoded. Parsing and header reads run in threads.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == MULTIPART_TYPE:
+        uploads = await _read_uploads(request, settings)
+        images = [(f"file {upload.filename!r}", upload.data) for upload in uploads]
+        await run_in_threadpool(_check_pixels, images, settings)
+        return uploads
+    if content_type == JSON_TYPE:
+        parsed = await read_json_body(request, settings, PredictRequest)
+        check_instance_count(len(parsed.instances), settings)
+        await run_in_threadpool(check_instance_pixels, parsed.instances, settings)
+        return parsed
+    raise UnsupportedMediaTypeError(
+        f"content type {quoted(content_type, 100) or 'none'!r} is not accepted; send "
+        f"{MULTIPART_TYPE} with image files in the field 'files', or {JSON_TYPE} with "
+        '{"instances": [...]}',
+        accepted_content_types=[MULTIPART_TYPE, JSON_TYPE],
+    )
+
+
+async def read_json_body(request: Request, settings: Settings, schema: type[BodyT]) -> BodyT:
+    """Read a JSON body (bounded by the body limit) and validate it in a worker thread."""
+    body = await request.body()
+    return await run_in_threadpool(_validate_json, schema, body)
+
+
+def _validate_json(schema: type[BodyT], body: bytes) -> BodyT:
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as error:
+        errors = error.errors(include_url=False, include_context=False)
+        raise RequestValidationError(
+            [{**item, "loc": ("body", *item["loc"])} for item in errors]
+        ) from None
+
+
+def check_instance_count(count: int, settings: Settings) -> None:
+    """PayloadTooLargeError (413) past the per-request limit on inputs."""
+    if count > settings.max_instances:
+        raise _too_many(str(count), settings)
+
+
+def check_instance_pixels(instances: list[Any], settings: Settings) -> None:
+    """The pixel budget of the base64 images among JSON instances (headers only)."""
+    images = [
+        (f"instances[{index}]", decode_base64(instance["b64"], index))
+        for index, instance in enumerate(instances)
+        if isinstance(instance, dict) and "b64" in instance
+    ]
+    for description, data in images:
+        check_upload_size(len(data), settings.max_upload_bytes, description)
+    _check_pixels(images, settings)
+
+
+def _check_pixels(images: list[tuple[str, bytes]], settings: Settings) -> None:
+    check_pixel_budget(images, settings.max_image_pixels, settings.max_request_pixels)
+
+
+def _too_many(received: str, settings: Settings) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"{received} inputs in one request; at most {settings.max_instances} are accepted, "
+        "split them over several requests",
+        max_instances=settings.max_instances,
+    )
+
+
+class _BoundedMultiPartParser(MultiPartParser):
+    """Starlette's parser, refusing a file as soon as it grows past the per-file limit.
+
+    Starlette would spool the whole part to disk before anyone could look at its size.
+    """
+
+    def __init__(self, *args: Any, max_file_bytes: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_file_bytes = max_file_bytes
+        self.file_too_large: str | None = None
+        self._file_bytes = 0
+        self._counted_part: object = None
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._current_part
+        if part.file is not None:
+            if part is not self._counted_part:
+                self._counted_part, self._file_bytes = part, 0
+            self._file_bytes += end - start
+            if self._file_bytes > self.max_file_bytes:
+                self.file_too_large = part.file.filename
+                raise MultiPartException("file too large")
+        super().on_part_data(data, start, end)
+
+
+async def _read_uploads(request: Request, settings: Settings) -> list[Upload]:
+    parser = _BoundedMultiPartParser(
+        request.headers,
+        request.stream(),
+        max_files=settings.max_instances,
+        max_fields=UPLOAD_FIELD_LIMIT,
+        max_file_bytes=settings.max_upload_bytes,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as error:
+        if parser.file_too_large is not None:
+            raise PayloadTooLargeError(
+                f"file {quoted(parser.file_too_large, 100)!r} is larger than "
+                f"{settings.max_upload_bytes} bytes, the most each image may have; downscale "
+                "or recompress it",
+                max_bytes=settings.max_upload_bytes,
+            ) from None
+        if error.message.startswith("Too many files"):
+            raise _too_many(f"more than {settings.max_instances}", settings) from None
+        raise InvalidInputError(f"malformed multipart body: {error.message}") from None
+    try:
+        files = [value for field in UPLOAD_FIELDS for value in form.getlist(field)]
+        uploads = [await _read_upload(value, settings) for value in files]
+    finally:
+        await form.close()
+    if not uploads:
+        fields = sorted(set(form.keys()))[:UPLOAD_FIELD_LIMIT]
+        raise InvalidInputError(
+            f"the form has no image files; send them in the field 'files' (or 'file'), "
+            f"fields received: {quoted(fields) or 'none'}",
+            fields=quoted(fields),
+        )
+    return uploads
+
+
+async def _read_upload(value: Any, settings: Settings) -> Upload:
+    if not isinstance(value, UploadFile):
+        raise InvalidInputError("the fields 'files' and 'file' must hold files, not text")
+    description = f"file {quoted(value.filename, 100)!r}"
+    check_upload_size(value.size or 0, settings.max_upload_bytes, description)
+    data = await value.read(settings.max_upload_bytes + 1)
+    check_upload_size(len(data), settings.max_upload_bytes, description)
+    return Upload(value.filename, data)

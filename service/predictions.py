@@ -1,0 +1,132 @@
+"""From read inputs to ranked classes: decode, run through the model's batcher, rank.
+
+Shared by /predict and the TensorFlow Serving routes, so both decode on the same
+threads and batch on the same model thread.
+"""
+
+from __future__ import annotations
+
+import functools
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+from fastapi.concurrency import run_in_threadpool
+from numpy.typing import NDArray
+
+from service.batching import prepare_and_predict
+from service.bodies import PredictInputs
+from service.images import Batch, InputShape, decode_image, instances_to_batch
+from service.model_cache import LoadedModel, ModelCache
+from service.schemas_predict import PredictRequest
+from trainer.errors import InvalidInputError
+
+DEFAULT_TOP_K = 3
+
+
+async def loaded_model(cache: ModelCache, model_name: str, version: int) -> LoadedModel:
+    """The cached model at once, or loaded in a worker thread: a load takes seconds."""
+    loaded = cache.get_if_loaded(model_name, version)
+    if loaded is None:
+        loaded = await run_in_threadpool(cache.get, model_name, version)
+    return loaded
+
+
+def decode_inputs(
+    inputs: PredictInputs, input_shape: InputShape, max_upload_bytes: int
+) -> tuple[Batch, list[str | None]]:
+    """The inputs as one float32 batch, and the uploaded file names (None for JSON)."""
+    if isinstance(inputs, PredictRequest):
+        batch = instances_to_batch(
+            inputs.instances, input_shape, inputs.pixel_range, max_upload_bytes
+        )
+        return batch, [None] * len(batch)
+    arrays = [
+        decode_image(upload.data, input_shape, description=f"file {upload.filename!r}")
+        for upload in inputs
+    ]
+    return np.stack(arrays), [upload.filename for upload in inputs]
+
+
+async def predict_inputs(
+    cache: ModelCache,
+    model_name: str,
+    version: int,
+    inputs: PredictInputs,
+    top_k: int | None,
+    max_upload_bytes: int,
+    decode_pool: Executor,
+) -> dict[str, Any]:
+    """Decode the inputs, run them through the model's batcher, rank the classes.
+
+    Returns the PredictResponse as plain JSON data: building and re-validating
+    pydantic objects per class and image cost more than the model call for small images.
+    """
+    loaded = await loaded_model(cache, model_name, version)
+    k = _check_top_k(top_k, loaded)
+    # Decoding is CPU-bound: its own threads, while the batcher's thread runs the model
+    # on other requests' images. Pillow and TensorFlow both release the GIL.
+    probabilities, filenames = await prepare_and_predict(
+        decode_pool,
+        functools.partial(decode_inputs, inputs, loaded.input_shape, max_upload_bytes),
+        loaded.batcher,
+    )
+    return {
+        "model_name": loaded.model_name,
+        "version": loaded.version,
+        "predictions": [
+            _prediction(row, loaded.class_names, k, filename)
+            for row, filename in zip(probabilities, filenames, strict=True)
+        ],
+    }
+
+
+async def predict_probabilities(
+    cache: ModelCache,
+    model_name: str,
+    version: int,
+    instances: list[Any],
+    max_upload_bytes: int,
+    decode_pool: Executor,
+) -> list[list[float]]:
+    """Probabilities per instance (pixels in [0, 1] or b64 files), as TF Serving answers."""
+    loaded = await loaded_model(cache, model_name, version)
+
+    def decode() -> tuple[Batch, None]:
+        return instances_to_batch(instances, loaded.input_shape, "0-1", max_upload_bytes), None
+
+    probabilities, _ = await prepare_and_predict(decode_pool, decode, loaded.batcher)
+    rows: list[list[float]] = probabilities.tolist()
+    return rows
+
+
+def _check_top_k(top_k: int | None, loaded: LoadedModel) -> int:
+    if top_k is None:
+        return min(DEFAULT_TOP_K, loaded.num_classes)
+    if top_k > loaded.num_classes:
+        raise InvalidInputError(
+            f"top_k is {top_k} but model {loaded.model_name!r} version {loaded.version} has "
+            f"{loaded.num_classes} classes; use 1 to {loaded.num_classes}",
+            top_k=top_k,
+            num_classes=loaded.num_classes,
+        )
+    return top_k
+
+
+def _prediction(
+    probabilities: NDArray[np.float32], class_names: tuple[str, ...], k: int, filename: str | None
+) -> dict[str, Any]:
+    """One Prediction as JSON data (the schema documents it; see predict_inputs)."""
+    # Stable sort: ties keep class order, so equal probabilities rank the same every time.
+    ranked = np.argsort(-probabilities, kind="stable")[:k].tolist()
+    values = probabilities.tolist()
+    best = ranked[0]
+    prediction: dict[str, Any] = {
+        "label": class_names[best],
+        "class_index": best,
+        "confidence": values[best],
+        "top_k": [{"label": class_names[index], "probability": values[index]} for index in ranked],
+    }
+    if filename is not None:  # response_model_exclude_none, as the schema says
+        prediction["filename"] = filename
+    return prediction
