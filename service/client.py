@@ -26,13 +26,13 @@ class ServerError(Exception):
         self.body = body
 
 
-def _client(arguments: argparse.Namespace) -> httpx.Client:
+def api_client(arguments: argparse.Namespace) -> httpx.Client:
     settings = get_settings()
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
     return httpx.Client(base_url=arguments.url or settings.api_url, timeout=60, headers=headers)
 
 
-def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+def api_call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     try:
         response = client.request(method, path, **kwargs)
     except httpx.TransportError as error:
@@ -54,8 +54,8 @@ def _print_json(value: Any) -> None:
 def submit_command(arguments: argparse.Namespace) -> int:
     """Queue a job with the spec the user gave; the server fills in the recipe's defaults."""
     spec = spec_from_arguments(arguments)
-    with _client(arguments) as client:
-        job = _call(client, "POST", "/jobs", json=spec)
+    with api_client(arguments) as client:
+        job = api_call(client, "POST", "/jobs", json=spec)
         print(f"queued job {job['job_id']} → model {job['model_name']}")
         if arguments.follow:
             return _follow(client, job["job_id"])
@@ -68,8 +68,8 @@ def list_command(arguments: argparse.Namespace) -> int:
         "status": arguments.status,
         "model_name": arguments.model_name,
     }
-    with _client(arguments) as client:
-        page = _call(client, "GET", "/jobs", params={k: v for k, v in params.items() if v})
+    with api_client(arguments) as client:
+        page = api_call(client, "GET", "/jobs", params={k: v for k, v in params.items() if v})
     print(f"{'job_id':<34}{'status':<11}{'model':<24}{'version':>8}  {'progress':<10}created")
     for job in page["items"]:
         progress = job["progress"]
@@ -84,22 +84,22 @@ def list_command(arguments: argparse.Namespace) -> int:
 
 
 def show_command(arguments: argparse.Namespace) -> int:
-    with _client(arguments) as client:
-        _print_json(_call(client, "GET", f"/jobs/{arguments.job_id}"))
+    with api_client(arguments) as client:
+        _print_json(api_call(client, "GET", f"/jobs/{arguments.job_id}"))
     return 0
 
 
 def cancel_command(arguments: argparse.Namespace) -> int:
-    with _client(arguments) as client:
+    with api_client(arguments) as client:
         # A JSON body (empty): state-changing posts must not look like a web form's.
-        job = _call(client, "POST", f"/jobs/{arguments.job_id}/cancel", json={})
+        job = api_call(client, "POST", f"/jobs/{arguments.job_id}/cancel", json={})
     state = "cancel requested" if job["status"] == "running" else job["status"]
     print(f"job {job['job_id']}: {state}")
     return 0
 
 
 def follow_command(arguments: argparse.Namespace) -> int:
-    with _client(arguments) as client:
+    with api_client(arguments) as client:
         return _follow(client, arguments.job_id)
 
 
@@ -122,7 +122,7 @@ def _follow(client: httpx.Client, job_id: str, interval: float = 1.0) -> int:
     interactive = sys.stdout.isatty()
     last_line = ""
     while True:
-        job = _call(client, "GET", f"/jobs/{job_id}")
+        job = api_call(client, "GET", f"/jobs/{job_id}")
         line = progress_line(job)
         if line != last_line:
             print(f"\r{line}" if interactive else line, end="" if interactive else "\n", flush=True)
@@ -149,8 +149,8 @@ def predict_command(arguments: argparse.Namespace) -> int:
         path = Path(name)
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         files.append(("files", (path.name, path.read_bytes(), content_type)))
-    with _client(arguments) as client:
-        result = _call(client, "POST", "/predict", params=params, files=files)
+    with api_client(arguments) as client:
+        result = api_call(client, "POST", "/predict", params=params, files=files)
     print(f"{result['model_name']} version {result['version']}")
     for name, prediction in zip(arguments.files, result["predictions"], strict=True):
         alternatives = ", ".join(

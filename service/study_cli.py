@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from service.client import ServerError, _call, _client
+from service.client import ServerError, api_call, api_client
 from trainer.datasets import DATASET_NAMES
 from trainer.study_spec import PRESETS
 
@@ -51,8 +51,8 @@ def _request_body(arguments: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_command(arguments: argparse.Namespace) -> int:
-    with _client(arguments) as client:
-        study = _call(client, "POST", "/studies", json=_request_body(arguments))
+    with api_client(arguments) as client:
+        study = api_call(client, "POST", "/studies", json=_request_body(arguments))
         print(f"started study {study['study_id']}")
         if arguments.follow:
             return _follow(client, study["study_id"])
@@ -63,7 +63,7 @@ def _follow(client: httpx.Client, study_id: str, interval: float = 2.0) -> int:
     interactive = sys.stdout.isatty()
     shown: list[str] = []
     while True:
-        study = _call(client, "GET", f"/studies/{study_id}")
+        study = api_call(client, "GET", f"/studies/{study_id}")
         lines = stage_lines(study)
         if lines != shown:
             if interactive and shown:
@@ -79,15 +79,15 @@ def _follow(client: httpx.Client, study_id: str, interval: float = 2.0) -> int:
 
 
 def show_command(arguments: argparse.Namespace) -> int:
-    with _client(arguments) as client:
-        study = _call(client, "GET", f"/studies/{arguments.study_id}")
+    with api_client(arguments) as client:
+        study = api_call(client, "GET", f"/studies/{arguments.study_id}")
     print(json.dumps(study, indent=2) if arguments.json else "\n".join(stage_lines(study)))
     return 0
 
 
 def cancel_command(arguments: argparse.Namespace) -> int:
-    with _client(arguments) as client:
-        study = _call(client, "POST", f"/studies/{arguments.study_id}/cancel")
+    with api_client(arguments) as client:
+        study = api_call(client, "POST", f"/studies/{arguments.study_id}/cancel")
     print(f"study {study['study_id']}: {study['status']}")
     return 0
 
@@ -98,13 +98,13 @@ def report_command(arguments: argparse.Namespace) -> int:
     if report_format is None:
         raise ServerError(f"--output must end in one of {', '.join(FORMATS)}, got {output.name}")
     path = f"/studies/{arguments.study_id}/report"
-    with _client(arguments) as client:
+    with api_client(arguments) as client:
         try:
             response = client.get(path, params={"format": report_format})
         except httpx.TransportError as error:
             raise ServerError(f"cannot reach {client.base_url}: {error}") from error
         if response.is_error:
-            _call(client, "GET", path)  # raises with the server's message
+            api_call(client, "GET", path)  # raises with the server's message
         text = response.text
         if report_format == "markdown":
             text = _save_plots(client, text, output)

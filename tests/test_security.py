@@ -20,7 +20,7 @@ from pydantic import AliasChoices
 
 from service.app import create_app
 from service.cli import main
-from service.client import _client
+from service.client import api_client
 from service.security import (
     SCOPES,
     Keyring,
@@ -191,7 +191,7 @@ def test_the_client_cli_sends_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
         class Arguments:
             url = "http://127.0.0.1:1"
 
-        with _client(Arguments()) as client:  # type: ignore[arg-type]
+        with api_client(Arguments()) as client:  # type: ignore[arg-type]
             assert client.headers["Authorization"] == f"Bearer {KEYS['train']}"
     finally:
         get_settings.cache_clear()

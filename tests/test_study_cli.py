@@ -36,7 +36,7 @@ def _serve(monkeypatch: pytest.MonkeyPatch, seen: list[httpx.Request]) -> None:
     transport = httpx.MockTransport(handler)
     monkeypatch.setattr(
         study_cli,
-        "_client",
+        "api_client",
         lambda arguments: httpx.Client(base_url="http://t", transport=transport),
     )
 
