@@ -13,11 +13,16 @@ from fastapi_offline import FastAPIOffline
 
 from service import __version__
 from service.deps import Services
-from service.errors import install_error_handlers
+from service.errors import error_responses, install_error_handlers
 from service.limits import BodyLimitMiddleware, RequestTimeoutMiddleware, body_limit_for
 from service.monitoring import install_monitoring
 from service.routes import health, jobs, metrics, models, predict, reports, studies, tfserving
-from service.security import RouteAccess, TrustedHostMiddleware, host_policy
+from service.security import (
+    RouteAccess,
+    TrustedHostMiddleware,
+    check_access_before_body_validation,
+    host_policy,
+)
 from worker.recovery import requeue_orphaned_jobs
 from worker.settings import Settings, get_settings
 
@@ -111,8 +116,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     telemetry = [] if services.settings.prometheus_open else [Depends(TELEMETRY_ACCESS)]
     install_monitoring(app, dependencies=telemetry)
     for router, access in ACCESS:
-        app.include_router(router, dependencies=[Depends(access)])
+        app.include_router(
+            router, dependencies=[Depends(access)], responses=error_responses(401, 403)
+        )
     app.include_router(health.router)
+    # By identity: routes define __eq__ (so are not hashable).
+    access_by_route = {id(route): access for router, access in ACCESS for route in router.routes}
+    check_access_before_body_validation(app, access_by_route)
     _install_guards(app, services)
     return app
 

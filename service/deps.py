@@ -120,10 +120,12 @@ class Services:
 
     def close(self) -> None:
         """Stop the threads this app started (batchers, decoders); only those it created."""
-        if "model_cache" in self.__dict__:
-            self.model_cache.close()
-        if "decode_pool" in self.__dict__:
-            self.decode_pool.shutdown(wait=True, cancel_futures=True)
+        # Popped, not only stopped: a lifespan that starts again (a test client, a server
+        # restarted in the same process) gets fresh threads instead of a dead pool.
+        if (model_cache := self.__dict__.pop("model_cache", None)) is not None:
+            model_cache.close()
+        if (decode_pool := self.__dict__.pop("decode_pool", None)) is not None:
+            decode_pool.shutdown(wait=True, cancel_futures=True)
 
 
 async def get_services(request: Request) -> Services:
@@ -200,6 +202,10 @@ VersionQuery = Annotated[
     ),
 ]
 ModelNamePath = Annotated[str, Path(description="Registered model name.")]
+# Pages of a listing: enough for any real store, and far below SQLite's 64-bit integers.
+MAX_OFFSET = 10_000_000
+LimitQuery = Annotated[int, Query(ge=1, le=200, description="Items per page.")]
+OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")]
 
 
 def resolve_version(

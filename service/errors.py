@@ -6,9 +6,11 @@ as MLflow's REST layer does, so routes never pick status codes themselves.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import re
 import sqlite3
 from typing import Any
 
@@ -159,7 +161,7 @@ def _field_errors(error: DaciaVisionError) -> list[dict[str, Any]]:
     ]
 
 
-async def _domain_error(request: Request, error: Exception) -> JSONResponse:
+async def domain_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DaciaVisionError)
     status = STATUS_BY_CODE.get(error.code, 400)
     details = dict(error.details)
@@ -218,26 +220,39 @@ def _validation_entry(item: Any) -> dict[str, Any]:
     }
 
 
-async def _validation_error(request: Request, error: Exception) -> JSONResponse:
+async def validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     errors = [_validation_entry(item) for item in error.errors()]
     summary = "; ".join(f"{entry['field']}: {entry['expected']}" for entry in errors[:5])
     return error_json(422, "invalid_input", f"invalid request: {summary}", {"errors": errors})
 
 
-async def _http_error(request: Request, error: Exception) -> JSONResponse:
+# FastAPI's detail when it cannot decode a body it was asked to parse.
+BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
+async def http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
     code = codes.get(error.status_code, "http_error")
     message = error.detail if isinstance(error.detail, str) else str(error.detail)
     if error.status_code == 404 and message == "Not Found":
         message = f"no route {request.method} {request.url.path}; see /docs for the API"
-    if error.status_code == 405 and message == "Method Not Allowed":
-        allowed = (error.headers or {}).get("Allow", "")
-        message = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
+    if error.status_code == 400 and message == BODY_PARSE_ERROR:
+        # FastAPI's answer to a body that is not UTF-8 JSON: invalid input like any other.
+        return error_json(
+            422, "invalid_input", "the body is not JSON text: send UTF-8 encoded JSON"
+        )
+    headers = dict(error.headers or {})
+    if error.status_code == 405:
+        # Starlette names the methods of the first route that matched the path; FastAPI
+        # has one route per method, so gather them all.
+        allowed = ", ".join(_allowed_methods(request)) or headers.get("Allow", "")
+        headers["Allow"] = allowed
+        if message == "Method Not Allowed":
+            message = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
     response = error_json(error.status_code, code, message)
-    if error.headers:
-        response.headers.update(error.headers)
+    response.headers.update(headers)
     return response
 
 
@@ -267,6 +282,25 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     )
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every documented method of the path (its OpenAPI entry), for the Allow header."""
+    path = request.url.path
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if _template_pattern(template).fullmatch(path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
+
+
+@functools.lru_cache(maxsize=256)
+def _template_pattern(template: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{[^}]+\})", template)
+    # No ':' in a parameter: names, versions and aliases never hold one, and TF Serving's
+    # paths put ":predict" right after them.
+    pattern = "".join("[^/:]+" if part.startswith("{") else re.escape(part) for part in parts)
+    return re.compile(pattern)
+
+
 async def _client_gone(request: Request, error: Exception) -> Response:
     # The client left mid-body (or the body limit cut it off and answers itself):
     # nobody reads this answer, and it is no server error worth a traceback.
@@ -275,10 +309,10 @@ async def _client_gone(request: Request, error: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
-    app.add_exception_handler(DaciaVisionError, _domain_error)
+    app.add_exception_handler(DaciaVisionError, domain_error)
     app.add_exception_handler(RedisConnectionError, _store_unreachable)
     app.add_exception_handler(RedisTimeoutError, _store_unreachable)
     app.add_exception_handler(sqlite3.OperationalError, _store_busy)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)

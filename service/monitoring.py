@@ -24,6 +24,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.deps import JobStoreDep
+from service.errors import error_responses
 
 TELEMETRY = CollectorRegistry()
 REQUESTS = Counter(
@@ -119,4 +120,5 @@ class _MeasureRequests:
 
 def install_monitoring(app: FastAPI, dependencies: Sequence[Any] = ()) -> None:
     app.add_middleware(_MeasureRequests)
-    app.include_router(router, dependencies=list(dependencies))
+    responses = error_responses(401, 403) if dependencies else None
+    app.include_router(router, dependencies=list(dependencies), responses=responses)

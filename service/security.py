@@ -17,13 +17,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Final, Literal, get_args
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 
@@ -31,9 +33,13 @@ from service.errors import (
     ForbiddenError,
     UnauthenticatedError,
     UnsupportedMediaTypeError,
+    domain_error,
     error_json,
+    http_error,
     quoted,
+    validation_error,
 )
+from trainer.errors import DaciaVisionError
 
 Scope = Literal["predict", "train", "admin"]
 SCOPES: Final[tuple[str, ...]] = get_args(Scope)
@@ -186,12 +192,12 @@ class RouteAccess:
         keyring: Keyring = request.app.state.services.keyring
         scope = self.scope_for(request.method)
         if not keyring.open:
-            self._check_key(keyring, key, scope)
+            self.check_key(keyring, key, scope)
         if request.method in FORM_METHODS and not self.form_posts and key is None:
             self._check_not_a_form_post(request)
 
     @staticmethod
-    def _check_key(keyring: Keyring, key: str | None, scope: Scope) -> None:
+    def check_key(keyring: Keyring, key: str | None, scope: Scope) -> None:
         if key is None:
             raise UnauthenticatedError(
                 "this route needs an API key; send it as 'Authorization: Bearer <key>' or "
@@ -235,6 +241,61 @@ class RouteAccess:
 LOOPBACK_HOSTS: Final[tuple[str, ...]] = ("localhost", "127.0.0.1", "[::1]", "::1")
 # Probes come from orchestrators that address the container by IP; they reveal nothing.
 _OPEN_PATH_PREFIX = "/health/"
+
+
+def _key_in_headers(headers: Headers) -> str | None:
+    # As presented_key, for code that runs outside FastAPI's dependencies.
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return headers.get("x-api-key") or None
+
+
+def access_denial(
+    request: Request, access_by_route: Mapping[int, RouteAccess]
+) -> DaciaVisionError | None:
+    """The 401 or 403 the matched route's RouteAccess would raise, or None.
+
+    ``access_by_route`` maps ``id(route)`` to the access its router was included with.
+    """
+    keyring: Keyring = request.app.state.services.keyring
+    access = access_by_route.get(id(request.scope.get("route")))
+    if keyring.open or access is None:
+        return None
+    try:
+        access.check_key(
+            keyring, _key_in_headers(request.headers), access.scope_for(request.method)
+        )
+    except (UnauthenticatedError, ForbiddenError) as error:
+        return error
+    return None
+
+
+def check_access_before_body_validation(
+    app: FastAPI, access_by_route: Mapping[int, RouteAccess]
+) -> None:
+    """Answer 401/403 before 422 to a caller without the right key.
+
+    FastAPI parses a JSON body before it runs any dependency, so a malformed body
+    reached a caller without a key as a detailed 422; that caller now gets the
+    401 or 403 the route's access check gives.
+    """
+
+    async def validation(request: Request, error: Exception) -> Response:
+        denial = access_denial(request, access_by_route)
+        if denial is not None:
+            return await domain_error(request, denial)
+        return await validation_error(request, error)
+
+    async def unreadable_body(request: Request, error: Exception) -> Response:
+        # A body that is not UTF-8 fails as early: as a 400 from FastAPI.
+        denial = access_denial(request, access_by_route)
+        if denial is not None and getattr(error, "status_code", None) == 400:
+            return await domain_error(request, denial)
+        return await http_error(request, error)
+
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(StarletteHTTPException, unreadable_body)
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ def study_view(study: Study, jobs: JobStore) -> StudyView:
             )
         )
     overall = sum(stage.progress for stage in stages) / max(1, len(stages))
-    report = study.stages[-1].status == "succeeded" and study.stages[-1].spec.kind == "report"
+    last = study.stages[-1] if study.stages else None
+    report = last is not None and last.status == "succeeded" and last.spec.kind == "report"
     return StudyView(
         study_id=study.study_id,
         name=study.name,

@@ -21,6 +21,7 @@ from trainer.spec import parse_training_spec
 
 STAGE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,23}$"
 PRESETS = ("cnn-lab",)
+MAX_STAGES = 16
 # What "picking" compares. Only validation figures: the test split is for the report.
 PICK_RULE = "highest validation accuracy; ties go to the lower validation loss"
 
@@ -91,7 +92,12 @@ class StudyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     preset: Literal["cnn-lab"] | None = Field(None, description="The lab's protocol.")
-    stages: list[StageSpec] | None = Field(None, description="Explicit stages instead of a preset.")
+    stages: list[StageSpec] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_STAGES,
+        description="Explicit stages instead of a preset.",
+    )
     name: str | None = Field(None, max_length=100, description="A label for people.")
     quick: bool = Field(False, description="Small samples and few epochs: a demo or a test.")
     include_reference: bool = Field(True, description="Also train the resnet recipe (preset).")

@@ -6,7 +6,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, status
 
-from service.deps import DispatcherDep, JobStoreDep, RegistryDep, SettingsDep
+from service.deps import (
+    DispatcherDep,
+    JobStoreDep,
+    LimitQuery,
+    OffsetQuery,
+    RegistryDep,
+    SettingsDep,
+)
 from service.errors import error_responses
 from service.jobs import submit_job
 from service.limits import OffLoopJsonRoute
@@ -19,7 +26,6 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=OffLoopJsonRoute)
 
 JobIdPath = Annotated[str, Path(max_length=64, description="The id `POST /jobs` returned.")]
 # Far past any real job list, far below SQLite's 64-bit integers.
-MAX_OFFSET = 10_000_000
 
 # Each architecture brings its own ready-made examples; the smoke test uses the default one.
 SPEC_EXAMPLES: dict[str, Any] = {
@@ -68,8 +74,8 @@ def list_jobs(
     model_name: Annotated[
         str | None, Query(max_length=64, description="Only jobs for this model.")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: LimitQuery = 50,
+    offset: OffsetQuery = 0,
 ) -> JobList:
     """Jobs newest first, optionally filtered by status and model name, a page at a time."""
     jobs, total = store.list(status=status, model_name=model_name, limit=limit, offset=offset)

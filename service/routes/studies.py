@@ -7,7 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query, Request, status
 from fastapi.responses import Response
 
-from service.deps import DispatcherDep, JobStoreDep, SettingsDep, StudyStoreDep
+from service.deps import (
+    DispatcherDep,
+    JobStoreDep,
+    LimitQuery,
+    OffsetQuery,
+    SettingsDep,
+    StudyStoreDep,
+)
 from service.errors import error_responses
 from service.plots import study_plot_svg
 from service.schemas_studies import StudyList, StudyView
@@ -58,8 +65,8 @@ def list_studies(
     studies: StudyStoreDep,
     jobs: JobStoreDep,
     status: Annotated[StudyStatus | None, Query(description="Only studies in this status.")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: LimitQuery = 50,
+    offset: OffsetQuery = 0,
 ) -> StudyList:
     """Studies with their stages and live progress, a page at a time."""
     items, total = studies.list(status=status, limit=limit, offset=offset)
