@@ -10,8 +10,9 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.routes.jobs import SPEC_EXAMPLES
-from trainer.budget import TRAIN_IMAGES, Budget, check_budget, estimate_cost
-from trainer.datasets import DATASET_NAMES
+from trainer.budget import Budget, check_budget, estimate_cost
+from trainer.data import load_raw
+from trainer.datasets import dataset_info
 from trainer.errors import InvalidInputError
 from trainer.spec import parse_training_spec
 from worker.settings import Settings
@@ -84,7 +85,11 @@ def test_cost_grows_with_what_the_spec_asks_for() -> None:
     wider = estimate_cost(parse_training_spec({"dataset": "cifar10", "batch_size": 128}))
     assert longer.training_flops == pytest.approx(2 * small.training_flops)
     assert wider.activation_bytes_per_batch == 2 * small.activation_bytes_per_batch
-    assert set(TRAIN_IMAGES) == set(DATASET_NAMES)
+
+
+def test_the_budget_scales_by_the_real_training_split() -> None:
+    # The one dataset every machine has: its definition must count what the loader gives.
+    assert dataset_info("digits").train_images == len(load_raw("digits", None).y_train)
 
 
 def test_too_many_poolings_are_a_422_not_a_worker_crash(client: TestClient) -> None:

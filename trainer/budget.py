@@ -11,21 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final
 
 from trainer import architectures
 from trainer.datasets import dataset_info
 from trainer.errors import ResourceBudgetError
 from trainer.spec import AnyTrainingSpec
-
-# Training images per dataset before sampling (the test split is not trained on).
-# Belongs in the dataset definitions (trainer/datasets.py); tests check they agree.
-TRAIN_IMAGES: Final[dict[str, int]] = {
-    "cifar10": 50_000,
-    "mnist": 60_000,
-    "fashion_mnist": 60_000,
-    "digits": 1_437,
-}
 
 
 @dataclass(frozen=True)
@@ -56,7 +46,7 @@ def estimate_cost(spec: AnyTrainingSpec) -> Cost:
     model = architectures.estimate_cost(
         spec.architecture, spec.hyperparameters, info.input_shape, info.num_classes
     )
-    images = TRAIN_IMAGES[spec.dataset] * spec.sample_fraction * (1 - spec.validation_fraction)
+    images = info.train_images * spec.sample_fraction * (1 - spec.validation_fraction)
     if spec.augmentation.target_classes:
         # At most every image is a target: the upper bound of oversampling.
         images *= spec.augmentation.oversample_factor

@@ -22,6 +22,9 @@ class DatasetDefinition:
     description: str
     class_names: tuple[str, ...]
     input_shape: tuple[int, int, int]
+    # Images in the training split before sampling: what the resource budget scales by
+    # (the test split is never trained on).
+    train_images: int
     # A left-right flip turns a '2' into something that is not a digit.
     flip_safe: bool
     # keras.datasets.<name>, used when no local copy exists and the machine is online.
@@ -46,6 +49,7 @@ DATASETS: dict[str, DatasetDefinition] = {
             ("airplane", "automobile", "bird", "cat", "deer",
              "dog", "frog", "horse", "ship", "truck"),
             (32, 32, 3),
+            train_images=50_000,
             flip_safe=True,
             keras_loader="cifar10",
         ),
@@ -54,6 +58,7 @@ DATASETS: dict[str, DatasetDefinition] = {
             "MNIST: 70,000 28×28 handwritten digits.",
             _DIGIT_NAMES,
             (28, 28, 1),
+            train_images=60_000,
             flip_safe=False,
             keras_loader="mnist",
         ),
@@ -63,6 +68,7 @@ DATASETS: dict[str, DatasetDefinition] = {
             ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
             (28, 28, 1),
+            train_images=60_000,
             flip_safe=True,
             keras_loader="fashion_mnist",
             # Debian's dataset-fashion-mnist package.
@@ -73,6 +79,8 @@ DATASETS: dict[str, DatasetDefinition] = {
             "scikit-learn's bundled 1,797 8×8 digits upscaled to 28×28: for smoke tests.",
             _DIGIT_NAMES,
             (28, 28, 1),
+            # 80% of the 1,797 images (trainer/data.py holds out a stratified 20%).
+            train_images=1_437,
             flip_safe=False,
             bundled=True,
         ),
