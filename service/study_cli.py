@@ -106,6 +106,8 @@ def report_command(arguments: argparse.Namespace) -> int:
         if response.is_error:
             api_call(client, "GET", path)  # raises with the server's message
         text = response.text
+        # `--output docs/examples/lab.md` names a file, not a folder the user must make first.
+        output.parent.mkdir(parents=True, exist_ok=True)
         if report_format == "markdown":
             text = _save_plots(client, text, output)
     output.write_text(text, encoding="utf-8")

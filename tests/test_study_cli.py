@@ -60,10 +60,11 @@ def test_markdown_report_is_saved_with_its_plots(
 ) -> None:
     seen: list[httpx.Request] = []
     _serve(monkeypatch, seen)
-    output = tmp_path / "lab.md"
+    # Into a folder that does not exist yet, as `--output docs/examples/lab.md` would.
+    output = tmp_path / "examples" / "lab.md"
     assert main(["study", "report", "a" * 32, "--output", str(output)]) == 0
     assert "](lab_plots/accuracy_vs_cost.svg)" in output.read_text()
-    assert (tmp_path / "lab_plots" / "accuracy_vs_cost.svg").read_bytes() == b"<svg/>"
+    assert (output.parent / "lab_plots" / "accuracy_vs_cost.svg").read_bytes() == b"<svg/>"
 
 
 def test_the_preset_choices_come_from_the_definitions() -> None:
