@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from trainer.card import ModelCard
@@ -76,8 +77,9 @@ def _busy_cpu_seconds() -> float:
 
 
 def _own_cpu_seconds() -> float:
+    """CPU seconds of this process and of the children it has waited for (servers it ran)."""
     times = os.times()
-    return times.user + times.system
+    return times.user + times.system + times.children_user + times.children_system
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,39 @@ def load_verdict(card: ModelCard, cpu: CpuUse) -> str:
 
 def nproc() -> int:
     return len(os.sched_getaffinity(0))
+
+
+# The instruction sets TensorFlow's oneDNN kernels pick their fast paths by.
+NOTABLE_CPU_FLAGS = {
+    "AVX-512": ("avx512f",),
+    "AVX-512-BF16": ("avx512_bf16",),
+    "AMX": ("amx_tile", "amx_bf16", "amx_int8"),
+}
+
+
+def cpu_flags() -> str:
+    """Whether the CPU has AVX-512, its bfloat16 extension and AMX, from /proc/cpuinfo."""
+    flags: set[str] = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    parts = []
+    for name, wanted in NOTABLE_CPU_FLAGS.items():
+        present = [flag for flag in wanted if flag in flags]
+        parts.append(f"{name} {'yes (' + ', '.join(present) + ')' if present else 'no'}")
+    return "; ".join(parts)
+
+
+def package_versions(*distributions: str) -> str:
+    """``python X, name Y, ...`` for the installed distributions among ``distributions``."""
+    versions = [f"python {platform.python_version()}"]
+    for distribution in distributions:
+        try:
+            versions.append(f"{distribution} {metadata.version(distribution)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(versions)
 
 
 def cpu_model() -> str:
