@@ -112,9 +112,15 @@ def test_predict_under_load_while_a_job_trains_and_the_alias_moves_twice(
         concurrency=CONCURRENCY,
         images=20,
     )
-    result = run_scenario(config, lambda target: asyncio.run(_drive(target)), log=print)
+    began = time.monotonic()
+
+    def log(line: str) -> None:
+        print(f"{time.monotonic() - began:5.1f} s  {line}", flush=True)
+
+    result = run_scenario(config, lambda target: asyncio.run(_drive(target)), log=log)
+    log(f"job {result.job['status']} at {result.job['finished_at']}")
     load = result.load
-    print(
+    log(
         f"{load.requests} requests in {load.wall_seconds:.1f} s ({load.throughput:.0f}/s), "
         f"p50 {load.percentile(0.5) * 1000:.0f} ms, p99 {load.percentile(0.99) * 1000:.0f} ms; "
         f"served by version: {result.predictions_by_version}; job {result.job['status']}, "
