@@ -104,6 +104,7 @@ class Services:
         return ModelCache(
             self.registry,
             capacity=settings.model_cache_size,
+            max_bytes=settings.model_cache_max_bytes,
             batching=batching,
             jit_compile=settings.inference_jit_compile,
         )

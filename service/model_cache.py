@@ -1,5 +1,8 @@
 """A bounded LRU of loaded, warmed Keras models keyed by (model_name, version).
 
+Bounded twice: by how many models it holds and by the bytes of their weights, so a
+few large versions cannot take the memory a count sized for small ones allows.
+
 A model enters the cache only after its checksum was verified, it was loaded, its
 forward pass was traced for every batch size it will see (``service/inference.py``)
 and one prediction ran through its batcher (``service/batching.py``), so a request
@@ -41,6 +44,8 @@ class LoadedModel:
     model: Any = field(repr=False)
     # Runs every call of this model, one at a time, batching concurrent requests.
     batcher: Batcher = field(repr=False)
+    # Bytes of the model's weights, what the cache's byte bound counts.
+    weight_bytes: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -55,6 +60,8 @@ class LoadedModel:
 class CacheStats:
     capacity: int
     size: int
+    max_bytes: int | None
+    bytes: int
     hits: int
     loads: int
     evictions: int
@@ -62,7 +69,15 @@ class CacheStats:
 
 
 class ModelCache:
-    """Loaded models, at most ``capacity`` of them, least recently used evicted first."""
+    """Loaded models, least recently used evicted first, until within both bounds.
+
+    At most ``capacity`` models, whose weights take at most ``max_bytes`` together
+    (None: no byte bound). A model's size is the bytes of its weights, measured when it
+    loads: the memory that grows with the model (traced graphs and its batcher thread
+    are not counted). A model larger than ``max_bytes`` on its own still loads and
+    serves, but it is then the only model kept: the others are evicted when it enters,
+    and it is evicted when the next model enters.
+    """
 
     def __init__(
         self,
@@ -71,11 +86,16 @@ class ModelCache:
         batching: BatchingOptions | None = None,
         *,
         jit_compile: bool = False,
+        max_bytes: int | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
         self.registry = registry
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self.batching = batching or BatchingOptions()
         self.jit_compile = jit_compile
         self._entries: OrderedDict[CacheKey, LoadedModel] = OrderedDict()
@@ -124,6 +144,7 @@ class ModelCache:
         with self._lock:
             closing = list(self._entries.values())
             self._entries.clear()
+            self._bytes = 0
         _close_batchers(closing)
 
     def stats(self) -> CacheStats:
@@ -131,6 +152,8 @@ class ModelCache:
             return CacheStats(
                 capacity=self.capacity,
                 size=len(self._entries),
+                max_bytes=self.max_bytes,
+                bytes=self._bytes,
                 hits=self._hits,
                 loads=self._loads,
                 evictions=self._evictions,
@@ -148,12 +171,20 @@ class ModelCache:
         """Add a loaded model; the models it evicted, whose batchers the caller closes."""
         self._entries[key] = loaded
         self._entries.move_to_end(key)
+        self._bytes += loaded.weight_bytes
         self._loads += 1
         evicted = []
-        while len(self._entries) > self.capacity:
-            evicted.append(self._entries.popitem(last=False)[1])
+        # The newest model is last, so it stays even when it alone exceeds max_bytes.
+        while len(self._entries) > 1 and self._over_bounds():
+            oldest = self._entries.popitem(last=False)[1]
+            self._bytes -= oldest.weight_bytes
+            evicted.append(oldest)
             self._evictions += 1
         return evicted
+
+    def _over_bounds(self) -> bool:
+        over_bytes = self.max_bytes is not None and self._bytes > self.max_bytes
+        return len(self._entries) > self.capacity or over_bytes
 
     def _load(self, model_name: str, version: int) -> LoadedModel:
         try:
@@ -184,7 +215,10 @@ class ModelCache:
         )
         compiled.warm()
         batcher = Batcher(compiled, self.batching, name=f"{model_name} v{version}")
-        loaded = LoadedModel(model_name, version, class_names, input_shape, model, batcher)
+        weight_bytes = sum(variable.numpy().nbytes for variable in model.weights)
+        loaded = LoadedModel(
+            model_name, version, class_names, input_shape, model, batcher, weight_bytes
+        )
         try:
             # The warm-up takes the path requests take, so it also proves the model runs.
             num_outputs = loaded.predict(np.zeros((1, *input_shape), dtype=np.float32)).shape[-1]

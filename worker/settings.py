@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         description="Broker and job store; empty means embedded mode (no server needed).",
     )
     model_cache_size: int = Field(4, ge=1, description="Loaded model versions kept in memory.")
+    model_cache_max_bytes: int = Field(
+        1024**3,
+        ge=1,
+        description="Bytes of model weights kept loaded; past it the least recently used "
+        "versions are evicted (a single larger version is still served, alone).",
+    )
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_instances: int = Field(256, ge=1, description="Images per /predict request.")
     batching: bool = Field(

@@ -1,0 +1,125 @@
+"""The model cache's two bounds, count and bytes, with real small saved Keras models.
+
+The models are untrained (only their size matters here): a small CNN of about
+16 kB of weights and a wide one of about 200 kB, saved and registered as the
+service would find them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.model_cache import ModelCache
+from tests.conftest import ClientFactory, make_record
+from trainer.architectures import build_model
+from trainer.architectures.custom_cnn import CustomCnnHyperparameters
+from trainer.registry import FileModelRegistry
+
+SMALL = CustomCnnHyperparameters(filters1=8, filters2=8, dense_units=16)
+WIDE = CustomCnnHyperparameters(filters1=8, filters2=8, dense_units=256)
+FLOAT32_BYTES = 4
+
+
+def _register(
+    registry: FileModelRegistry, name: str, hyperparameters: CustomCnnHyperparameters
+) -> None:
+    """Register an untrained CNN as version 1 of ``name``."""
+    model = build_model("custom_cnn", hyperparameters, (28, 28, 1), 10)
+    record = make_record(class_names=[str(digit) for digit in range(10)], input_shape=[28, 28, 1])
+
+    def save(path: Path) -> None:
+        # Keras calls np.array() on TF variables, which warns under NumPy 2 (Keras' issue).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+            model.save(path)
+
+    registry.register(name, save, record)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> FileModelRegistry:
+    registry = FileModelRegistry(tmp_path_factory.mktemp("home") / "registry")
+    for name in ("a", "b", "c"):
+        _register(registry, name, SMALL)
+    _register(registry, "wide", WIDE)
+    return registry
+
+
+def _sizes() -> tuple[int, int]:
+    small = build_model("custom_cnn", SMALL, (28, 28, 1), 10).count_params()
+    wide = build_model("custom_cnn", WIDE, (28, 28, 1), 10).count_params()
+    return int(small) * FLOAT32_BYTES, int(wide) * FLOAT32_BYTES
+
+
+def test_a_loaded_model_weighs_its_weights(registry: FileModelRegistry) -> None:
+    small, wide = _sizes()
+    cache = ModelCache(registry, capacity=4)
+    assert cache.get("a", 1).weight_bytes == small
+    assert cache.get("wide", 1).weight_bytes == wide > 10 * small
+    stats = cache.stats()
+    assert stats.bytes == small + wide and stats.max_bytes is None
+    cache.close()
+    assert cache.stats().bytes == 0
+
+
+def test_least_recently_used_models_leave_until_under_the_byte_bound(
+    registry: FileModelRegistry,
+) -> None:
+    small, _ = _sizes()
+    # Room for two small models, well under the count bound.
+    bound = 2 * small + small // 2
+    cache = ModelCache(registry, capacity=10, max_bytes=bound)
+    first = cache.get("a", 1)
+    cache.get("b", 1)
+    cache.get("a", 1)  # a is now more recently used than b
+    cache.get("c", 1)
+    stats = cache.stats()
+    assert stats.keys == [("a", 1), ("c", 1)]
+    assert stats.bytes == 2 * small <= bound
+    assert stats.evictions == 1
+    assert cache.get("a", 1) is first  # kept, not reloaded
+    cache.close()
+
+
+def test_a_model_larger_than_the_byte_bound_serves_alone(registry: FileModelRegistry) -> None:
+    small, wide = _sizes()
+    cache = ModelCache(registry, capacity=10, max_bytes=3 * small)
+    cache.get("a", 1)
+    cache.get("b", 1)
+    big = cache.get("wide", 1)
+    assert cache.stats().keys == [("wide", 1)] and cache.stats().bytes == wide > 3 * small
+    probabilities = big.predict(np.zeros((2, 28, 28, 1), dtype=np.float32))
+    assert probabilities.shape == (2, 10)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert big.batcher.stats().running
+
+    cache.get("c", 1)  # the next model evicts it
+    assert cache.stats().keys == [("c", 1)] and cache.stats().bytes == small
+    assert not big.batcher.stats().running
+    cache.close()
+
+
+def test_the_count_bound_still_holds_under_a_loose_byte_bound(
+    registry: FileModelRegistry,
+) -> None:
+    cache = ModelCache(registry, capacity=2, max_bytes=1024**3)
+    for name in ("a", "b", "c"):
+        cache.get(name, 1)
+    assert cache.stats().keys == [("b", 1), ("c", 1)]
+    cache.close()
+
+
+def test_the_setting_bounds_the_apps_cache(make_client: ClientFactory) -> None:
+    client: TestClient = make_client(model_cache_max_bytes=123_456, model_cache_size=3)
+    cache: ModelCache = client.app.state.services.model_cache  # type: ignore[attr-defined]
+    assert (cache.capacity, cache.max_bytes) == (3, 123_456)
+
+
+def test_a_byte_bound_below_one_is_refused(registry: FileModelRegistry) -> None:
+    with pytest.raises(ValueError, match="max_bytes"):
+        ModelCache(registry, capacity=1, max_bytes=0)
