@@ -279,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         ["flock", "/tmp/daciavision-bench.lock", ".venv/bin/python", "-m", "bench.load",
          *(argv if argv is not None else sys.argv[1:])]
     )  # fmt: skip
+    if Settings().data_dir is not None:  # the data came from DATA_DIR: say so
+        command = f"DATA_DIR={shlex.quote(str(Settings().data_dir))} {command}"
     started = datetime.now(UTC)
     busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
     clock = time.monotonic()

@@ -259,7 +259,10 @@ class AliasMover(threading.Thread):
     """Moves ``production`` v1 → v2 after a third of the load and back after two thirds.
 
     It watches the API's count of classified images, so the moves land inside the
-    load whatever drives it (``hey`` reports nothing until it ends).
+    load whatever drives it (``hey`` reports nothing until it ends). The move back
+    also waits until version 2 has classified an image: loading it under load may
+    take longer than the middle third, and a move back before any traffic reached
+    it would prove nothing.
     """
 
     def __init__(self, url: str, model_name: str, versions: tuple[int, int], requests: int) -> None:
@@ -270,18 +273,26 @@ class AliasMover(threading.Thread):
             (requests // 3, versions[0], versions[1]),
             (2 * requests // 3, versions[1], versions[0]),
         ]
-        self.baseline = sum(predictions_by_version(self.client, model_name).values())
+        self.baseline = predictions_by_version(self.client, model_name)
         self.moves: list[AliasMove] = []
         self.failure: Exception | None = None
         self.stopping = threading.Event()
 
-    def served(self) -> int:
-        return sum(predictions_by_version(self.client, self.model_name).values()) - self.baseline
+    def served(self) -> dict[int, int]:
+        """Images each version classified since the load began."""
+        counts = predictions_by_version(self.client, self.model_name)
+        return {version: count - self.baseline.get(version, 0) for version, count in counts.items()}
+
+    def due(self, threshold: int, current: int) -> int | None:
+        """Images classified so far if it is time to move away from ``current``, else None."""
+        served = self.served()
+        total = sum(served.values())
+        return total if total >= threshold and served.get(current, 0) > 0 else None
 
     def run(self) -> None:
         try:
             for threshold, from_version, to_version in self.plan:
-                while (served := self.served()) < threshold:
+                while (served := self.due(threshold, from_version)) is None:
                     if self.stopping.wait(0.02):
                         return
                 started = time.monotonic()
