@@ -26,11 +26,10 @@ from bench.load_scenario import (
     run_scenario,
 )
 from service.schemas_predict import PredictResponse
-from tests.workers import REDIS_HOST, REDIS_PORT, ensure_redis
+from tests.workers import REDIS_HOST, REDIS_PORT, ensure_redis, redis_database, redis_url
 
 pytestmark = pytest.mark.integration
 
-REDIS_DB = 9
 MODEL_NAME = "digits-load"
 SMALL_CNN = {"filters1": 8, "filters2": 16, "dense_units": 32}
 REQUESTS = 600
@@ -90,20 +89,20 @@ def _expected_versions(record: RequestRecord, result: ScenarioResult) -> set[int
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
+def load_redis_url() -> Iterator[str]:
     ensure_redis()
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=redis_database("load"))
     client.flushdb()
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+    yield redis_url("load")
     client.flushdb()
 
 
 def test_predict_under_load_while_a_job_trains_and_the_alias_moves_twice(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, load_redis_url: str
 ) -> None:
     config = ScenarioConfig(
         home=tmp_path / "home",
-        redis_url=redis_url,
+        redis_url=load_redis_url,
         data_dir=None,
         model_name=MODEL_NAME,
         version_specs=(_spec(seed=1), _spec(seed=2)),
