@@ -16,7 +16,17 @@ from service.deps import Services
 from service.errors import error_responses, install_error_handlers
 from service.limits import BodyLimitMiddleware, RequestTimeoutMiddleware, body_limit_for
 from service.monitoring import install_monitoring
-from service.routes import health, jobs, metrics, models, predict, reports, studies, tfserving
+from service.routes import (
+    dashboard,
+    health,
+    jobs,
+    metrics,
+    models,
+    predict,
+    reports,
+    studies,
+    tfserving,
+)
 from service.security import (
     RouteAccess,
     TrustedHostMiddleware,
@@ -120,6 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             router, dependencies=[Depends(access)], responses=error_responses(401, 403)
         )
     app.include_router(health.router)
+    # The page and its scripts are open, like /docs: they hold no data, and every call
+    # they make to the API carries the key the user typed in.
+    app.include_router(dashboard.router)
     # By identity: routes define __eq__ (so are not hashable).
     access_by_route = {id(route): access for router, access in ACCESS for route in router.routes}
     check_access_before_body_validation(app, access_by_route)
