@@ -12,7 +12,6 @@ import uvicorn
 from fastapi import FastAPI
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.workers import free_port, wait_until
 
@@ -34,7 +33,7 @@ def serve_app(app: FastAPI) -> Iterator[str]:
 
 
 @contextmanager
-def chromium(profile: Path) -> Iterator[WebDriver]:
+def chromium(profile: Path) -> Iterator[webdriver.Chrome]:
     """Headless Chromium with its own profile folder; its console log is readable."""
     chromium = shutil.which("chromium")
     chromedriver = shutil.which("chromedriver")

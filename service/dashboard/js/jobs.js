@@ -49,8 +49,17 @@ function jobRow(job, message, refresh) {
   ]);
 }
 
+// The last list drawn: an unchanged list is not drawn again, so a button is never
+// replaced under the pointer while nothing happens.
+let drawn = null;
+
 export async function refreshJobs({ table, message, refresh }) {
   const list = await getJson("/jobs?limit=50");
+  const text = JSON.stringify(list.items);
+  if (text === drawn) {
+    return list.items;
+  }
+  drawn = text;
   const body = table.tBodies[0];
   if (list.items.length === 0) {
     body.replaceChildren(element("tr", {}, [element("td", { text: "No jobs yet.", attributes: { colspan: 6 } })]));

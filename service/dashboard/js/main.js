@@ -48,6 +48,7 @@ async function refreshModels() {
     const models = await loadModels();
     renderModels(byId("models-list"), models, modelActions, message);
     fillModelChoices(byId("predict-form"), models);
+    clearMessage(message);
   } catch (error) {
     showMessage(message, error.message);
   }

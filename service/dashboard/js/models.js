@@ -97,9 +97,18 @@ function describeChange(change) {
   return `${change.model_name}: ${change.alias} now points at v${change.to_version} (was ${before}).`;
 }
 
+// The models last drawn: unchanged models are not drawn again, so a half-filled
+// promote form or a button under the pointer stays where it is.
+let drawn = null;
+
 // actions: openMetrics(name, version), openReport(name, version), changed().
 // Alias changes report in the section's message, which survives the re-render.
 export function renderModels(container, models, actions, message) {
+  const text = JSON.stringify(models);
+  if (text === drawn) {
+    return;
+  }
+  drawn = text;
   const withChange = {
     ...actions,
     async change(call) {

@@ -30,8 +30,16 @@ function studyCard(study, openReport) {
   ]);
 }
 
+// The last list drawn, as for jobs: unchanged studies are not drawn again.
+let drawn = null;
+
 export async function refreshStudies({ container, openReport }) {
   const list = await getJson("/studies?limit=20");
+  const text = JSON.stringify(list.items);
+  if (text === drawn) {
+    return list.items;
+  }
+  drawn = text;
   if (list.items.length === 0) {
     container.replaceChildren(element("p", { className: "hint", text: "No studies yet: POST /studies starts one (see /docs)." }));
   } else {
