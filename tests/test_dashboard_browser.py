@@ -101,7 +101,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             # Two trainings at a time: the study's runs beside the model's versions.
             command = celery_worker_command(node_name="dashboard@%h", concurrency=2)
             log = home / "dashboard-worker.log"
-            deployment.workers.append(Process(command, deployment.environment, log))
+            worker = Process(command, deployment.environment, log)
+            deployment.workers.append(worker)
+            # A starting worker advances every running study, which sent a study queued
+            # before it a second time (measured: its training ran twice); after, once.
+            wait_until(lambda: "ready." in worker.log(), timeout=120, what="the worker")
             site = Site(url)
             # Queued now, so the worker trains while the first tests run.
             site.api("POST", "/jobs", json={**QUICK_SPEC, "model_name": MODEL})
