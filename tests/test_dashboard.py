@@ -7,7 +7,11 @@ are in tests/test_dashboard_browser.py.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -101,6 +105,25 @@ def test_the_package_data_covers_every_dashboard_file() -> None:
         if not any(PurePosixPath(f"dashboard/{name}").match(glob) for glob in globs)
     ]
     assert not uncovered, f"add these to [tool.setuptools.package-data]: {uncovered}"
+
+
+def test_a_built_wheel_carries_every_dashboard_file(tmp_path: Path) -> None:
+    # Built from a copy, so nothing is written into the checkout.
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for package in ("service", "worker", "trainer"):
+        shutil.copytree(PROJECT / package, source / package, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(PROJECT / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+         "--wheel-dir", str(tmp_path / "wheels"), str(source)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "wheels").glob("daciavision-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    missing = [name for name in _packaged_names() if f"service/dashboard/{name}" not in shipped]
+    assert not missing, f"the wheel lacks {missing}"
 
 
 def test_serve_prints_the_dashboard_url(tmp_path: Path) -> None:
