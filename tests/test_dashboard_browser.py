@@ -199,6 +199,24 @@ return row && {text: row.innerText,
 """
 
 
+def test_a_queued_job_is_cancelled_from_its_row(site: Site, browser: Chrome) -> None:
+    # Queued behind the module's trainings, so it is still waiting when cancelled.
+    job = site.api("POST", "/jobs", json={**QUICK_SPEC, "model_name": "dashboard-cancelled"})
+    _open(browser, site)
+    _click(browser, f'#jobs-table tr[data-job-id="{job["job_id"]}"] button')
+
+    def cancelled(driver: WebDriver) -> bool:
+        row = driver.execute_script(_JOB_ROW, job["job_id"])
+        return row is not None and "cancelled" in row["text"]
+
+    _wait(browser, cancelled, timeout=60)
+    assert site.api("GET", f"/jobs/{job['job_id']}")["status"] == "cancelled"
+    assert not browser.find_elements(
+        By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{job["job_id"]}"] button'
+    )
+    assert not _errors(browser)
+
+
 def test_a_job_queued_from_the_form_trains_to_a_full_progress_bar(
     site: Site, browser: Chrome
 ) -> None:

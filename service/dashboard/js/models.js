@@ -56,7 +56,8 @@ function promoteForm(model, actions) {
   const version = element(
     "select",
     { attributes: { name: "version" } },
-    model.versions.map((summary) => element("option", { text: `v${summary.version}`, attributes: { value: summary.version } })),
+    // Newest first: the version just trained is the one usually promoted.
+    [...model.versions].reverse().map((summary) => element("option", { text: `v${summary.version}`, attributes: { value: summary.version } })),
   );
   const form = element("form", { className: "promote" }, [
     element("label", { text: "Point alias " }, [alias]),
