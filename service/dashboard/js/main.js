@@ -83,9 +83,12 @@ async function pollStudies() {
 }
 
 async function pollForever() {
-  const [newVersions] = await Promise.all([pollJobs(), pollStudies()]);
-  if (newVersions) {
-    await refreshModels();
+  // A tab in the background is not polled: nobody is watching it.
+  if (!document.hidden) {
+    const [newVersions] = await Promise.all([pollJobs(), pollStudies()]);
+    if (newVersions) {
+      await refreshModels();
+    }
   }
   // After the answer, not on a fixed interval: a slow server is never asked twice at once.
   setTimeout(pollForever, POLL_MILLISECONDS);

@@ -8,12 +8,13 @@
 import { getJson, request, segment } from "./api.js";
 import { element } from "./dom.js";
 
-// The stable plot URLs of a version: GET /models/{name}/versions/{v}/plots/{plot}.svg
-const VERSION_PLOTS = [
-  ["curves", "Loss and accuracy per epoch"],
-  ["confusion", "Confusion matrix"],
-  ["f1", "F1 per class"],
-];
+// A version's plots are named by its report, one <div id="plot-{name}"> each, and
+// served at GET /models/{name}/versions/{v}/plots/{name}.svg: reading the names
+// from the report keeps one list of plots, the service's. DOMParser runs no script.
+function plotNames(html) {
+  const report = new DOMParser().parseFromString(html, "text/html");
+  return [...report.querySelectorAll('div.plot[id^="plot-"]')].map((node) => node.id.slice("plot-".length));
+}
 
 // Object URLs of the plots shown now, released when the panel shows something else.
 let shownObjectUrls = [];
@@ -32,23 +33,21 @@ function reportFrame(html, title) {
   });
 }
 
-async function plotFigure(basePath, [name, caption]) {
-  const response = await request(`${basePath}/plots/${name}.svg`, { accept: "image/svg+xml" });
+async function plotFigure(basePath, name) {
+  const response = await request(`${basePath}/plots/${segment(name)}.svg`, { accept: "image/svg+xml" });
   const url = URL.createObjectURL(await response.blob());
   shownObjectUrls.push(url);
   return element("figure", { attributes: { "data-plot": name } }, [
-    element("img", { attributes: { src: url, alt: caption } }),
-    element("figcaption", { text: caption }),
+    element("img", { attributes: { src: url, alt: `plot ${name}` } }),
+    element("figcaption", { text: name }),
   ]);
 }
 
 export async function renderVersionReport(container, modelName, version) {
   releasePlots();
   const basePath = `/models/${segment(modelName)}/versions/${segment(version)}`;
-  const [html, ...figures] = await Promise.all([
-    request(`${basePath}/report`, { accept: "text/html" }).then((response) => response.text()),
-    ...VERSION_PLOTS.map((plot) => plotFigure(basePath, plot)),
-  ]);
+  const html = await request(`${basePath}/report`, { accept: "text/html" }).then((response) => response.text());
+  const figures = await Promise.all(plotNames(html).map((name) => plotFigure(basePath, name)));
   container.replaceChildren(
     element("h3", { text: "Plots" }),
     element("div", { className: "plots" }, figures),
