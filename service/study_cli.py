@@ -21,14 +21,18 @@ FORMATS = {".html": "html", ".htm": "html", ".md": "markdown", ".json": "json"}
 
 
 def stage_lines(study: dict[str, Any], width: int = 24) -> list[str]:
-    """One line per stage: a progress bar, its status and its winner."""
+    """One line per stage: a progress bar, its status and its winner.
+
+    A stage of one training has no choice to make, so its model is not called a winner.
+    """
     lines = [f"study {study['study_id']} {study['status']} {study['progress']:.0%}"]
     for stage in study["stages"]:
         filled = int(width * stage["progress"])
         bar = "#" * filled + "." * (width - filled)
         line = f"  {stage['name']:<18} [{bar}] {stage['status']:<9}"
         if stage["winner"]:
-            line += f" winner: {stage['winner']['label']}"
+            chosen = "winner" if len(stage["jobs"]) > 1 else "model"
+            line += f" {chosen}: {stage['winner']['label']}"
         if stage["error"]:
             line += f" ({stage['error'][:80]})"
         lines.append(line)
@@ -66,9 +70,12 @@ def _follow(client: httpx.Client, study_id: str, interval: float = 2.0) -> int:
         study = api_call(client, "GET", f"/studies/{study_id}")
         lines = stage_lines(study)
         if lines != shown:
-            if interactive and shown:
-                print(f"\x1b[{len(shown)}F", end="")  # back to the first line, redraw
-            print("\n".join(f"{line}\x1b[K" if interactive else line for line in lines))
+            if interactive:
+                if shown:
+                    print(f"\x1b[{len(shown)}F", end="")  # back to the first line, redraw
+                print("\n".join(f"{line}\x1b[K" for line in lines))
+            else:  # a log file: only what changed, so it reads as a history
+                print("\n".join(line for line in lines if line not in shown))
             shown = lines
         if study["status"] in TERMINAL:
             break

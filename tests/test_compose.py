@@ -30,14 +30,22 @@ import yaml
 from PIL import Image
 
 from service.security import new_key, settings_entry
-from tests.workers import REDIS_HOST, REDIS_PORT, Process, ensure_redis, free_port, running
+from tests.workers import (
+    REDIS_DATABASES,
+    REDIS_HOST,
+    REDIS_PORT,
+    Process,
+    ensure_redis,
+    free_port,
+    running,
+)
 from tests.workers import wait_until as _wait_until
 from trainer.data import load_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-TEST_REDIS_DB = 13
+TEST_REDIS_DB = REDIS_DATABASES["compose"]
 MODEL_NAME = "compose-digits"
 APP_SERVICES = ("api", "worker")
 # The API listens on 0.0.0.0, so compose must not start without keys.

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.workers import REDIS_HOST, REDIS_PORT, ensure_redis
+from tests.workers import ensure_redis, redis_url
 from trainer.errors import ConflictError, JobNotFoundError, LeaseLostError
 from trainer.files import utc_now
 from worker.jobstore import (
@@ -40,7 +40,7 @@ from worker.jobstore.base import Clock
 from worker.recovery import release_jobs_of_dead_local_workers, requeue_orphaned_jobs
 from worker.settings import Settings
 
-REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
+REDIS_URL = redis_url("jobstore")
 
 
 @dataclass(frozen=True)

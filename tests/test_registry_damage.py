@@ -22,14 +22,14 @@ from fastapi.testclient import TestClient
 
 from service.locks import redis_alias_lock
 from tests.conftest import ClientFactory, make_record
-from tests.workers import REDIS_HOST, REDIS_PORT, ensure_redis
+from tests.workers import ensure_redis, redis_url
 from trainer.aliases import ALIASES_FILE, HISTORY_FILE
 from trainer.errors import CorruptModelError
 from trainer.registry import FileModelRegistry
 
 MODEL = "damaged"
 SPAWN = multiprocessing.get_context("spawn")
-REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/14"
+REDIS_URL = redis_url("registry_damage")
 PIXELS = np.zeros((28, 28), dtype=int).tolist()
 
 

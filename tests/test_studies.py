@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from scipy.stats import binomtest
 
 from tests.conftest import make_record
-from tests.workers import REDIS_HOST, REDIS_PORT, ensure_redis
+from tests.workers import ensure_redis, redis_url
 from trainer.architectures import ARCHITECTURES
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
@@ -238,7 +238,7 @@ def test_a_study_is_listed_cancelled_and_has_no_report_before_its_end(
     assert again.status_code == 409 and _error(again)["code"] == "conflict"
 
 
-REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/14"
+REDIS_URL = redis_url("studies")
 
 
 @pytest.fixture(params=["sqlite", "redis"])

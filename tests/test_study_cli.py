@@ -16,9 +16,11 @@ STUDY: dict[str, Any] = {
     "report_url": f"/studies/{'a' * 32}/report",
     "stages": [
         {"name": "variations", "progress": 1.0, "status": "succeeded",
-         "winner": {"label": "64/128/256"}, "error": None},
+         "winner": {"label": "64/128/256"}, "error": None, "jobs": [{}, {}, {}]},
+        {"name": "alexnet", "progress": 1.0, "status": "succeeded",
+         "winner": {"label": "alexnet"}, "error": None, "jobs": [{}]},
         {"name": "augmentation", "progress": 0.5, "status": "running", "winner": None,
-         "error": None},
+         "error": None, "jobs": [{}, {}]},
     ],
 }  # fmt: skip
 
@@ -52,7 +54,26 @@ def test_run_sends_only_the_given_options(monkeypatch: pytest.MonkeyPatch) -> No
 def test_stage_lines_show_a_bar_and_the_winner() -> None:
     lines = study_cli.stage_lines(STUDY, width=10)
     assert "[##########] succeeded" in lines[1] and "winner: 64/128/256" in lines[1]
-    assert "[#####.....] running" in lines[2]
+    assert "model: alexnet" in lines[2] and "winner" not in lines[2]
+    assert "[#####.....] running" in lines[3]
+
+
+def test_follow_into_a_log_prints_only_the_lines_that_changed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = {**STUDY, "status": "running", "progress": 0.8}
+    answers = iter([running, running, STUDY])
+    monkeypatch.setattr(study_cli, "api_call", lambda *args, **kwargs: next(answers))
+    monkeypatch.setattr("service.study_cli.time.sleep", lambda seconds: None)
+    assert study_cli._follow(httpx.Client(), "a" * 32) == 0
+    printed = capsys.readouterr().out.splitlines()
+    # The first poll prints every line; the unchanged second prints nothing; the last
+    # prints only the study line, whose status changed.
+    assert printed[:4] == study_cli.stage_lines(running)
+    assert printed[4:] == [
+        study_cli.stage_lines(STUDY)[0],
+        f"report: {STUDY['report_url']}?format=html",
+    ]
 
 
 def test_markdown_report_is_saved_with_its_plots(

@@ -25,6 +25,7 @@ from tests.workers import (
     Process,
     ensure_redis,
     free_port,
+    redis_database,
     running,
     wait_until,
 )
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     ensure_redis()
-    database = 12
+    database = redis_database("study_integration")
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=database)
     client.flushdb()
     deployment = Deployment(tmp_path / f"home-{uuid.uuid4().hex[:6]}", database, lease_seconds=6)

@@ -29,6 +29,7 @@ from tests.workers import (
     Process,
     celery_worker,
     ensure_redis,
+    redis_database,
     running,
     service_environment,
     wait_until,
@@ -70,7 +71,7 @@ class Deployment:
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     ensure_redis()
-    database = 11
+    database = redis_database("worker_integration")
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=database)
     client.flushdb()
     deployment = Deployment(tmp_path / f"home-{uuid.uuid4().hex[:6]}", database, lease_seconds=4)

@@ -20,6 +20,26 @@ from worker.command import celery_worker_command
 # Parallel checkouts can each point their tests at their own server.
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = int(os.environ.get("DACIAVISION_TEST_REDIS_PORT", "6379"))
+# Each test module that writes to Redis owns one database, listed here in one place,
+# so a module that flushes its database never clears another module's keys.
+REDIS_DATABASES = {
+    "load": 8,
+    "registry_damage": 9,
+    "dashboard": 10,
+    "worker_integration": 11,
+    "study_integration": 12,
+    "compose": 13,
+    "studies": 14,
+    "jobstore": 15,
+}
+
+
+def redis_database(owner: str) -> int:
+    return REDIS_DATABASES[owner]
+
+
+def redis_url(owner: str) -> str:
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DATABASES[owner]}"
 
 
 def ensure_redis() -> None:
