@@ -32,7 +32,15 @@ from service.app import create_app
 from service.security import new_key, settings_entry
 from tests.browser import chromium, serve_app
 from tests.test_worker_integration import Deployment
-from tests.workers import REDIS_HOST, REDIS_PORT, Process, ensure_redis, running, wait_until
+from tests.workers import (
+    REDIS_HOST,
+    REDIS_PORT,
+    Process,
+    ensure_redis,
+    redis_database,
+    running,
+    wait_until,
+)
 from trainer.architectures import ARCHITECTURES
 from trainer.data import load_raw
 from trainer.datasets import DATASET_NAMES
@@ -43,7 +51,6 @@ pytestmark = pytest.mark.integration
 
 PROJECT = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT / "test-artifacts"
-REDIS_DATABASE = 14
 # Small and quick, as the other integration tests train: seconds per job on digits.
 SMALL_CNN = {"filters1": 8, "filters2": 16, "dense_units": 32}
 QUICK_SPEC = {"dataset": "digits", "epochs": 2, "batch_size": 32, "hyperparameters": SMALL_CNN}
@@ -92,10 +99,11 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     ensure_redis()
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DATABASE)
+    database = redis_database("dashboard")
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=database)
     client.flushdb()
     home = tmp_path_factory.mktemp("dashboard") / f"home-{uuid.uuid4().hex[:6]}"
-    deployment = Deployment(home, REDIS_DATABASE)
+    deployment = Deployment(home, database)
     try:
         with running(deployment.workers), serve_app(create_app(deployment.settings)) as url:
             # Two trainings at a time: the study's runs beside the model's versions.
