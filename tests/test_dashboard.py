@@ -38,6 +38,7 @@ def test_the_page_is_served_at_the_root(client: TestClient) -> None:
     assert response.headers["content-type"] == "text/html; charset=utf-8"
     assert "<title>DaciaVision dashboard</title>" in response.text
     assert 'type="module" src="/dashboard/static/js/main.js"' in response.text
+    assert response.headers["x-frame-options"] == "DENY"  # no other site frames its buttons
 
 
 def test_every_file_the_page_names_is_served_with_its_type(client: TestClient) -> None:

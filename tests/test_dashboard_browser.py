@@ -165,12 +165,8 @@ def _errors(browser: Chrome) -> list[dict[str, Any]]:
 
 
 def _click(browser: WebDriver, selector: str, timeout: float = 30) -> None:
-    # Found and clicked in one step, again if a redraw replaced it in between.
-    def clicked(driver: WebDriver) -> bool:
-        driver.find_element(By.CSS_SELECTOR, selector).click()
-        return True
-
-    _wait(browser, clicked, timeout)
+    # Once: clicking again after a click that raised could cancel or roll back twice.
+    _wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, selector), timeout)[0].click()
 
 
 def _open(browser: WebDriver, site: Site) -> None:

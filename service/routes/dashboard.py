@@ -29,6 +29,10 @@ _HEADERS = {
     "Cache-Control": "no-cache",
     "X-Content-Type-Options": "nosniff",
 }
+# The page has buttons that move aliases: another site must not frame it and trick
+# a click. No Content-Security-Policy: reports are shown in srcdoc frames, which
+# inherit the page's policy and need plotly's inline script; they are sandboxed.
+_PAGE_HEADERS = {**_HEADERS, "X-Frame-Options": "DENY"}
 
 
 def _packaged_files(folder: Traversable, prefix: str = "") -> dict[str, Traversable]:
@@ -44,18 +48,18 @@ def _packaged_files(folder: Traversable, prefix: str = "") -> dict[str, Traversa
     return found
 
 
-def _file_response(name: str) -> Response:
+def _file_response(name: str, headers: dict[str, str] = _HEADERS) -> Response:
     entry = _packaged_files(_DASHBOARD).get(name)
     if entry is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"the dashboard has no file {name!r}")
     content_type = next(t for suffix, t in _CONTENT_TYPES.items() if name.endswith(suffix))
-    return Response(entry.read_bytes(), media_type=content_type, headers=_HEADERS)
+    return Response(entry.read_bytes(), media_type=content_type, headers=headers)
 
 
 @router.get("/")
 def dashboard_page() -> Response:
     """The dashboard: jobs, studies, models, metrics, reports and predictions."""
-    return _file_response("index.html")
+    return _file_response("index.html", _PAGE_HEADERS)
 
 
 @router.get(STATIC_PREFIX + "/{name:path}")

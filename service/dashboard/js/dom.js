@@ -68,3 +68,37 @@ export function formatNumber(value, digits = 4) {
 export function formatTime(text) {
   return text ? new Date(text).toLocaleString() : "";
 }
+
+// Draws a list into `container`, one node per item, redrawing only the items whose
+// data changed: an unchanged row keeps its node, so a button is never replaced
+// under the pointer by a poll that brought nothing new for it.
+const drawnItems = new WeakMap();
+
+export function drawList(container, items, keyOf, draw) {
+  const previous = drawnItems.get(container) ?? new Map();
+  const current = new Map();
+  const nodes = items.map((item) => {
+    const key = keyOf(item);
+    const text = JSON.stringify(item);
+    const kept = previous.get(key);
+    const node = kept && kept.text === text ? kept.node : draw(item);
+    current.set(key, { text, node });
+    return node;
+  });
+  drawnItems.set(container, current);
+  // Nothing moved: leave the DOM alone (re-inserting a node would take its focus).
+  const unchanged = nodes.length === container.children.length && nodes.every((node, index) => container.children[index] === node);
+  if (!unchanged) {
+    container.replaceChildren(...nodes);
+  }
+}
+
+// For a list that may be empty: a placeholder instead, and nothing kept.
+export function drawListOr(container, items, keyOf, draw, emptyNode) {
+  if (items.length === 0) {
+    drawnItems.delete(container);
+    container.replaceChildren(emptyNode());
+    return;
+  }
+  drawList(container, items, keyOf, draw);
+}

@@ -1,7 +1,7 @@
 // The jobs table: status and a live progress bar per job, from GET /jobs.
 
 import { getJson, request, segment } from "./api.js";
-import { button, element, progressBar, showMessage } from "./dom.js";
+import { button, drawListOr, element, progressBar, showMessage } from "./dom.js";
 
 const ACTIVE = new Set(["queued", "running"]);
 
@@ -49,22 +49,14 @@ function jobRow(job, message, refresh) {
   ]);
 }
 
-// The last list drawn: an unchanged list is not drawn again, so a button is never
-// replaced under the pointer while nothing happens.
-let drawn = null;
-
 export async function refreshJobs({ table, message, refresh }) {
   const list = await getJson("/jobs?limit=50");
-  const text = JSON.stringify(list.items);
-  if (text === drawn) {
-    return list.items;
-  }
-  drawn = text;
-  const body = table.tBodies[0];
-  if (list.items.length === 0) {
-    body.replaceChildren(element("tr", {}, [element("td", { text: "No jobs yet.", attributes: { colspan: 6 } })]));
-  } else {
-    body.replaceChildren(...list.items.map((job) => jobRow(job, message, refresh)));
-  }
+  drawListOr(
+    table.tBodies[0],
+    list.items,
+    (job) => job.job_id,
+    (job) => jobRow(job, message, refresh),
+    () => element("tr", {}, [element("td", { text: "No jobs yet.", attributes: { colspan: 6 } })]),
+  );
   return list.items;
 }

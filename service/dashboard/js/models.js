@@ -2,7 +2,7 @@
 // (promote = point an alias at a version; roll back = undo its last move).
 
 import { getJson, request, segment, sendJson } from "./api.js";
-import { button, element, formatNumber, showMessage } from "./dom.js";
+import { button, drawListOr, element, formatNumber, showMessage } from "./dom.js";
 
 // The alias the service serves by default; offered first when promoting.
 const DEFAULT_ALIAS = "production";
@@ -98,18 +98,9 @@ function describeChange(change) {
   return `${change.model_name}: ${change.alias} now points at v${change.to_version} (was ${before}).`;
 }
 
-// The models last drawn: unchanged models are not drawn again, so a half-filled
-// promote form or a button under the pointer stays where it is.
-let drawn = null;
-
 // actions: openMetrics(name, version), openReport(name, version), changed().
 // Alias changes report in the section's message, which survives the re-render.
 export function renderModels(container, models, actions, message) {
-  const text = JSON.stringify(models);
-  if (text === drawn) {
-    return;
-  }
-  drawn = text;
   const withChange = {
     ...actions,
     async change(call) {
@@ -122,9 +113,13 @@ export function renderModels(container, models, actions, message) {
       }
     },
   };
-  if (models.length === 0) {
-    container.replaceChildren(element("p", { className: "hint", text: "No models registered yet: queue a training job above." }));
-    return;
-  }
-  container.replaceChildren(...models.map((model) => modelCard(model, withChange)));
+  // A card is drawn again only when its model changed: a half-filled promote form
+  // of another model stays as the user left it.
+  drawListOr(
+    container,
+    models,
+    (model) => model.model_name,
+    (model) => modelCard(model, withChange),
+    () => element("p", { className: "hint", text: "No models registered yet: queue a training job above." }),
+  );
 }

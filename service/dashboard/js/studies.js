@@ -2,7 +2,7 @@
 // and a button that opens the study's report once it is published.
 
 import { getJson } from "./api.js";
-import { button, element, progressBar } from "./dom.js";
+import { button, drawListOr, element, progressBar } from "./dom.js";
 
 function stageRow(stage) {
   const winner = stage.winner ? `winner: ${stage.winner.label}` : "";
@@ -30,20 +30,14 @@ function studyCard(study, openReport) {
   ]);
 }
 
-// The last list drawn, as for jobs: unchanged studies are not drawn again.
-let drawn = null;
-
 export async function refreshStudies({ container, openReport }) {
   const list = await getJson("/studies?limit=20");
-  const text = JSON.stringify(list.items);
-  if (text === drawn) {
-    return list.items;
-  }
-  drawn = text;
-  if (list.items.length === 0) {
-    container.replaceChildren(element("p", { className: "hint", text: "No studies yet: POST /studies starts one (see /docs)." }));
-  } else {
-    container.replaceChildren(...list.items.map((study) => studyCard(study, openReport)));
-  }
+  drawListOr(
+    container,
+    list.items,
+    (study) => study.study_id,
+    (study) => studyCard(study, openReport),
+    () => element("p", { className: "hint", text: "No studies yet: POST /studies starts one (see /docs)." }),
+  );
   return list.items;
 }
