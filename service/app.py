@@ -50,7 +50,8 @@ Train, version and serve image classifiers.
 * **Metrics** are per-class reports (precision, recall, F1, support, confusion
   matrix, weak classes) of any registered version.
 
-Every error has the shape `{"detail": {"code": ..., "message": ...}}`.
+Every error has the shape `{"detail": {"code": ..., "message": ...}}`. A web dashboard
+built on these routes is at [`/`](/).
 
 **Access**: unless the server runs open on loopback, every route but the health
 probes needs an API key (`Authorization: Bearer <key>` or `X-API-Key`; use
