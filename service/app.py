@@ -16,7 +16,17 @@ from service.deps import Services
 from service.errors import error_responses, install_error_handlers
 from service.limits import BodyLimitMiddleware, RequestTimeoutMiddleware, body_limit_for
 from service.monitoring import install_monitoring
-from service.routes import health, jobs, metrics, models, predict, reports, studies, tfserving
+from service.routes import (
+    dashboard,
+    health,
+    jobs,
+    metrics,
+    models,
+    predict,
+    reports,
+    studies,
+    tfserving,
+)
 from service.security import (
     RouteAccess,
     TrustedHostMiddleware,
@@ -40,7 +50,8 @@ Train, version and serve image classifiers.
 * **Metrics** are per-class reports (precision, recall, F1, support, confusion
   matrix, weak classes) of any registered version.
 
-Every error has the shape `{"detail": {"code": ..., "message": ...}}`.
+Every error has the shape `{"detail": {"code": ..., "message": ...}}`. A web dashboard
+built on these routes is at [`/`](/).
 
 **Access**: unless the server runs open on loopback, every route but the health
 probes needs an API key (`Authorization: Bearer <key>` or `X-API-Key`; use
@@ -120,6 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             router, dependencies=[Depends(access)], responses=error_responses(401, 403)
         )
     app.include_router(health.router)
+    # The page and its scripts are open, like /docs: they hold no data, and every call
+    # they make to the API carries the key the user typed in.
+    app.include_router(dashboard.router)
     # By identity: routes define __eq__ (so are not hashable).
     access_by_route = {id(route): access for router, access in ACCESS for route in router.routes}
     check_access_before_body_validation(app, access_by_route)

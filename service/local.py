@@ -81,6 +81,7 @@ def _start_up_lines(settings: Settings, host: str, port: int, workers: int) -> l
     return [
         f"DaciaVision {__version__}",
         f"  API        {url}",
+        f"  dashboard  {url}/",
         f"  docs       {url}/docs",
         f"  mode       {mode}",
         f"  data       {settings.resolved_data_dir}",

@@ -129,8 +129,9 @@ def test_embedded_serve_runs_jobs_and_the_client_cli_talks_to_it(tmp_path: Path)
     # A readable start: the lines a user needs, not the embedded worker's banner.
     start = server.log()
     registry = tmp_path / "home" / "registry"
-    expected_lines = (f"API        {url}", f"docs       {url}/docs", "mode       embedded",
-                      f"registry   {registry}", "workers    1 embedded")  # fmt: skip
+    expected_lines = (f"API        {url}", f"dashboard  {url}/", f"docs       {url}/docs",
+                      "mode       embedded", f"registry   {registry}",
+                      "workers    1 embedded")  # fmt: skip
     for line in expected_lines:
         assert line in start, start
     assert "celery@" not in start and "[tasks]" not in start and "Started server" not in start

@@ -6,18 +6,11 @@ UI's own "Try it out" form, as a person would.
 
 from __future__ import annotations
 
-import shutil
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
@@ -26,25 +19,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from service.app import create_app
 from service.security import new_key, settings_entry
-from tests.workers import free_port, wait_until
+from tests.browser import chromium, serve_app
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-@contextmanager
-def serve_app(app: FastAPI) -> Iterator[str]:
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout=30, what="uvicorn to start")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -55,23 +33,8 @@ def server_url(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    chromium = shutil.which("chromium")
-    chromedriver = shutil.which("chromedriver")
-    assert chromium and chromedriver, "./scripts/test installs chromium and chromium-driver"
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--window-size=1400,2000", f"--user-data-dir={tmp_path / 'chrome'}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    # An explicit driver path keeps Selenium Manager from trying to download one.
-    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-    try:
+    with chromium(tmp_path / "chrome") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_swagger_ui_submits_a_training_job(
