@@ -34,7 +34,7 @@ from worker.settings import Settings
 from worker.studies import RedisStudyStore, SqliteStudyStore, Study
 from worker.studies.advance import advance_study
 from worker.studies.base import JobOutcome, advanced, cancelled
-from worker.studies.runtime import advance_running_studies, study_store_for
+from worker.studies.runtime import advance, advance_running_studies, study_store_for
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -366,10 +366,27 @@ def test_a_worker_start_advances_what_a_crash_left_behind(tmp_path: Path) -> Non
     created_before = jobs.list(limit=100)[1]
     advance_running_studies(settings, celery)  # and another: nothing starts twice
     assert jobs.list(limit=100)[1] == created_before
-    # Only still-queued jobs are sent again (their messages may have been lost).
-    resent = [job_id for _, job_id in celery.sent[sent_before:]]
-    assert resent and all(jobs.get(job_id).status == "queued" for job_id in resent)
-    assert not {*variations, alexnet} & set(resent)
+    # Nor is anything sent twice: a lost message is the job store's sweep's to resend.
+    assert celery.sent[sent_before:] == []
+
+
+class _BrokenCelery(_FakeCelery):
+    def send_task(self, name: str, args: list[str], **_: Any) -> None:
+        raise ConnectionError("broker down")
+
+
+def test_a_study_job_the_broker_refused_is_sent_by_the_next_sweep(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    studies = study_store_for(settings)
+    study = _study()
+    studies.create(study)
+    with pytest.raises(ConnectionError):
+        advance(study.study_id, settings, _BrokenCelery(), studies=studies)
+    jobs = SqliteJobStore(settings.jobs_db_path)
+    refused = study.stage("variations").models[0].job_id
+    assert jobs.get(refused).status == "queued"
+    # The sweep sends the refused job now, not after job_resend_after_seconds.
+    assert refused in jobs.jobs_to_send(settings.job_resend_after_seconds)
 
 
 def test_explicit_stages_need_a_winner_where_one_is_used() -> None:

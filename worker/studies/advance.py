@@ -95,14 +95,12 @@ def ensure_jobs(
     jobs: JobStore,
     registry: FileModelRegistry,
     enqueue: Enqueue,
-    *,
-    resend_queued: bool = False,
 ) -> list[str]:
     """Create and enqueue the missing jobs of running train stages; returns their ids.
 
-    ``resend_queued`` also sends jobs that exist but are still queued: their message
-    may have been lost with the broker (a worker runs a job once; a second message
-    for it is skipped).
+    A job whose hand-over fails is marked unsent, so the job store's sweep (the API's
+    and every starting worker's) sends it again. Jobs already handed over are not sent
+    again here: each extra message costs a worker slot until it sees the job is taken.
     """
     if study.is_terminal:
         return []
@@ -112,9 +110,7 @@ def ensure_jobs(
             continue
         for training, model in zip(stage.spec.trainings, stage.models, strict=True):
             try:
-                existing = jobs.get(model.job_id)
-                if resend_queued and existing.status == "queued":
-                    enqueue(model.job_id)
+                jobs.get(model.job_id)
                 continue
             except JobNotFoundError:
                 pass
@@ -133,7 +129,11 @@ def ensure_jobs(
                 reason = JobError(type=type(failure).__name__, message=str(failure))
                 jobs.finish(job.job_id, "failed", error=reason)
                 continue
-            enqueue(job.job_id)
+            try:
+                enqueue(job.job_id)
+            except Exception:
+                jobs.mark_unsent(job.job_id)
+                raise
             started.append(job.job_id)
     return started
 
@@ -146,15 +146,13 @@ def advance_study(
     registry: FileModelRegistry,
     enqueue_training: Enqueue,
     enqueue_report: Enqueue,
-    resend_queued: bool = False,
 ) -> Study:
     """Move the study on as far as its jobs allow; idempotent."""
     for _ in range(10):  # a job failing at creation may finish a stage: look again
         study = studies.get(study_id)
         outcomes = collect_outcomes(study, jobs, registry)
         study = studies.update(study_id, _advancer(outcomes)) or study
-        started = ensure_jobs(study, jobs, registry, enqueue_training, resend_queued=resend_queued)
-        resend_queued = False  # once is enough
+        started = ensure_jobs(study, jobs, registry, enqueue_training)
         if started or not _has_unstarted_failures(study, jobs):
             break
     report = next((s for s in study.stages if s.spec.kind == "report"), None)

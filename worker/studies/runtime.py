@@ -52,7 +52,6 @@ def advance(
     *,
     studies: StudyStore | None = None,
     jobs: JobStore | None = None,
-    resend_queued: bool = False,
 ) -> Study:
     """Advance one study with the configured stores and queue."""
     return advance_study(
@@ -62,7 +61,6 @@ def advance(
         registry=FileModelRegistry(settings.resolved_registry_dir),
         enqueue_training=lambda job_id: enqueue_training(celery_app, job_id),
         enqueue_report=lambda sid: send_study_task(celery_app, STUDY_REPORT_TASK, sid),
-        resend_queued=resend_queued,
     )
 
 
@@ -89,8 +87,8 @@ def advance_running_studies(settings: Settings, celery_app: Celery) -> list[str]
         return []
     for study in running:
         try:
-            # A broker outage may have lost the messages of queued jobs: send them again.
-            advance(study.study_id, settings, celery_app, studies=store, resend_queued=True)
+            # Queued jobs whose messages were lost are the job store's sweep's to send.
+            advance(study.study_id, settings, celery_app, studies=store)
         except Exception:
             logger.exception("could not advance study %s", study.study_id)
     return [study.study_id for study in running]
