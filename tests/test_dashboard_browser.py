@@ -199,6 +199,7 @@ def test_the_dashboard_loads_with_choices_from_the_api_and_no_console_errors(
 _JOB_ROW = """
 const row = document.querySelector(`#jobs-table tr[data-job-id="${arguments[0]}"]`);
 return row && {text: row.innerText,
+               status: row.querySelector(".status").textContent,
                progress: row.querySelector("[role=progressbar]").getAttribute("aria-valuenow")};
 """
 
@@ -211,7 +212,8 @@ def test_a_queued_job_is_cancelled_from_its_row(site: Site, browser: Chrome) -> 
 
     def cancelled(driver: WebDriver) -> bool:
         row = driver.execute_script(_JOB_ROW, job["job_id"])
-        return row is not None and "cancelled" in row["text"]
+        # The status cell, not the row: the model's name has "cancelled" in it too.
+        return row is not None and row["status"] == "cancelled"
 
     _wait(browser, cancelled, timeout=60)
     assert site.api("GET", f"/jobs/{job['job_id']}")["status"] == "cancelled"
@@ -249,7 +251,7 @@ def test_a_job_queued_from_the_form_trains_to_a_full_progress_bar(
         row: dict[str, str] | None = driver.execute_script(_JOB_ROW, job_id)
         if row is not None:
             progress_seen.add(row["progress"])
-        return row if row is not None and "succeeded" in row["text"] else None
+        return row if row is not None and row["status"] == "succeeded" else None
 
     row = _wait(browser, finished, timeout=240)
     assert row["progress"] == "100"
