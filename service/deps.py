@@ -107,6 +107,7 @@ class Services:
             capacity=settings.model_cache_size,
             batching=batching,
             jit_compile=settings.inference_jit_compile,
+            load_failure_seconds=settings.model_load_failure_seconds,
         )
 
     @cached_property

@@ -3,7 +3,8 @@
 A model enters the cache only after its checksum was verified, it was loaded, its
 forward pass was traced for every batch size it will see (``service/inference.py``)
 and one prediction ran through its batcher (``service/batching.py``), so a request
-never meets a cold or broken model; a failed load leaves the cache as it was. Each
+never meets a cold or broken model; a failed load leaves the cache as it was, and the
+version answers the same error for ``load_failure_seconds`` without another try. Each
 loaded model owns one batcher thread, stopped when the model leaves the cache or the
 app shuts down. Keras is imported on the first load, which keeps importing the
 service (and forking workers from it) free of TensorFlow.
@@ -12,6 +13,7 @@ service (and forking workers from it) free of TensorFlow.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from service.batching import Batcher, BatchingOptions
 from service.errors import ModelLoadError
 from service.inference import CompiledModel
 from trainer.card import ModelCard
-from trainer.errors import CorruptModelError, NotFoundError
+from trainer.errors import CorruptModelError, DaciaVisionError, NotFoundError
 from trainer.registry import FileModelRegistry
 
 CacheKey = tuple[str, int]
@@ -71,13 +73,20 @@ class ModelCache:
         batching: BatchingOptions | None = None,
         *,
         jit_compile: bool = False,
+        load_failure_seconds: float = 5.0,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
+        if load_failure_seconds < 0:
+            raise ValueError(f"load_failure_seconds must be >= 0, got {load_failure_seconds}")
         self.registry = registry
         self.capacity = capacity
         self.batching = batching or BatchingOptions()
         self.jit_compile = jit_compile
+        self.load_failure_seconds = load_failure_seconds
+        # A version that failed to load, until when that failure is answered again without
+        # trying: a corrupt 100 MB file is not hashed again on every request.
+        self._failures: dict[CacheKey, tuple[float, DaciaVisionError]] = {}
         self._entries: OrderedDict[CacheKey, LoadedModel] = OrderedDict()
         # Guards _entries, _key_locks and the counters; never held while a model loads,
         # so a slow load of one version does not block hits on others.
@@ -101,7 +110,23 @@ class ModelCache:
                 # Another request may have loaded it while this one waited for key_lock.
                 if (cached := self._lookup(key)) is not None:
                     return cached
-            loaded = self._load(model_name, version)
+                failure = self._failures.get(key)
+            if failure is not None and time.monotonic() < failure[0]:
+                error = failure[1]
+                # A fresh exception each time: raising one object again grows its traceback.
+                raise type(error)(error.message, **error.details)
+            try:
+                loaded = self._load(model_name, version)
+            except (ModelLoadError, CorruptModelError) as error:
+                if self.load_failure_seconds > 0:
+                    # A copy without the traceback, which holds the frames of the load.
+                    remembered = type(error)(error.message, **error.details)
+                    until = time.monotonic() + self.load_failure_seconds
+                    with self._lock:
+                        self._failures[key] = (until, remembered)
+                raise
+            with self._lock:
+                self._failures.pop(key, None)
             with self._lock:
                 evicted = self._insert(key, loaded)
             # Outside the cache lock: closing answers the evicted models' queued requests

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
         description="Broker and job store; empty means embedded mode (no server needed).",
     )
     model_cache_size: int = Field(4, ge=1, description="Loaded model versions kept in memory.")
+    model_load_failure_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="A version that failed to load (corrupt or unloadable file) answers the "
+        "same error this long without loading or hashing it again; 0 retries every time.",
+    )
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_instances: int = Field(256, ge=1, description="Images per /predict request.")
     batching: bool = Field(
