@@ -120,8 +120,8 @@ def image_pixels(data: bytes, description: str) -> int:
 
 def check_pixel_budget(
     images: Sequence[tuple[str, bytes]], max_image_pixels: int, max_request_pixels: int
-) -> None:
-    """PayloadTooLargeError (413) when an image, or all of them together, has too many pixels.
+) -> int:
+    """The pixels of all images together; PayloadTooLargeError (413) when there are too many.
 
     Read from the headers before anything is decoded: a 70 KB PNG can claim 16
     megapixels, and models here take 28×28 or 32×32 inputs.
@@ -143,6 +143,7 @@ def check_pixel_budget(
                 "together; send fewer or smaller images per request",
                 max_request_pixels=max_request_pixels,
             )
+    return total
 
 
 def _check_pixel_count(image: Image.Image, description: str) -> None:
