@@ -70,7 +70,7 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _file_stamp(path: Path) -> tuple[int, int, int, int] | None:
+def _file_stamp(path: str) -> tuple[int, int, int, int] | None:
     try:
         status = os.stat(path)
     except OSError:
@@ -112,6 +112,7 @@ class FileModelRegistry:
         )
         # (model_name, reference) → (version, stamp): see resolve_if_cached.
         self._resolved: dict[tuple[str, int | str | None], tuple[int, _Stamp]] = {}
+        self._root_text = os.fspath(self.root)
 
     def register(
         self, model_name: str, write_model: Callable[[Path], object], record: TrainingRecord
@@ -296,13 +297,17 @@ class FileModelRegistry:
                 continue
         return removed
 
+    # Paths joined as strings: pathlib's joins cost more than the stat calls themselves.
     def _model_stamp(self, model_name: str) -> _Stamp:
-        model_dir = self.root / model_name
-        return (_file_stamp(model_dir), _file_stamp(model_dir / ALIASES_FILE))
+        model_dir = f"{self._root_text}/{model_name}"
+        return (_file_stamp(model_dir), _file_stamp(f"{model_dir}/{ALIASES_FILE}"))
 
     def _version_stamp(self, model_name: str, version: int) -> _Stamp:
-        version_dir = self.root / model_name / str(version)
-        return (_file_stamp(version_dir / CARD_FILE), _file_stamp(version_dir / DELETED_MARKER))
+        version_dir = f"{self._root_text}/{model_name}/{version}"
+        return (
+            _file_stamp(f"{version_dir}/{CARD_FILE}"),
+            _file_stamp(f"{version_dir}/{DELETED_MARKER}"),
+        )
 
     def _remember(self, key: tuple[str, int | str | None], version: int, stamp: _Stamp) -> None:
         newest = max((entry[1] for entry in stamp if entry is not None), default=0)
