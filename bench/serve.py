@@ -366,13 +366,23 @@ def bentoml_version() -> str:
 
 
 def measure_raw(model_path: Path, images_path: Path) -> dict[str, float]:
-    """The model called in-process: a traced forward pass per batch size, and model.predict."""
+    """The model called in-process: a traced forward pass per batch size, and model.predict.
+
+    The traced pass is the fastest way to call a Keras model here (and the way the
+    service calls it), so the raw limit is as high as it can be.
+    """
     import keras
     import tensorflow as tf
 
     model = keras.saving.load_model(model_path, compile=False)
     images = np.load(images_path)
-    forward = tf.function(lambda batch: model(batch, training=False))
+    traced = tf.function(lambda batch: model(batch, training=False))
+
+    def forward(batch: np.ndarray) -> Any:
+        # A concrete function per shape: no argument matching per call, the fastest call.
+        spec = tf.TensorSpec(batch.shape, tf.float32)
+        return traced.get_concrete_function(spec)(tf.constant(batch))
+
     figures: dict[str, float] = {}
 
     def timed(call: Any, batch: np.ndarray, budget: float) -> float:
@@ -387,11 +397,11 @@ def measure_raw(model_path: Path, images_path: Path) -> dict[str, float]:
         return statistics.median(samples)
 
     one = images[:1]
-    figures["batch1_ms"] = timed(lambda b: forward(tf.constant(b)), one, 3.0) * 1000
+    figures["batch1_ms"] = timed(forward, one, 3.0) * 1000
     figures["batch1_predict_ms"] = timed(lambda b: model.predict(b, verbose=0), one, 3.0) * 1000
     for size in (BATCH_IMAGES, 256):
         batch = np.resize(images, (size, *images.shape[1:]))
-        seconds = timed(lambda b: forward(tf.constant(b)), batch, 5.0)
+        seconds = timed(forward, batch, 5.0)
         figures[f"batch{size}_images_per_second"] = size / seconds
         seconds = timed(lambda b: model.predict(b, verbose=0, batch_size=len(b)), batch, 3.0)
         figures[f"batch{size}_predict_images_per_second"] = size / seconds
