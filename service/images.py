@@ -30,6 +30,7 @@ Batch = NDArray[np.float32]
 _MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}
 _PIXEL_MAXIMUM: dict[str, float] = {"0-255": 255.0, "0-1": 1.0}
 _WHITE = (255, 255, 255, 255)
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 def _target_mode(input_shape: InputShape) -> str:
@@ -79,8 +80,12 @@ def decode_image(
         # A square request keeps both sides large enough even if EXIF then rotates the image.
         image.draft(target_mode, (max(width, height),) * 2)
         # Phones store rotation as EXIF metadata; apply it so the model sees the upright image.
-        image = ImageOps.exif_transpose(image)
-        image = _flatten_transparency(_to_eight_bits(image)).convert(target_mode)
+        # Looked up first: exif_transpose copies the image even when there is nothing to do.
+        if image.getexif().get(_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        image = _flatten_transparency(_to_eight_bits(image))
+        if image.mode != target_mode:  # convert() to the same mode would only copy
+            image = image.convert(target_mode)
         # Stretch to the model's size, as training images were; reducing_gap first shrinks
         # by whole factors (BOX), then LANCZOS antialiases the rest: fast and sharp.
         if image.size != (width, height):
