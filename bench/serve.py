@@ -148,16 +148,28 @@ def _busy_seconds() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def _session_seconds(session: int) -> float:
-    """CPU seconds of the live processes of a session (a contender and its children)."""
-    total = 0
+def _tree_seconds(root: int) -> float:
+    """CPU seconds of a live contender: its session and every descendant of ``root``.
+
+    Both, because BentoML's process manager starts its workers in sessions of their own.
+    """
+    parents: dict[int, int] = {}
+    sessions: dict[int, int] = {}
+    ticks: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             text = stat.read_text()
             fields = text[text.rindex(")") + 2 :].split()
-            if int(fields[3]) == session:  # field 6 of stat: the session id
-                total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+            pid = int(stat.parent.name)
+            parents[pid], sessions[pid] = int(fields[1]), int(fields[3])
+            ticks[pid] = int(fields[11]) + int(fields[12])
+    members = {pid for pid, session in sessions.items() if session == root} | {root}
+    growing = True
+    while growing:
+        found = {pid for pid, parent in parents.items() if parent in members} - members
+        members |= found
+        growing = bool(found)
+    return sum(ticks.get(pid, 0) for pid in members) / os.sysconf("SC_CLK_TCK")
 
 
 def _own_seconds() -> float:
@@ -185,7 +197,7 @@ class CpuMeter:
         self.others = max(0.0, _busy_seconds() - self._start[1] - ours) / capacity
 
     def _ours(self) -> float:
-        return _own_seconds() + (_session_seconds(self.session) if self.session else 0.0)
+        return _own_seconds() + (_tree_seconds(self.session) if self.session else 0.0)
 
 
 # -- load generation --------------------------------------------------------------------
