@@ -568,6 +568,10 @@ class Verdict:
     shortfall: str = ""
 
 
+def _others(result: LoadResult) -> str:
+    return f"other processes used {result.others_cpu:.0%} of the CPU"
+
+
 def verdicts(m: Measured) -> list[Verdict]:
     ours = m.runs.get("ours", {})
     found: list[Verdict] = []
@@ -586,7 +590,8 @@ def verdicts(m: Measured) -> list[Verdict]:
                 f"{ratio:.2f}×",
                 f"≥ {goal:.1f}×",
                 ratio >= goal,
-                f"{goal - ratio:.2f}× short ({goal * other.rate - single.rate:.0f} req/s)",
+                f"{goal - ratio:.2f}× short ({goal * other.rate - single.rate:.0f} req/s); "
+                f"{_others(single)} during ours, {other.others_cpu:.0%} during theirs",
             )
         )
     if single is not None:
@@ -599,7 +604,8 @@ def verdicts(m: Measured) -> list[Verdict]:
                 "",
                 "≤ 100 ms",
                 p99 <= 100,
-                f"{p99 - 100:.1f} ms over",
+                f"{p99 - 100:.1f} ms over (p50 {single.percentiles.get(50, 0):.1f} ms); "
+                f"{_others(single)} during this measurement",
             )
         )
         found.append(
@@ -624,7 +630,8 @@ def verdicts(m: Measured) -> list[Verdict]:
                 f"{ratio:.0%}",
                 "≥ 50%",
                 ratio >= 0.5,
-                f"{0.5 - ratio:.0%} short",
+                f"{0.5 - ratio:.0%} short; {_others(batch)} during this measurement, "
+                f"{m.raw_meter.others:.0%} during the raw one",
             )
         )
     if (idle := ours.get("idle")) is not None:
@@ -637,7 +644,7 @@ def verdicts(m: Measured) -> list[Verdict]:
                 f"+{extra:.2f} ms",
                 "≤ +2 ms",
                 extra <= 2.0,
-                f"{extra - 2:.2f} ms over",
+                f"{extra - 2:.2f} ms over; {_others(idle)} during this measurement",
             )
         )
     return found
