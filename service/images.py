@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import PayloadTooLargeError, UnsupportedMediaTypeError
+from service.png_batch import decode_plain_pngs
 from trainer.errors import InvalidInputError
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
@@ -245,12 +246,21 @@ def instances_to_batch(
     max_image_bytes: int,
 ) -> Batch:
     """JSON instances, each ``{"b64": ...}`` image bytes or a pixel array, → one batch."""
-    arrays = []
+    files: dict[int, bytes] = {}
     for index, instance in enumerate(instances):
         if isinstance(instance, dict) and "b64" in instance:
-            data = decode_base64(instance["b64"], index)
-            check_upload_size(len(data), max_image_bytes, f"instances[{index}]")
-            arrays.append(decode_image(data, input_shape, description=f"instances[{index}]"))
+            files[index] = decode_base64(instance["b64"], index)
+            check_upload_size(len(files[index]), max_image_bytes, f"instances[{index}]")
+    if len(files) == len(instances):
+        # Many plain PNGs of the model's size: one op call, the same pixels.
+        batch = decode_plain_pngs(list(files.values()), input_shape)
+        if batch is not None:
+            return batch
+    arrays = []
+    for index, instance in enumerate(instances):
+        if index in files:
+            description = f"instances[{index}]"
+            arrays.append(decode_image(files[index], input_shape, description=description))
         else:
             arrays.append(pixels_to_array(instance, index, input_shape, pixel_range))
     return np.stack(arrays) if arrays else np.zeros((0, *input_shape), dtype=np.float32)
