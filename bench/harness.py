@@ -160,6 +160,15 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def present_cpu_flags(names: Sequence[str]) -> list[str]:
+    """Which of ``names`` /proc/cpuinfo lists among the CPU's flags (AVX-512, AMX, ...)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return [name for name in names if name in present]
+    return []
+
+
 def figures(card: ModelCard) -> list[tuple[str, str]]:
     """The headline figures of a model card as (label, value) rows."""
     test = card.metrics.test

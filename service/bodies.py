@@ -19,6 +19,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.errors import PayloadTooLargeError, UnsupportedMediaTypeError, quoted
 from service.images import check_pixel_budget, check_upload_size, decode_base64
+from service.multipart import SIMPLE_MULTIPART_MAX_BYTES, multipart_boundary, parse_single_file
 from service.schemas_predict import PredictRequest
 from trainer.errors import InvalidInputError
 from worker.settings import Settings
@@ -28,6 +29,9 @@ MULTIPART_TYPE = "multipart/form-data"
 UPLOAD_FIELDS = ("files", "file")
 # Text fields a multipart form may carry besides its files.
 UPLOAD_FIELD_LIMIT = 16
+# Uploads this small have their headers read on the event loop: microseconds, where a
+# hop to a worker thread and back costs far more on a busy machine.
+INLINE_FILES = 8
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
@@ -37,7 +41,15 @@ class Upload:
     data: bytes
 
 
-PredictInputs = PredictRequest | list[Upload]
+@dataclass(frozen=True)
+class Uploads:
+    """The files of a multipart /predict body, and their pixels together (from headers)."""
+
+    files: list[Upload]
+    pixels: int
+
+
+PredictInputs = PredictRequest | Uploads
 
 
 async def read_predict_inputs(request: Request, settings: Settings) -> PredictInputs:
@@ -50,8 +62,12 @@ async def read_predict_inputs(request: Request, settings: Settings) -> PredictIn
     if content_type == MULTIPART_TYPE:
         uploads = await _read_uploads(request, settings)
         images = [(f"file {upload.filename!r}", upload.data) for upload in uploads]
-        await run_in_threadpool(_check_pixels, images, settings)
-        return uploads
+        small = sum(len(upload.data) for upload in uploads) <= SIMPLE_MULTIPART_MAX_BYTES
+        if small and len(uploads) <= INLINE_FILES:
+            pixels = _check_pixels(images, settings)
+        else:
+            pixels = await run_in_threadpool(_check_pixels, images, settings)
+        return Uploads(uploads, pixels)
     if content_type == JSON_TYPE:
         parsed = await read_json_body(request, settings, PredictRequest)
         check_instance_count(len(parsed.instances), settings)
@@ -99,8 +115,8 @@ def check_instance_pixels(instances: list[Any], settings: Settings) -> None:
     _check_pixels(images, settings)
 
 
-def _check_pixels(images: list[tuple[str, bytes]], settings: Settings) -> None:
-    check_pixel_budget(images, settings.max_image_pixels, settings.max_request_pixels)
+def _check_pixels(images: list[tuple[str, bytes]], settings: Settings) -> int:
+    return check_pixel_budget(images, settings.max_image_pixels, settings.max_request_pixels)
 
 
 def _too_many(received: str, settings: Settings) -> PayloadTooLargeError:
@@ -135,8 +151,21 @@ class _BoundedMultiPartParser(MultiPartParser):
                 raise MultiPartException("file too large")
         super().on_part_data(data, start, end)
 
+    def close_unfinished_files(self, form: Any) -> bool:
+        """Close the files of parts the body ended inside of; True if there were any.
+
+        Starlette leaves such a part's spooled file out of the form, and open.
+        """
+        kept = {id(value.file) for _, value in form.multi_items() if isinstance(value, UploadFile)}
+        unfinished = [file for file in self._files_to_close_on_error if id(file) not in kept]
+        for file in unfinished:
+            file.close()
+        return bool(unfinished)
+
 
 async def _read_uploads(request: Request, settings: Settings) -> list[Upload]:
+    if (simple := await _read_single_small_upload(request, settings)) is not None:
+        return [simple]
     parser = _BoundedMultiPartParser(
         request.headers,
         request.stream(),
@@ -157,6 +186,12 @@ async def _read_uploads(request: Request, settings: Settings) -> list[Upload]:
         if error.message.startswith("Too many files"):
             raise _too_many(f"more than {settings.max_instances}", settings) from None
         raise InvalidInputError(f"malformed multipart body: {error.message}") from None
+    if parser.close_unfinished_files(form):
+        await form.close()
+        raise InvalidInputError(
+            "malformed multipart body: it ends inside a part, before the closing boundary; "
+            "send the whole form"
+        )
     try:
         files = [value for field in UPLOAD_FIELDS for value in form.getlist(field)]
         uploads = [await _read_upload(value, settings) for value in files]
@@ -170,6 +205,28 @@ async def _read_uploads(request: Request, settings: Settings) -> list[Upload]:
             fields=quoted(fields),
         )
     return uploads
+
+
+async def _read_single_small_upload(request: Request, settings: Settings) -> Upload | None:
+    """The one file of a small single-file form (service/multipart.py), else None.
+
+    Only a body whose declared length is small is read whole, so the per-file limit is
+    checked after reading at most that much; longer or chunked bodies stream through
+    the full parser, which refuses a file as soon as it grows past the limit. When the
+    body is not this simple, the full parser reads it again from the request.
+    """
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit() or int(declared) > SIMPLE_MULTIPART_MAX_BYTES:
+        return None
+    boundary = multipart_boundary(request.headers.get("content-type", "").encode("latin-1"))
+    if boundary is None:
+        return None
+    part = parse_single_file(await request.body(), boundary)
+    if part is None or part.field not in UPLOAD_FIELDS:
+        return None
+    description = f"file {quoted(part.filename, 100)!r}"
+    check_upload_size(len(part.data), settings.max_upload_bytes, description)
+    return Upload(part.filename, part.data)
 
 
 async def _read_upload(value: Any, settings: Settings) -> Upload:

@@ -14,6 +14,7 @@ from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from kombu.exceptions import OperationalError
 
 from service.admission import RequestLimiter
@@ -107,6 +108,7 @@ class Services:
             max_bytes=settings.model_cache_max_bytes,
             batching=batching,
             jit_compile=settings.inference_jit_compile,
+            load_failure_seconds=settings.model_load_failure_seconds,
         )
 
     @cached_property
@@ -215,18 +217,32 @@ def resolve_version(
     return ModelVersion(model_name, registry.resolve(model_name, version))
 
 
-def model_version_from_query(
+async def resolved_version(
+    registry: FileModelRegistry, model_name: str, version: str | int | None
+) -> ModelVersion:
+    """The version a reference points at: from the registry's cache, else read in a thread.
+
+    Almost every request repeats a resolution whose files have not changed, which the
+    cache confirms with a few stat calls on the event loop; a thread hop costs more.
+    """
+    cached = registry.resolve_if_cached(model_name, version)
+    if cached is not None:
+        return ModelVersion(model_name, cached)
+    return await run_in_threadpool(resolve_version, registry, model_name, version)
+
+
+async def model_version_from_query(
     registry: RegistryDep, model_name: ModelNameQuery, version: VersionQuery = None
 ) -> ModelVersion:
-    return resolve_version(registry, model_name, version)
+    return await resolved_version(registry, model_name, version)
 
 
-def model_version_from_path(
+async def model_version_from_path(
     registry: RegistryDep,
     model_name: ModelNamePath,
     version: Annotated[str, Path(description="Version number or alias.")],
 ) -> ModelVersion:
-    return resolve_version(registry, model_name, version)
+    return await resolved_version(registry, model_name, version)
 
 
 # TensorFlow Serving addresses versions by number or by label (alias) in separate paths.
@@ -234,20 +250,20 @@ VersionNumberPath = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Versi
 AliasPath = Annotated[str, Path(description="Alias (TF Serving's version label).")]
 
 
-def default_model_version(registry: RegistryDep, model_name: ModelNamePath) -> ModelVersion:
-    return resolve_version(registry, model_name, None)
+async def default_model_version(registry: RegistryDep, model_name: ModelNamePath) -> ModelVersion:
+    return await resolved_version(registry, model_name, None)
 
 
-def numbered_model_version(
+async def numbered_model_version(
     registry: RegistryDep, model_name: ModelNamePath, version: VersionNumberPath
 ) -> ModelVersion:
-    return resolve_version(registry, model_name, version)
+    return await resolved_version(registry, model_name, version)
 
 
-def labelled_model_version(
+async def labelled_model_version(
     registry: RegistryDep, model_name: ModelNamePath, alias: AliasPath
 ) -> ModelVersion:
-    return resolve_version(registry, model_name, alias)
+    return await resolved_version(registry, model_name, alias)
 
 
 QueryModelVersionDep = Annotated[ModelVersion, Depends(model_version_from_query)]

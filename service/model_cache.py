@@ -6,7 +6,8 @@ few large versions cannot take the memory a count sized for small ones allows.
 A model enters the cache only after its checksum was verified, it was loaded, its
 forward pass was traced for every batch size it will see (``service/inference.py``)
 and one prediction ran through its batcher (``service/batching.py``), so a request
-never meets a cold or broken model; a failed load leaves the cache as it was. Each
+never meets a cold or broken model; a failed load leaves the cache as it was, and the
+version answers the same error for ``load_failure_seconds`` without another try. Each
 loaded model owns one batcher thread, stopped when the model leaves the cache or the
 app shuts down. Keras is imported on the first load, which keeps importing the
 service (and forking workers from it) free of TensorFlow.
@@ -14,7 +15,9 @@ service (and forking workers from it) free of TensorFlow.
 
 from __future__ import annotations
 
+import gc
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ from service.batching import Batcher, BatchingOptions
 from service.errors import ModelLoadError
 from service.inference import CompiledModel
 from trainer.card import ModelCard
-from trainer.errors import CorruptModelError, NotFoundError
+from trainer.errors import CorruptModelError, DaciaVisionError, NotFoundError
 from trainer.registry import FileModelRegistry
 
 CacheKey = tuple[str, int]
@@ -87,17 +90,24 @@ class ModelCache:
         *,
         jit_compile: bool = False,
         max_bytes: int | None = None,
+        load_failure_seconds: float = 5.0,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         if max_bytes is not None and max_bytes < 1:
             raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+        if load_failure_seconds < 0:
+            raise ValueError(f"load_failure_seconds must be >= 0, got {load_failure_seconds}")
         self.registry = registry
         self.capacity = capacity
         self.max_bytes = max_bytes
         self._bytes = 0
         self.batching = batching or BatchingOptions()
         self.jit_compile = jit_compile
+        self.load_failure_seconds = load_failure_seconds
+        # A version that failed to load, until when that failure is answered again without
+        # trying: a corrupt 100 MB file is not hashed again on every request.
+        self._failures: dict[CacheKey, tuple[float, DaciaVisionError]] = {}
         self._entries: OrderedDict[CacheKey, LoadedModel] = OrderedDict()
         # Guards _entries, _key_locks and the counters; never held while a model loads,
         # so a slow load of one version does not block hits on others.
@@ -121,13 +131,32 @@ class ModelCache:
                 # Another request may have loaded it while this one waited for key_lock.
                 if (cached := self._lookup(key)) is not None:
                     return cached
-            loaded = self._load(model_name, version)
+                failure = self._failures.get(key)
+            if failure is not None and time.monotonic() < failure[0]:
+                error = failure[1]
+                # A fresh exception each time: raising one object again grows its traceback.
+                raise type(error)(error.message, **error.details)
+            try:
+                loaded = self._load(model_name, version)
+            except (ModelLoadError, CorruptModelError) as error:
+                if self.load_failure_seconds > 0:
+                    # A copy without the traceback, which holds the frames of the load.
+                    remembered = type(error)(error.message, **error.details)
+                    until = time.monotonic() + self.load_failure_seconds
+                    with self._lock:
+                        self._failures[key] = (until, remembered)
+                raise
+            with self._lock:
+                self._failures.pop(key, None)
             with self._lock:
                 evicted = self._insert(key, loaded)
             # Outside the cache lock: closing answers the evicted models' queued requests
             # first. A request that took an evicted model just before is still answered,
             # in its own thread (Batcher.submit); the GC frees the model after it.
             _close_batchers(evicted)
+            thaw = bool(evicted)
+            del evicted  # or the collection below could not free them
+            _freeze_heap(thaw=thaw)
             return loaded
 
     def get_if_loaded(self, model_name: str, version: int) -> LoadedModel | None:
@@ -232,6 +261,22 @@ class ModelCache:
             batcher.close()
             raise
         return loaded
+
+
+def _freeze_heap(*, thaw: bool) -> None:
+    """Move everything alive now out of the garbage collector's reach (``gc.freeze``).
+
+    A loaded model and TensorFlow are hundreds of thousands of long-lived objects, and
+    every full collection walked them all: pauses of tens of milliseconds, in the
+    middle of requests, which set the tail latency under load. Frozen objects are
+    never scanned. After an eviction, everything is thawed and collected once first,
+    so that the evicted model's reference cycles can be freed (one still held by a
+    request in flight is frozen again, and freed after the next eviction).
+    """
+    if thaw:
+        gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _close_batchers(models: Iterable[LoadedModel]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 from collections.abc import Iterator
@@ -67,3 +68,10 @@ def make_client(home: Path) -> Iterator[ClientFactory]:
 @pytest.fixture
 def client(make_client: ClientFactory) -> TestClient:
     return make_client()
+
+
+@pytest.fixture(autouse=True)
+def _thaw_frozen_objects() -> Iterator[None]:
+    """Undo the model cache's gc.freeze after each test, so a test's garbage is collected."""
+    yield
+    gc.unfreeze()

@@ -31,6 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.deps import get_registry
+from service.errors import UnsupportedMediaTypeError
+from service.images import image_pixels
 from tests.conftest import make_record
 from tests.workers import free_port, wait_until
 from trainer.registry import FileModelRegistry
@@ -320,6 +322,17 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
     return calls
+
+
+def test_png_sizes_are_read_as_pillow_reads_them() -> None:
+    for width, height in [(1, 1), (32, 32), (3, 700), (4000, 4000)]:
+        assert image_pixels(png(width, height), "x") == width * height
+    # Anything odd goes to Pillow, which names the file it cannot read.
+    broken = png(8, 8)[:16] + b"\0" * 8
+    with pytest.raises(UnsupportedMediaTypeError, match="'x' is not a readable image"):
+        image_pixels(broken, "'x'")
+    with pytest.raises(UnsupportedMediaTypeError):
+        image_pixels(png(8, 8)[:20], "x")
 
 
 def test_a_pixel_bomb_is_refused_from_its_header(home: Path, decodes: list[int]) -> None:

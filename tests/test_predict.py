@@ -318,6 +318,21 @@ def test_decode_image_converts_modes_as_documented(test_pixels: NDArray[np.uint8
     assert decode_image(animated, (4, 4, 1)).max() == 0.0
 
 
+def test_decode_image_applies_the_exif_orientation() -> None:
+    pixels = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16
+    image = Image.fromarray(pixels)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: shown turned 90 degrees clockwise
+    for image_format in ("PNG", "JPEG"):
+        options: dict[str, Any] = {"quality": 100} if image_format == "JPEG" else {}
+        rotated = encode(image, image_format, exif=exif, **options)
+        upright = encode(image.transpose(Image.Transpose.ROTATE_270), image_format, **options)
+        plain = encode(image, image_format, **options)
+        decoded = decode_image(rotated, (4, 4, 1))
+        np.testing.assert_array_equal(decoded, decode_image(upright, (4, 4, 1)))
+        assert not np.array_equal(decoded, decode_image(plain, (4, 4, 1)))
+
+
 def test_decode_image_refuses_decompression_bombs(monkeypatch: pytest.MonkeyPatch) -> None:
     data = encode(Image.new("L", (300, 200)))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # Pillow warns at 1x, fails at 2x

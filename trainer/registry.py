@@ -49,6 +49,12 @@ _STAGING_DIR = ".staging"
 _RESERVED_DIR = ".reserved"
 _VERSION_NAME_RE = re.compile(r"[1-9][0-9]*")
 _DIGITS_RE = re.compile(r"[0-9]+")
+# A resolution is remembered only once the files it read are this old: file times tick
+# coarsely (milliseconds), so two changes within one tick could leave equal stamps.
+RESOLVE_CACHE_SETTLE_NS = 100_000_000
+_RESOLVE_CACHE_LIMIT = 4096
+# What a resolution read, as (inode, mtime, size, links) per path; None for a missing file.
+_Stamp = tuple[tuple[int, int, int, int] | None, ...]
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,14 @@ class ModelSummary:
 def _sha256(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _file_stamp(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return (status.st_ino, status.st_mtime_ns, status.st_size, status.st_nlink)
 
 
 def _check_model_name(model_name: str) -> str:
@@ -96,6 +110,9 @@ class FileModelRegistry:
         self._aliases = AliasStore(
             self.root, history_limit=alias_history_limit, shared_lock=shared_lock
         )
+        # (model_name, reference) → (version, stamp): see resolve_if_cached.
+        self._resolved: dict[tuple[str, int | str | None], tuple[int, _Stamp]] = {}
+        self._root_text = os.fspath(self.root)
 
     def register(
         self, model_name: str, write_model: Callable[[Path], object], record: TrainingRecord
@@ -156,7 +173,10 @@ class FileModelRegistry:
 
     def resolve(self, model_name: str, reference: int | str | None = None) -> int:
         """Version for a number, digit string, alias, or None (production, else latest)."""
+        # Stamped before reading: a change made meanwhile makes the stamp stale at once.
+        model_stamp = self._model_stamp(_check_model_name(model_name))
         live_versions = self._require_model(model_name)
+        key = (model_name, reference)
         if isinstance(reference, str) and _DIGITS_RE.fullmatch(reference):
             reference = int(reference)
         if reference is None:
@@ -166,7 +186,24 @@ class FileModelRegistry:
         else:
             target = alias_target(model_name, self.aliases(model_name), check_alias(reference))
         self._require_version(model_name, target)
+        self._remember(key, target, model_stamp + self._version_stamp(model_name, target))
         return target
+
+    def resolve_if_cached(self, model_name: str, reference: int | str | None = None) -> int | None:
+        """What ``resolve`` answered before, if none of the files it read has changed since.
+
+        A few ``stat`` calls and no reading: the model's folder (a new version adds a
+        link to it), ``aliases.json`` (replaced whole on every move, so a new inode),
+        the version's card and its deletion marker. None means: call ``resolve``.
+        """
+        entry = self._resolved.get((model_name, reference))
+        if entry is None:
+            return None
+        version, stamp = entry
+        if self._model_stamp(model_name) + self._version_stamp(model_name, version) != stamp:
+            self._resolved.pop((model_name, reference), None)
+            return None
+        return version
 
     def get_card(self, model_name: str, version: int) -> ModelCard:
         """The card of a live version; CorruptModelError if card.json is missing or unreadable."""
@@ -259,6 +296,26 @@ class FileModelRegistry:
             except FileNotFoundError:  # its registration finished or failed meanwhile
                 continue
         return removed
+
+    # Paths joined as strings: pathlib's joins cost more than the stat calls themselves.
+    def _model_stamp(self, model_name: str) -> _Stamp:
+        model_dir = f"{self._root_text}/{model_name}"
+        return (_file_stamp(model_dir), _file_stamp(f"{model_dir}/{ALIASES_FILE}"))
+
+    def _version_stamp(self, model_name: str, version: int) -> _Stamp:
+        version_dir = f"{self._root_text}/{model_name}/{version}"
+        return (
+            _file_stamp(f"{version_dir}/{CARD_FILE}"),
+            _file_stamp(f"{version_dir}/{DELETED_MARKER}"),
+        )
+
+    def _remember(self, key: tuple[str, int | str | None], version: int, stamp: _Stamp) -> None:
+        newest = max((entry[1] for entry in stamp if entry is not None), default=0)
+        if time.time_ns() - newest < RESOLVE_CACHE_SETTLE_NS:
+            return  # too fresh to tell a later change in the same clock tick apart
+        if len(self._resolved) >= _RESOLVE_CACHE_LIMIT:
+            self._resolved.clear()  # references are client input: keep the map bounded
+        self._resolved[key] = (version, stamp)
 
     def _reserve_version(self, model_dir: Path) -> int:
         # os.mkdir creates or fails atomically, also on shared volumes where flock may be a

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
         description="Bytes of model weights kept loaded; past it the least recently used "
         "versions are evicted (a single larger version is still served, alone).",
     )
+    model_load_failure_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="A version that failed to load (corrupt or unloadable file) answers the "
+        "same error this long without loading or hashing it again; 0 retries every time.",
+    )
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_instances: int = Field(256, ge=1, description="Images per /predict request.")
     batching: bool = Field(

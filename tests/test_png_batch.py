@@ -1,0 +1,72 @@
+"""Plain PNGs decoded in one op call give exactly the pixels Pillow gives; others fall back."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import UnsupportedMediaTypeError
+from service.images import decode_image, instances_to_batch
+from service.png_batch import MIN_BATCH, decode_plain_pngs, is_plain_png
+
+SHAPE = (12, 12, 3)
+
+
+def png(seed: int, mode: str = "RGB", size: int = 12, **options: Any) -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "L": 1}.get(mode, 3)
+    pixels = rng.integers(0, 256, (size, size, channels), dtype=np.uint8).squeeze()
+    image = Image.fromarray(pixels).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+def pillow(images: list[bytes], shape: tuple[int, int, int]) -> np.ndarray:
+    return np.stack([decode_image(data, shape) for data in images])
+
+
+@pytest.mark.parametrize(("mode", "shape"), [("RGB", SHAPE), ("L", (12, 12, 1))])
+def test_the_pixels_are_pillows(mode: str, shape: tuple[int, int, int]) -> None:
+    images = [png(seed, mode) for seed in range(MIN_BATCH + 3)]
+    batch = decode_plain_pngs(images, shape)
+    assert batch is not None and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch, pillow(images, shape))
+    b64 = [{"b64": base64.b64encode(data).decode()} for data in images]
+    np.testing.assert_array_equal(instances_to_batch(b64, shape, "0-255", 10**6), batch)
+
+
+def test_anything_pillow_would_change_is_not_plain() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert is_plain_png(png(0), SHAPE)
+    assert not is_plain_png(png(0, transparency=(0, 0, 0)), SHAPE)  # tRNS: composited
+    assert not is_plain_png(png(0, exif=exif), SHAPE)  # may be rotated
+    assert not is_plain_png(png(0, size=13), SHAPE)  # resized
+    assert not is_plain_png(png(0, "P"), SHAPE)  # palette
+    assert not is_plain_png(png(0, "RGBA"), SHAPE)
+    assert not is_plain_png(png(0, "L"), SHAPE)  # converted to RGB
+    assert not is_plain_png(png(0)[:40], SHAPE)  # no IEND
+    jpeg = io.BytesIO()
+    Image.new("RGB", (12, 12)).save(jpeg, format="JPEG")
+    assert not is_plain_png(jpeg.getvalue(), SHAPE)
+    # One odd image sends the whole request through Pillow, which gives the same pixels.
+    images = [png(seed) for seed in range(MIN_BATCH)] + [png(9, transparency=(0, 0, 0))]
+    assert decode_plain_pngs(images, SHAPE) is None
+    assert decode_plain_pngs(images[: MIN_BATCH - 1], SHAPE) is None  # too few to pay
+
+
+def test_a_corrupt_stream_gets_pillows_error() -> None:
+    good = [png(seed) for seed in range(MIN_BATCH)]
+    data = bytearray(png(99))
+    data[45:60] = b"\0" * 15  # inside IDAT: the header and the chunk list still look fine
+    assert is_plain_png(bytes(data), SHAPE)
+    assert decode_plain_pngs([*good, bytes(data)], SHAPE) is None
+    b64 = [{"b64": base64.b64encode(d).decode()} for d in [*good, bytes(data)]]
+    with pytest.raises(UnsupportedMediaTypeError, match=r"instances\[8\] is not a readable"):
+        instances_to_batch(b64, SHAPE, "0-255", 10**6)

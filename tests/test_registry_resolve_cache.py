@@ -1,0 +1,96 @@
+"""The registry's resolve cache: hits read no file, and every change is seen at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_record
+from trainer import registry as registry_module
+from trainer.aliases import AliasStore
+from trainer.errors import AliasNotFoundError, VersionNotFoundError
+from trainer.registry import FileModelRegistry
+
+MODEL = "cached"
+
+
+def register(registry: FileModelRegistry) -> int:
+    return registry.register(MODEL, lambda path: path.write_bytes(b"weights"), make_record())
+
+
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FileModelRegistry:
+    # Remember resolutions at once: these tests change files within one clock tick on
+    # purpose, to show that the stamps tell the changes apart without the settle time.
+    monkeypatch.setattr(registry_module, "RESOLVE_CACHE_SETTLE_NS", 0)
+    registry = FileModelRegistry(tmp_path / "registry")
+    register(registry)
+    register(registry)
+    return registry
+
+
+def test_a_hit_reads_no_file(registry: FileModelRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry.set_alias(MODEL, "production", 1)
+    assert registry.resolve_if_cached(MODEL, "production") is None  # never resolved yet
+    assert registry.resolve(MODEL, "production") == 1
+    assert registry.resolve(MODEL, None) == 1
+
+    def no_reading(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a cache hit read a file")
+
+    monkeypatch.setattr(AliasStore, "_read_json", no_reading)
+    monkeypatch.setattr(FileModelRegistry, "_live_versions", no_reading)
+    assert registry.resolve_if_cached(MODEL, "production") == 1
+    assert registry.resolve_if_cached(MODEL, None) == 1
+
+
+def test_alias_moves_are_seen_at_once(registry: FileModelRegistry) -> None:
+    registry.set_alias(MODEL, "production", 1)
+    assert registry.resolve(MODEL, "production") == 1
+    assert registry.resolve_if_cached(MODEL, "production") == 1
+    registry.set_alias(MODEL, "production", 2)
+    assert registry.resolve_if_cached(MODEL, "production") is None
+    assert registry.resolve(MODEL, "production") == 2
+    registry.delete_alias(MODEL, "production")
+    assert registry.resolve_if_cached(MODEL, "production") is None
+    with pytest.raises(AliasNotFoundError):
+        registry.resolve(MODEL, "production")
+    # Without a production alias, None means the latest version again.
+    assert registry.resolve(MODEL, None) == 2
+
+
+def test_new_versions_are_seen_at_once(registry: FileModelRegistry) -> None:
+    assert registry.resolve(MODEL, None) == 2
+    assert registry.resolve_if_cached(MODEL, None) == 2
+    assert register(registry) == 3
+    assert registry.resolve_if_cached(MODEL, None) is None
+    assert registry.resolve(MODEL, None) == 3
+
+
+def test_deleted_versions_are_seen_at_once(registry: FileModelRegistry) -> None:
+    assert registry.resolve(MODEL, "1") == 1
+    assert registry.resolve_if_cached(MODEL, "1") == 1
+    registry.delete_version(MODEL, 1)
+    assert registry.resolve_if_cached(MODEL, "1") is None
+    with pytest.raises(VersionNotFoundError):
+        registry.resolve(MODEL, "1")
+
+
+def test_fresh_files_are_not_remembered(
+    registry: FileModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the real settle time, a resolution of files written just now is not cached:
+    # a second change within the same clock tick could otherwise go unnoticed.
+    monkeypatch.setattr(registry_module, "RESOLVE_CACHE_SETTLE_NS", 10**12)
+    registry.set_alias(MODEL, "production", 2)
+    assert registry.resolve(MODEL, "production") == 2
+    assert registry.resolve_if_cached(MODEL, "production") is None
+
+
+def test_unknown_references_are_never_cached(registry: FileModelRegistry) -> None:
+    with pytest.raises(AliasNotFoundError):
+        registry.resolve(MODEL, "staging")
+    assert registry.resolve_if_cached(MODEL, "staging") is None
+    assert registry.resolve_if_cached("other", None) is None
