@@ -223,7 +223,7 @@ def section(key: str, title: str, card: ModelCard, command: str, cpu: CpuUse) ->
 ## {title}
 
 - **When:** {card.trained_at[:16].replace("T", " ")} UTC
-- **Machine:** {nproc()} CPU cores (`nproc`), {cpu_model()}
+- **Machine:** {nproc()} CPU cores (`nproc`), {cpu_model()}; {cpu_flags()}
 - **Load:** {load}
 - **Libraries:** {versions}
 - **Data:** {data}
