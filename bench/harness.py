@@ -69,14 +69,14 @@ def print_epoch(record: EpochProgress) -> None:
     )
 
 
-def _busy_cpu_seconds() -> float:
+def busy_cpu_seconds() -> float:
     """CPU seconds all processes spent busy since boot, from /proc/stat."""
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_cpu_seconds() -> float:
+def own_cpu_seconds() -> float:
     """CPU seconds of this process and of the children it has waited for (servers it ran)."""
     times = os.times()
     return times.user + times.system + times.children_user + times.children_system
@@ -92,8 +92,8 @@ class CpuUse:
 
 def measure_cpu_use(busy_before: float, own_before: float, wall_seconds: float) -> CpuUse:
     capacity = wall_seconds * nproc()
-    own = _own_cpu_seconds() - own_before
-    others = max(0.0, _busy_cpu_seconds() - busy_before - own)
+    own = own_cpu_seconds() - own_before
+    others = max(0.0, busy_cpu_seconds() - busy_before - own)
     return CpuUse(others=others / capacity, own=own / capacity)
 
 
@@ -278,7 +278,7 @@ def run_benchmark(
     print(f"{title}\nspec: {spec.model_dump_json()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-registry-") as scratch:
         registry_dir = args.registry_dir or Path(scratch)
-        busy_before, own_before = _busy_cpu_seconds(), _own_cpu_seconds()
+        busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
         started = time.perf_counter()
         registered = train_and_register(
             spec,

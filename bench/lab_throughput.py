@@ -28,12 +28,12 @@ from typing import Any
 from bench.harness import (
     DEFAULT_DATA_DIR,
     DEFAULT_DOC,
-    _busy_cpu_seconds,
-    _own_cpu_seconds,
+    busy_cpu_seconds,
     cpu_flags,
     cpu_model,
     measure_cpu_use,
     nproc,
+    own_cpu_seconds,
     package_versions,
     update_doc,
 )
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         + (argv if argv is not None else sys.argv[1:])
     )
     data = prepare("cifar10", args.data_dir, sample_fraction=LAB_FRACTION, seed=42)
-    busy_before, own_before = _busy_cpu_seconds(), _own_cpu_seconds()
+    busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
     started = time.perf_counter()
     rows = []
     for label, spec in lab_specs(args.epochs):

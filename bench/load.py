@@ -32,15 +32,15 @@ from pathlib import Path
 from bench.harness import (
     DEFAULT_DATA_DIR,
     DEFAULT_DOC,
+    busy_cpu_seconds,
     cpu_flags,
     cpu_model,
     measure_cpu_use,
     nproc,
+    own_cpu_seconds,
     package_versions,
     update_doc,
 )
-from bench.harness import _busy_cpu_seconds as busy_cpu_seconds
-from bench.harness import _own_cpu_seconds as own_cpu_seconds
 from bench.load_scenario import LoadResult, LoadTarget, ScenarioConfig, ScenarioResult, run_scenario
 from tests.workers import Process, free_port, wait_until
 from worker.settings import Settings
