@@ -17,6 +17,7 @@ from scipy.stats import binomtest
 
 from tests.conftest import make_record
 from tests.workers import ensure_redis, redis_url
+from trainer import study_presets
 from trainer.architectures import ARCHITECTURES
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
@@ -402,3 +403,18 @@ def test_explicit_stages_need_a_winner_where_one_is_used() -> None:
     not_picking = StudyRequest.model_validate({"stages": [{**picking, "pick": "none"}, retrain]})
     with pytest.raises(InvalidInputError, match="do not pick one"):
         check_stages(not_picking.stages or [])
+
+
+def test_a_study_seed_beyond_what_the_trainings_take_is_a_422(client: TestClient) -> None:
+    # Found by the schema fuzzer: the study accepted it, its first training spec did not (500).
+    response = client.post("/studies", json={"preset": "cnn-lab", "seed": 2**32})
+    assert response.status_code == 422
+    assert "seed" in response.text
+
+
+def test_a_preset_its_trainings_refuse_is_invalid_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Should a preset ever pass on a value its training specs refuse, the caller gets a
+    # clear invalid-input error (422), not a validation traceback (500).
+    monkeypatch.setattr(study_presets, "LAB_FRACTION", 0.0)
+    with pytest.raises(InvalidInputError, match="cnn-lab preset cannot build"):
+        study_presets.expand(StudyRequest(preset="cnn-lab"))

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from trainer.architectures.alexnet import AlexNetSpec
 from trainer.architectures.custom_cnn import CustomCnnHyperparameters, CustomCnnSpec
 from trainer.architectures.resnet import ResNetSpec
 from trainer.datasets import dataset_info
+from trainer.errors import InvalidInputError
 from trainer.spec_base import AugmentationSpec
 from trainer.study_spec import StageSpec, StageTraining, StudyRequest
 
@@ -177,4 +180,13 @@ def expand(request: StudyRequest) -> list[StageSpec]:
     """The stages a request asks for: its own, or its preset's."""
     if request.stages is not None:
         return request.stages
-    return cnn_lab_stages(request)
+    try:
+        return cnn_lab_stages(request)
+    except ValidationError as error:
+        # An override the request allows but a training spec refuses: the caller's input.
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:5]
+        )
+        raise InvalidInputError(
+            f"the {request.preset} preset cannot build its trainings from this request: {problems}"
+        ) from error

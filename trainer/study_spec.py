@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from trainer.datasets import DATASET_NAMES
 from trainer.errors import InvalidInputError
 from trainer.spec import parse_training_spec
+from trainer.spec_base import MAX_SEED
 
 STAGE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,23}$"
 PRESETS = ("cnn-lab",)
@@ -117,7 +118,7 @@ class StudyRequest(BaseModel):
     epochs: int | None = Field(
         None, ge=1, le=500, description="Overrides every preset epoch count."
     )
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _one_plan(self) -> StudyRequest:
