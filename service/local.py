@@ -27,6 +27,7 @@ from worker.command import celery_worker_command
 from worker.settings import Settings, get_settings
 
 _PR_SET_PDEATHSIG = 1
+KEEP_ALIVE_SECONDS = 65
 
 
 def _die_with_parent() -> None:
@@ -140,8 +141,11 @@ def serve_command(arguments: argparse.Namespace) -> int:
             host=arguments.host,
             port=arguments.port,
             log_level="info" if arguments.verbose else "warning",
-            # Idle keep-alive connections and slow request heads cost a bounded time.
-            timeout_keep_alive=5,
+            # An idle connection stays open longer than clients keep theirs (httpx 5 s,
+            # aiohttp 15 s) and than load balancers' idle timeouts (60 s), so the client
+            # side always closes first. With uvicorn's 5 s a client reusing a connection
+            # idle for just under 5 s raced the server's close and got a reset.
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             h11_max_incomplete_event_size=16 * 1024,
             server_header=False,
         )

@@ -70,7 +70,11 @@ async def _drive(target: LoadTarget) -> LoadResult:
         errors=len(failed),
         latencies=[r.finished - r.started for r in records if r not in failed],
         wall_seconds=wall,
-        error_samples=[f"{record.status}: {record.body[:300]}" for record in failed[:5]],
+        error_samples=[
+            f"{record.status} at {record.started - began:.2f}–{record.finished - began:.2f} s: "
+            f"{record.body[:300]}"
+            for record in failed[:5]
+        ],
         records=records,
     )
 
@@ -86,6 +90,11 @@ def _expected_versions(record: RequestRecord, result: ScenarioResult) -> set[int
     if record.started > move_back.finished:
         return {first}
     return {first, second}  # overlapped a move: either is right
+
+
+def _log_tail(path: Path) -> str:
+    """What the API logged last, to tell a server-side failure from a client-side one."""
+    return path.read_text(errors="replace")[-3000:] if path.exists() else f"no {path.name}"
 
 
 @pytest.fixture
@@ -133,7 +142,7 @@ def test_predict_under_load_while_a_job_trains_and_the_alias_moves_twice(
     )
 
     assert load.requests == REQUESTS
-    assert load.errors == 0, load.error_samples
+    assert load.errors == 0, (load.error_samples, _log_tail(tmp_path / "home" / "api.log"))
     first, second = result.versions
     for move in result.moves:
         assert move.status == 200, move.body
