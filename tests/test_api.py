@@ -826,7 +826,7 @@ def test_openapi_names_architectures_and_their_hyperparameters(client: TestClien
     schemas = spec["components"]["schemas"]
     body = spec["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]
     variants = {ref["$ref"].rsplit("/", 1)[-1] for ref in body["schema"]["oneOf"]}
-    assert variants == {"CustomCnnSpec", "AlexNetSpec", "ResNetSpec"}
+    assert variants == {"CustomCnnSpec", "AlexNetSpec", "ResNetSpec", "SmallResNetSpec"}
     architectures = {}
     for name in variants:
         properties = schemas[name]["properties"]
@@ -835,6 +835,7 @@ def test_openapi_names_architectures_and_their_hyperparameters(client: TestClien
         "custom_cnn": "#/components/schemas/CustomCnnHyperparameters",
         "alexnet": "#/components/schemas/AlexNetHyperparameters",
         "resnet": "#/components/schemas/ResNetHyperparameters",
+        "resnet_small": "#/components/schemas/SmallResNetHyperparameters",
     }
     custom = schemas["CustomCnnHyperparameters"]
     assert custom["properties"]["filters1"]["default"] == 32
@@ -843,11 +844,16 @@ def test_openapi_names_architectures_and_their_hyperparameters(client: TestClien
     assert "conv_filters" in schemas["AlexNetHyperparameters"]["properties"]
     assert "stage_filters" in schemas["ResNetHyperparameters"]["properties"]
 
-    # Every request example is a valid spec, and they cover all three architectures.
+    # Every request example is a valid spec, and they cover every architecture.
     examples = body["examples"]
     assert len(examples) >= 3
     parsed = [parse_training_spec(example["value"]) for example in examples.values()]
-    assert {spec.architecture for spec in parsed} == {"custom_cnn", "alexnet", "resnet"}
+    assert {spec.architecture for spec in parsed} == {
+        "custom_cnn",
+        "alexnet",
+        "resnet",
+        "resnet_small",
+    }
     alias_body = spec["paths"]["/models/{model_name}/aliases/{alias}"]["put"]["requestBody"]
     assert schemas["AliasUpdate"]["examples"] == [{"version": 2}]
     assert alias_body["required"] is True

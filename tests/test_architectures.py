@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from trainer.architectures import ARCHITECTURES, build_model, estimate_cost
+from trainer.architectures import ARCHITECTURES, base, build_model, estimate_cost
 from trainer.architectures.alexnet import AlexNetHyperparameters
 from trainer.architectures.custom_cnn import CustomCnnHyperparameters, CustomCnnSpec
 from trainer.architectures.resnet import ResNetHyperparameters
+from trainer.architectures.resnet_small import SmallResNetHyperparameters
 from trainer.spec import parse_training_spec
 
 CIFAR10 = (32, 32, 3)
@@ -97,17 +98,43 @@ def test_resnet_defaults_are_the_benchmarked_recipe() -> None:
     assert (spec.optimizer, spec.learning_rate, spec.lr_schedule) == ("sgd", 0.2, "one_cycle")
     assert (spec.epochs, spec.batch_size, spec.label_smoothing) == (16, 128, 0.1)
     assert spec.augmentation.enabled and spec.augmentation.rotation_degrees == 0
+    # resnet_small: the same recipe on half the widths, in half the epochs.
+    small = parse_training_spec({"dataset": "cifar10", "architecture": "resnet_small"})
+    shared = ("optimizer", "learning_rate", "lr_schedule", "batch_size", "label_smoothing")
+    assert [getattr(small, name) for name in shared] == [getattr(spec, name) for name in shared]
+    assert small.augmentation == spec.augmentation
+    assert small.epochs == 8
+    assert isinstance(small.hyperparameters, SmallResNetHyperparameters)
+    assert small.hyperparameters.stage_filters == [32, 64, 128]
+    assert small.hyperparameters.stem_filters == 16
     # The other architectures keep the lab's training defaults.
     lab = parse_training_spec({"dataset": "cifar10"})
     assert (lab.optimizer, lab.learning_rate, lab.augmentation.enabled) == ("adam", 1e-3, False)
 
 
-def test_resnet_bfloat16_switch_sets_the_compute_dtype_but_keeps_float32_output() -> None:
-    on = build_model("resnet", ResNetHyperparameters(bfloat16=True), CIFAR10, 10)
-    off = build_model("resnet", ResNetHyperparameters(bfloat16=False), CIFAR10, 10)
-    assert on.get_layer("stem").compute_dtype == "bfloat16"
-    assert off.get_layer("stem").compute_dtype == "float32"
+@pytest.mark.parametrize(
+    ("architecture", "first_layer"),
+    [("custom_cnn", "conv1"), ("alexnet", "conv1"), ("resnet", "stem"), ("resnet_small", "stem")],
+)
+def test_bfloat16_switch_sets_the_compute_dtype_but_keeps_float32_output(
+    architecture: str, first_layer: str
+) -> None:
+    hyperparameters = ARCHITECTURES[architecture].hyperparameters
+    on = build_model(architecture, hyperparameters(bfloat16=True), CIFAR10, 10)
+    off = build_model(architecture, hyperparameters(bfloat16=False), CIFAR10, 10)
+    assert on.get_layer(first_layer).compute_dtype == "bfloat16"
+    assert off.get_layer(first_layer).compute_dtype == "float32"
     assert on.output.dtype == off.output.dtype == "float32"
+    assert on.count_params() == off.count_params()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_by_default_exactly_where_the_cpu_computes_it(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "cpu_has_bfloat16", lambda: native)
+    model = build_model("custom_cnn", CustomCnnHyperparameters(), CIFAR10, 10)
+    assert model.get_layer("conv1").compute_dtype == ("bfloat16" if native else "float32")
 
 
 @pytest.mark.parametrize("input_shape", [CIFAR10, MNIST])
@@ -121,6 +148,7 @@ def test_resnet_bfloat16_switch_sets_the_compute_dtype_but_keeps_float32_output(
         ("alexnet", {"batch_norm": True}),
         ("resnet", {}),
         ("resnet", {"stage_filters": [16, 32], "residual_stages": [False, True]}),
+        ("resnet_small", {}),
     ],
 )
 def test_cost_estimate_counts_parameters_exactly_without_building(

@@ -68,6 +68,18 @@ def test_alexnet_learns_digits_with_one_cycle_and_augmentation(digits) -> None: 
     assert max(rates) > rates[0] and rates[-1] < max(rates) / 10  # warm up, then anneal
 
 
+def test_resnet_small_learns_digits_with_its_own_recipe(digits) -> None:  # type: ignore[no-untyped-def]
+    # Only the epochs and batch size are scaled to 1,600 tiny images: the optimizer,
+    # schedule, smoothing and augmentation are the architecture's defaults.
+    spec = parse_training_spec(
+        {"dataset": "digits", "architecture": "resnet_small", "epochs": 6, "batch_size": 32}
+    )
+    assert (spec.optimizer, spec.lr_schedule) == ("sgd", "one_cycle")
+    result = train(spec, None, data=digits)
+    report = evaluate(result.model, digits.test.x, digits.test.y, digits.info.class_names)
+    assert report.accuracy >= 0.90, report.accuracy
+
+
 def test_cancel_stops_within_one_batch(digits) -> None:  # type: ignore[no-untyped-def]
     spec = parse_training_spec({"dataset": "digits", "epochs": 50, "batch_size": 8})
     checks = 0

@@ -7,10 +7,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.architectures.base import (
+    BFLOAT16_DESCRIPTION,
     ArchitectureDefinition,
     CostTracer,
     ModelCost,
     Shape,
+    compute_dtype,
     conv_block,
 )
 from trainer.spec_base import DropoutRate, PositiveWidth, TrainingSpecBase
@@ -32,6 +34,7 @@ class AlexNetHyperparameters(BaseModel):
     )
     dropout_rate: DropoutRate = Field(0.5, description="Dropout after each hidden dense layer.")
     batch_norm: bool = Field(False, description="Batch normalization after each convolution.")
+    bfloat16: bool | None = Field(None, description=BFLOAT16_DESCRIPTION)
 
 
 class AlexNetSpec(TrainingSpecBase):
@@ -51,17 +54,21 @@ def build(hyperparameters: AlexNetHyperparameters, input_shape: Shape, num_class
     from keras import layers
 
     hp = hyperparameters
+    dtype = compute_dtype(hp.bfloat16)
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     for index, filters in enumerate(hp.conv_filters, start=1):
-        x = conv_block(x, filters, 3, hp.batch_norm, name=f"conv{index}")
+        x = conv_block(x, filters, 3, hp.batch_norm, f"conv{index}", dtype)
         if index in _POOL_AFTER:
-            x = layers.MaxPooling2D(name=f"pool{index}")(x)
-    x = layers.Flatten(name="flatten")(x)
+            x = layers.MaxPooling2D(dtype=dtype, name=f"pool{index}")(x)
+    x = layers.Flatten(dtype=dtype, name="flatten")(x)
     for index, units in enumerate(hp.dense_units, start=1):
-        x = layers.Dense(units, activation="relu", name=f"dense{index}")(x)
-        x = layers.Dropout(hp.dropout_rate, name=f"dropout{index}")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+        x = layers.Dense(units, activation="relu", dtype=dtype, name=f"dense{index}")(x)
+        x = layers.Dropout(hp.dropout_rate, dtype=dtype, name=f"dropout{index}")(x)
+    # The classifier computes in float32: bfloat16 would round small probabilities away.
+    outputs = layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="probabilities"
+    )(x)
     return keras.Model(inputs, outputs, name="alexnet")
 
 

@@ -9,8 +9,10 @@ loading TensorFlow.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -129,12 +131,45 @@ class ArchitectureDefinition:
         return self.description.split("\n", 1)[0].rstrip(".")
 
 
-def conv_block(x: Any, filters: int, kernel_size: int, batch_norm: bool, name: str) -> Any:
+def conv_block(
+    x: Any, filters: int, kernel_size: int, batch_norm: bool, name: str, dtype: str | None = None
+) -> Any:
     """Conv2D + ReLU, or Conv2D (no bias) + BatchNorm + ReLU: the lab models' unit."""
     from keras import layers
 
     if not batch_norm:
-        return layers.Conv2D(filters, kernel_size, padding="same", activation="relu", name=name)(x)
-    x = layers.Conv2D(filters, kernel_size, padding="same", use_bias=False, name=name)(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
-    return layers.Activation("relu", name=f"{name}_relu")(x)
+        return layers.Conv2D(
+            filters, kernel_size, padding="same", activation="relu", dtype=dtype, name=name
+        )(x)
+    x = layers.Conv2D(filters, kernel_size, padding="same", use_bias=False, dtype=dtype, name=name)(
+        x
+    )
+    x = layers.BatchNormalization(dtype=dtype, name=f"{name}_bn")(x)
+    return layers.Activation("relu", dtype=dtype, name=f"{name}_relu")(x)
+
+
+@functools.cache
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX or AVX-512 BF16, per /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def compute_dtype(bfloat16: bool | None) -> str | None:
+    """The layers' dtype policy: mixed bfloat16 if asked, or if unset and the CPU has it.
+
+    A per-layer policy rather than Keras' global one, so that building one model
+    never changes how other models in the same process compute.
+    """
+    use_bfloat16 = cpu_has_bfloat16() if bfloat16 is None else bfloat16
+    return "mixed_bfloat16" if use_bfloat16 else None
+
+
+BFLOAT16_DESCRIPTION = (
+    "Mixed precision: compute in bfloat16, keep weights and the softmax in float32. "
+    "Faster on CPUs with AMX or AVX-512 BF16, slower elsewhere; empty means on exactly "
+    "when the CPU has them."
+)

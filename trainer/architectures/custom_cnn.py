@@ -7,10 +7,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.architectures.base import (
+    BFLOAT16_DESCRIPTION,
     ArchitectureDefinition,
     CostTracer,
     ModelCost,
     Shape,
+    compute_dtype,
     conv_block,
 )
 from trainer.spec_base import DropoutRate, PositiveWidth, TrainingSpecBase
@@ -32,6 +34,7 @@ class CustomCnnHyperparameters(BaseModel):
     kernel_size: Annotated[int, Field(ge=1, le=7)] = Field(3, description="Convolution kernel.")
     dropout_rate: DropoutRate = Field(0.25, description="Dropout after the conv stack and dense.")
     batch_norm: bool = Field(False, description="Batch normalization after each convolution.")
+    bfloat16: bool | None = Field(None, description=BFLOAT16_DESCRIPTION)
 
     @property
     def conv_filters(self) -> list[int]:
@@ -55,16 +58,20 @@ def build(hyperparameters: CustomCnnHyperparameters, input_shape: Shape, num_cla
     from keras import layers
 
     hp = hyperparameters
+    dtype = compute_dtype(hp.bfloat16)
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     for index, filters in enumerate(hp.conv_filters, start=1):
-        x = conv_block(x, filters, hp.kernel_size, hp.batch_norm, name=f"conv{index}")
-        x = layers.MaxPooling2D(name=f"pool{index}")(x)
-    x = layers.Dropout(hp.dropout_rate, name="conv_dropout")(x)
-    x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(hp.dense_units, activation="relu", name="dense")(x)
-    x = layers.Dropout(hp.dropout_rate, name="dense_dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+        x = conv_block(x, filters, hp.kernel_size, hp.batch_norm, f"conv{index}", dtype)
+        x = layers.MaxPooling2D(dtype=dtype, name=f"pool{index}")(x)
+    x = layers.Dropout(hp.dropout_rate, dtype=dtype, name="conv_dropout")(x)
+    x = layers.Flatten(dtype=dtype, name="flatten")(x)
+    x = layers.Dense(hp.dense_units, activation="relu", dtype=dtype, name="dense")(x)
+    x = layers.Dropout(hp.dropout_rate, dtype=dtype, name="dense_dropout")(x)
+    # The classifier computes in float32: bfloat16 would round small probabilities away.
+    outputs = layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="probabilities"
+    )(x)
     return keras.Model(inputs, outputs, name="custom_cnn")
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from trainer.architectures.base import ArchitectureDefinition, CostTracer, ModelCost, Shape
+from trainer.architectures.base import (
+    BFLOAT16_DESCRIPTION,
+    ArchitectureDefinition,
+    CostTracer,
+    ModelCost,
+    Shape,
+    compute_dtype,
+)
 from trainer.spec_base import AugmentationSpec, DropoutRate, PositiveWidth, TrainingSpecBase
 
 
@@ -50,12 +55,7 @@ class ResNetHyperparameters(BaseModel):
         description="Momentum of the batch-norm moving statistics; 0.9 keeps them current "
         "in runs of only a few thousand steps.",
     )
-    bfloat16: bool | None = Field(
-        None,
-        description="Mixed precision: compute in bfloat16, keep weights and the softmax in "
-        "float32. About 1.5x faster on CPUs with AMX or AVX-512 BF16, slower elsewhere; "
-        "empty means on exactly when the CPU has them.",
-    )
+    bfloat16: bool | None = Field(None, description=BFLOAT16_DESCRIPTION)
 
     @model_validator(mode="after")
     def _residual_stages_fit(self) -> ResNetHyperparameters:
@@ -75,7 +75,19 @@ def _standard_cifar_augmentation() -> AugmentationSpec:
     )
 
 
-class ResNetSpec(TrainingSpecBase):
+class ResNetRecipe(TrainingSpecBase):
+    """The training defaults resnet and resnet_small share: SGD one-cycle, smoothing, shifts."""
+
+    batch_size: int = Field(128, ge=1, le=4096)
+    learning_rate: float = Field(0.2, gt=0, le=10)
+    optimizer: Literal["adam", "adamw", "sgd"] = "sgd"
+    weight_decay: float = Field(5e-3, ge=0, le=1, description="Decoupled weight decay.")
+    lr_schedule: Literal["constant", "one_cycle", "cosine"] = "one_cycle"
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    augmentation: AugmentationSpec = Field(default_factory=_standard_cifar_augmentation)
+
+
+class ResNetSpec(ResNetRecipe):
     """A small residual network (ResNet-9 style) with batch normalization.
 
     Its training defaults are the benchmarked recipe (docs/benchmarks.md): SGD with a
@@ -86,13 +98,6 @@ class ResNetSpec(TrainingSpecBase):
     architecture: Literal["resnet"] = "resnet"
     hyperparameters: ResNetHyperparameters = Field(default_factory=ResNetHyperparameters)
     epochs: int = Field(16, ge=1, le=500)
-    batch_size: int = Field(128, ge=1, le=4096)
-    learning_rate: float = Field(0.2, gt=0, le=10)
-    optimizer: Literal["adam", "adamw", "sgd"] = "sgd"
-    weight_decay: float = Field(5e-3, ge=0, le=1, description="Decoupled weight decay.")
-    lr_schedule: Literal["constant", "one_cycle", "cosine"] = "one_cycle"
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    augmentation: AugmentationSpec = Field(default_factory=_standard_cifar_augmentation)
 
 
 def _resnet_conv(
@@ -112,26 +117,13 @@ def _resnet_conv(
     return layers.Activation("relu", dtype=dtype, name=f"{name}_relu")(x)
 
 
-@functools.cache
-def cpu_has_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AMX or AVX-512 BF16, per /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def build(hyperparameters: ResNetHyperparameters, input_shape: Shape, num_classes: int) -> Any:
     """A small ResNet-9-style network: conv-pool-BN-ReLU stages with residual blocks."""
     import keras
     from keras import layers
 
     hp = hyperparameters
-    # A per-layer policy rather than the global one, so that building this model
-    # never changes how other models in the same process compute.
-    use_bfloat16 = cpu_has_bfloat16() if hp.bfloat16 is None else hp.bfloat16
-    dtype = "mixed_bfloat16" if use_bfloat16 else None
+    dtype = compute_dtype(hp.bfloat16)
     inputs = keras.Input(shape=input_shape, name="image")
     x = _resnet_conv(inputs, hp.stem_filters, hp, dtype, name="stem", pool=False)
     for stage, filters in enumerate(hp.stage_filters, start=1):
