@@ -1,4 +1,4 @@
-"""Draws a ``Figure`` two ways: Plotly JSON for the offline HTML page, SVG via matplotlib."""
+"""Draws a ``Figure`` two ways: Plotly JSON for the offline HTML page, SVG or PNG via matplotlib."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import math
 from functools import lru_cache
 from typing import Any
 
-from service.plots import Figure
+from service.plots import Figure, ImageFormat
+
+# Small files for READMEs and Markdown reports; sharp enough at the 7×4.5 inch size.
+PNG_DPI = 80
 
 
 @lru_cache(maxsize=1)
@@ -64,8 +67,8 @@ def plotly_div(figure: Figure, element_id: str) -> str:
     )
 
 
-def to_svg(figure: Figure) -> bytes:
-    """The figure as a standalone SVG document."""
+def to_image(figure: Figure, image_format: ImageFormat = "svg") -> bytes:
+    """The figure as a standalone SVG document or a small PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,7 +107,10 @@ def to_svg(figure: Figure) -> bytes:
             axes.legend(fontsize=7)
         fig.tight_layout()
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="svg", metadata={"Date": None})
+        if image_format == "png":
+            fig.savefig(buffer, format="png", dpi=PNG_DPI, metadata={"Software": None})
+        else:
+            fig.savefig(buffer, format="svg", metadata={"Date": None})
         return buffer.getvalue()
     finally:
         pyplot.close(fig)

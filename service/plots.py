@@ -19,6 +19,10 @@ from trainer.evaluate import ConfusionMatrix
 from trainer.progress import EpochProgress
 from trainer.study_report import StudyReport
 
+# Static images at stable URLs: SVG for the web, small PNG for Markdown and READMEs.
+ImageFormat = Literal["svg", "png"]
+MEDIA_TYPES: dict[str, str] = {"svg": "image/svg+xml", "png": "image/png"}
+
 
 class Series(BaseModel):
     name: str
@@ -31,7 +35,7 @@ class Series(BaseModel):
 
 
 class Figure(BaseModel):
-    name: str = Field(description="Stable: the plot's URL is .../plots/{name}.svg.")
+    name: str = Field(description="Stable: the plot's URL is .../plots/{name}.svg or .png.")
     title: str
     x_label: str
     y_label: str
@@ -139,7 +143,7 @@ def find_figure(figures: list[Figure], name: str) -> Figure:
     )
 
 
-def study_plot_svg(report: StudyReport, name: str) -> bytes:
-    from service.plot_render import to_svg
+def study_plot(report: StudyReport, name: str, image_format: ImageFormat) -> bytes:
+    from service.plot_render import to_image
 
-    return to_svg(find_figure(study_figures(report), name))
+    return to_image(find_figure(study_figures(report), name), image_format)

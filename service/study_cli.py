@@ -132,7 +132,7 @@ def _save_plots(client: httpx.Client, markdown: str, output: Path) -> str:
         (folder / name).write_bytes(client.get(url).raise_for_status().content)
         return f"]({folder.name}/{name})"
 
-    return re.sub(r"\]\((/studies/[^)]+/plots/([^/)]+\.svg))\)", fetch, markdown)
+    return re.sub(r"\]\((/studies/[^)]+/plots/([^/)]+\.(?:png|svg)))\)", fetch, markdown)
 
 
 def add_study_parser(commands: Any) -> list[argparse.ArgumentParser]:

@@ -181,7 +181,11 @@ def _markdown_table(table: Table) -> str:
 
 
 def to_markdown(report: StudyReport, plot_url: str = "") -> str:
-    """Markdown with images at ``{plot_url}{name}.svg`` (the study's stable plot URLs)."""
+    """Markdown with images at ``{plot_url}{name}.png`` (the study's stable plot URLs).
+
+    PNG rather than SVG: small files that every Markdown viewer shows, for reports
+    kept beside code (``daciavision study report --output docs/examples/lab.md``).
+    """
     all_tables = tables(report)
     titles = {f.name: f.title for f in study_figures(report)}
     parts = [f"# Study {report.name or report.study_id}", "## Discussion",
@@ -191,7 +195,7 @@ def to_markdown(report: StudyReport, plot_url: str = "") -> str:
     for heading, table_names, figure_names in _sections(report):
         parts.append(f"## {heading}")
         parts.extend(_markdown_table(all_tables[name]) for name in table_names)
-        parts.extend(f"![{titles[name]}]({plot_url}{name}.svg)" for name in figure_names)
+        parts.extend(f"![{titles[name]}]({plot_url}{name}.png)" for name in figure_names)
     return "\n\n".join(parts) + "\n"
 
 

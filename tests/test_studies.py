@@ -296,9 +296,9 @@ def test_openapi_documents_the_study_routes(client: TestClient) -> None:
     for path, method in (
         ("/studies", "post"), ("/studies", "get"), ("/studies/{study_id}", "get"),
         ("/studies/{study_id}/cancel", "post"), ("/studies/{study_id}/report", "get"),
-        ("/studies/{study_id}/plots/{name}.svg", "get"),
+        ("/studies/{study_id}/plots/{name}.{image_format}", "get"),
         ("/models/{model_name}/versions/{version}/report", "get"),
-        ("/models/{model_name}/versions/{version}/plots/{name}.svg", "get"),
+        ("/models/{model_name}/versions/{version}/plots/{name}.{image_format}", "get"),
     ):  # fmt: skip
         operation = paths[path][method]
         assert operation["summary"] and operation["description"], path

@@ -28,10 +28,10 @@ STUDY: dict[str, Any] = {
 def _serve(monkeypatch: pytest.MonkeyPatch, seen: list[httpx.Request]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        if request.url.path.endswith(".svg"):
-            return httpx.Response(200, content=b"<svg/>")
+        if request.url.path.endswith(".png"):
+            return httpx.Response(200, content=b"\x89PNG")
         if request.url.params.get("format") == "markdown":
-            plot = f"/studies/{'a' * 32}/plots/accuracy_vs_cost.svg"
+            plot = f"/studies/{'a' * 32}/plots/accuracy_vs_cost.png"
             return httpx.Response(200, text=f"# Study\n\n![plot]({plot})\n")
         return httpx.Response(202 if request.method == "POST" else 200, json=STUDY)
 
@@ -84,8 +84,8 @@ def test_markdown_report_is_saved_with_its_plots(
     # Into a folder that does not exist yet, as `--output docs/examples/lab.md` would.
     output = tmp_path / "examples" / "lab.md"
     assert main(["study", "report", "a" * 32, "--output", str(output)]) == 0
-    assert "](lab_plots/accuracy_vs_cost.svg)" in output.read_text()
-    assert (output.parent / "lab_plots" / "accuracy_vs_cost.svg").read_bytes() == b"<svg/>"
+    assert "](lab_plots/accuracy_vs_cost.png)" in output.read_text()
+    assert (output.parent / "lab_plots" / "accuracy_vs_cost.png").read_bytes() == b"\x89PNG"
 
 
 def test_the_preset_choices_come_from_the_definitions() -> None:

@@ -172,7 +172,7 @@ def test_a_quick_study_completes_without_the_api_and_reports_card_figures(
         for heading in ("Discussion", "Comparison", "Model selection", "McNemar", "Per-class F1"):
             assert heading in page, heading
         markdown = client.get(f"/studies/{study_id}/report?format=markdown").text
-        assert f"](/studies/{study_id}/plots/accuracy_vs_cost.svg)" in markdown
+        assert f"](/studies/{study_id}/plots/accuracy_vs_cost.png)" in markdown
         for sentence in report["discussion"]:
             assert sentence in markdown
         svg = client.get(f"/studies/{study_id}/plots/accuracy_vs_cost.svg")
@@ -181,3 +181,10 @@ def test_a_quick_study_completes_without_the_api_and_reports_card_figures(
         assert version.status_code == 200 and "Plotly.newPlot" in version.text
         plot = client.get(f"/models/{best.model_name}/versions/1/plots/confusion.svg")
         assert plot.status_code == 200 and "<svg" in plot.text
+        png = client.get(f"/studies/{study_id}/plots/accuracy_vs_cost.png")
+        assert png.headers["content-type"] == "image/png"
+        assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
+        png = client.get(f"/models/{best.model_name}/versions/1/plots/confusion.png")
+        assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+        wrong = client.get(f"/studies/{study_id}/plots/accuracy_vs_cost.gif")
+        assert wrong.status_code == 422 and "svg" in wrong.text and "png" in wrong.text

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.plot_render import to_svg
+from service.plot_render import to_image
 from service.plots import study_figures
 from service.study_render import to_html, to_markdown
 from tests.conftest import CARD_0_1_0, make_record
@@ -107,6 +107,7 @@ def test_html_is_offline_and_markdown_links_every_plot(report: StudyReport) -> N
         assert escape(sentence) in page
     markdown = to_markdown(report, "plots/")
     for figure in study_figures(report):
-        assert f"(plots/{figure.name}.svg)" in markdown
+        assert f"(plots/{figure.name}.png)" in markdown
     assert "| strong | variations | digits |" in markdown
-    assert to_svg(study_figures(report)[0]).startswith(b"<?xml")
+    assert to_image(study_figures(report)[0]).startswith(b"<?xml")
+    assert to_image(study_figures(report)[0], "png").startswith(b"\x89PNG\r\n\x1a\n")

@@ -9,8 +9,8 @@ from fastapi.responses import HTMLResponse, Response
 
 from service.deps import PathModelVersionDep, RegistryDep
 from service.errors import error_responses
-from service.plot_render import plotly_div, plotly_js, to_svg
-from service.plots import card_figures, find_figure
+from service.plot_render import plotly_div, plotly_js, to_image
+from service.plots import MEDIA_TYPES, ImageFormat, card_figures, find_figure
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -39,11 +39,17 @@ def version_report(registry: RegistryDep, model: PathModelVersionDep) -> HTMLRes
 
 
 @router.get(
-    "/{model_name}/versions/{version}/plots/{name}.svg",
-    summary="One plot of a version as SVG: curves, confusion or f1",
-    responses={**error_responses(404, 422), 200: {"content": {"image/svg+xml": {}}}},
+    "/{model_name}/versions/{version}/plots/{name}.{image_format}",
+    summary="One plot of a version as SVG or PNG: curves, confusion or f1",
+    responses={
+        **error_responses(404, 422),
+        200: {"content": {media_type: {} for media_type in MEDIA_TYPES.values()}},
+    },
 )
-def version_plot(registry: RegistryDep, model: PathModelVersionDep, name: str) -> Response:
-    """Stable URLs for embedding a version's plots."""
+def version_plot(
+    registry: RegistryDep, model: PathModelVersionDep, name: str, image_format: ImageFormat
+) -> Response:
+    """Stable URLs for embedding a version's plots, as `.svg` or as a small `.png`."""
     card = registry.get_card(model.model_name, model.version)
-    return Response(to_svg(find_figure(card_figures(card), name)), media_type="image/svg+xml")
+    figure = find_figure(card_figures(card), name)
+    return Response(to_image(figure, image_format), media_type=MEDIA_TYPES[image_format])

@@ -16,7 +16,7 @@ from service.deps import (
     StudyStoreDep,
 )
 from service.errors import error_responses
-from service.plots import study_plot_svg
+from service.plots import MEDIA_TYPES, ImageFormat, study_plot
 from service.schemas_studies import StudyList, StudyView
 from service.studies import cancel_study, create_study, study_view
 from service.study_render import ReportFormat, load_report, negotiate, render_report
@@ -125,14 +125,22 @@ def get_report(
 
 
 @router.get(
-    "/{study_id}/plots/{name}.svg",
-    summary="One plot of the study's report as SVG",
-    responses={**error_responses(404, 409, 422), 200: {"content": {"image/svg+xml": {}}}},
+    "/{study_id}/plots/{name}.{image_format}",
+    summary="One plot of the study's report as SVG or PNG",
+    responses={
+        **error_responses(404, 409, 422),
+        200: {"content": {media_type: {} for media_type in MEDIA_TYPES.values()}},
+    },
 )
 def get_study_plot(
-    settings: SettingsDep, studies: StudyStoreDep, study_id: StudyIdPath, name: str
+    settings: SettingsDep,
+    studies: StudyStoreDep,
+    study_id: StudyIdPath,
+    name: str,
+    image_format: ImageFormat,
 ) -> Response:
-    """Stable URLs for embedding: `accuracy_vs_cost`, `f1_{stage}_{index}`, ..."""
+    """Stable URLs for embedding: `accuracy_vs_cost`, `f1_{stage}_{index}`, ... as
+    `.svg` or as a small `.png`."""
     studies.get(study_id)
     report = load_report(settings, study_id)
-    return Response(study_plot_svg(report, name), media_type="image/svg+xml")
+    return Response(study_plot(report, name, image_format), media_type=MEDIA_TYPES[image_format])
