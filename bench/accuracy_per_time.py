@@ -18,25 +18,18 @@ Each model's test accuracy is measured once, after training.
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    DEFAULT_DATA_DIR,
-    DEFAULT_DOC,
     busy_cpu_seconds,
-    cpu_flags,
-    cpu_model,
+    locked_command,
     measure_cpu_use,
-    nproc,
     own_cpu_seconds,
-    package_versions,
-    update_doc,
+    publish,
+    run_context,
+    side_by_side_arguments,
 )
 from bench.time_to_lab_best import test_accuracy
 from trainer.architectures import build_model
@@ -104,16 +97,9 @@ def our_run(label: str, spec: Any, data: PreparedData) -> Outcome:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--doc", type=Path, default=DEFAULT_DOC)
-    parser.add_argument("--no-doc", action="store_true")
+    parser = side_by_side_arguments(__doc__.split("\n")[0])
     args = parser.parse_args(argv)
-    module = ["-m", "bench.accuracy_per_time"]
-    command = shlex.join(
-        ["flock", "/tmp/daciavision-bench.lock", ".venv/bin/python", *module]
-        + (argv if argv is not None else sys.argv[1:])
-    )
+    command = locked_command("bench.accuracy_per_time", argv)
     data = prepare("cifar10", args.data_dir, sample_fraction=LAB_FRACTION, seed=42)
     busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
     started = time.perf_counter()
@@ -156,10 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     text = f"""<!-- bench:{KEY}:start -->
 ## Accuracy per training time, the lab's run as the yardstick (targets 1 and 4)
 
-- **When:** {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-- **Machine:** {nproc()} CPU cores, {cpu_model()}; {cpu_flags()}
-- **Load:** other processes used {cpu.others:.0%} of the machine's CPU time during the run
-- **Libraries:** {package_versions("tensorflow-cpu", "tensorflow", "keras", "numpy")}
+{run_context(cpu)}
 - **Protocol:** the 25% CIFAR-10 sample ({len(data.train):,} training images, seed 42),
   one run after another in one process; test accuracy on {len(data.test):,} test
   images, measured once after training; fit seconds are `model.fit` alone.
@@ -178,10 +161,7 @@ def main(argv: list[str] | None = None) -> None:
 ```
 <!-- bench:{KEY}:end -->
 """
-    print(text)
-    if not args.no_doc:
-        update_doc(args.doc, KEY, text)
-        print(f"updated {args.doc}")
+    publish(KEY, text, args)
 
 
 if __name__ == "__main__":

@@ -297,3 +297,38 @@ def run_benchmark(
         update_doc(args.doc, key, section(key, title, card, command, cpu))
         print(f"updated {args.doc}")
     return registered
+
+
+def side_by_side_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every side-by-side training script takes; scripts add their own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--doc", type=Path, default=DEFAULT_DOC)
+    parser.add_argument("--no-doc", action="store_true", help="Print the figures only.")
+    return parser
+
+
+def locked_command(module: str, argv: Sequence[str] | None) -> str:
+    """The command that reproduces a run, holding the lock that keeps benchmarks apart."""
+    given = list(argv) if argv is not None else sys.argv[1:]
+    lock = ["flock", "/tmp/daciavision-bench.lock"]
+    return shlex.join([*lock, ".venv/bin/python", "-m", module, *given])
+
+
+def run_context(cpu: CpuUse) -> str:
+    """The When / Machine / Load / Libraries lines that head every section."""
+    return (
+        f"- **When:** {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+        f"- **Machine:** {nproc()} CPU cores, {cpu_model()}; {cpu_flags()}\n"
+        f"- **Load:** other processes used {cpu.others:.0%} of the machine's CPU time "
+        "during the run\n"
+        f"- **Libraries:** {package_versions('tensorflow-cpu', 'tensorflow', 'keras', 'numpy')}"
+    )
+
+
+def publish(key: str, text: str, arguments: argparse.Namespace) -> None:
+    """Print a section and, unless ``--no-doc``, put it in its place in the doc."""
+    print(text)
+    if not arguments.no_doc:
+        update_doc(arguments.doc, key, text)
+        print(f"updated {arguments.doc}")

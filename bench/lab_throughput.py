@@ -18,26 +18,19 @@ after the last epoch is printed beside it as a check that both learn alike.
 
 from __future__ import annotations
 
-import argparse
-import shlex
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    DEFAULT_DATA_DIR,
-    DEFAULT_DOC,
     busy_cpu_seconds,
-    cpu_flags,
-    cpu_model,
+    locked_command,
     measure_cpu_use,
-    nproc,
     own_cpu_seconds,
-    package_versions,
-    update_doc,
+    publish,
+    run_context,
+    side_by_side_arguments,
 )
 from trainer.architectures import build_model
 from trainer.architectures.alexnet import AlexNetSpec
@@ -118,16 +111,10 @@ def _rate(images: int, epoch_seconds: list[float]) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser = side_by_side_arguments(__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
-    parser.add_argument("--doc", type=Path, default=DEFAULT_DOC)
-    parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
-    command = shlex.join(
-        ["flock", "/tmp/daciavision-bench.lock", ".venv/bin/python", "-m", "bench.lab_throughput"]
-        + (argv if argv is not None else sys.argv[1:])
-    )
+    command = locked_command("bench.lab_throughput", argv)
     data = prepare("cifar10", args.data_dir, sample_fraction=LAB_FRACTION, seed=42)
     busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
     started = time.perf_counter()
@@ -156,10 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     text = f"""<!-- bench:{KEY}:start -->
 ## Lab models: our training pipeline vs plain `model.fit` (target 4)
 
-- **When:** {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-- **Machine:** {nproc()} CPU cores, {cpu_model()}; {cpu_flags()}
-- **Load:** other processes used {cpu.others:.0%} of the machine's CPU time during the run
-- **Libraries:** {package_versions("tensorflow-cpu", "tensorflow", "keras", "numpy")}
+{run_context(cpu)}
 - **Protocol:** the lab's recipes (batch 64, Adam 1e-3, no augmentation) on the 25%
   CIFAR-10 sample ({len(data.train):,} training images), {args.epochs} epochs per run,
   the two pipelines in turns; images/s is the median of the epochs after the first.
@@ -177,10 +161,7 @@ it made the custom CNN's training step about 4× slower.
 ```
 <!-- bench:{KEY}:end -->
 """
-    print(text)
-    if not args.no_doc:
-        update_doc(args.doc, KEY, text)
-        print(f"updated {args.doc}")
+    publish(KEY, text, args)
 
 
 if __name__ == "__main__":

@@ -24,27 +24,20 @@ longer than that, so the true share is smaller still.
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.harness import (
-    DEFAULT_DATA_DIR,
-    DEFAULT_DOC,
     busy_cpu_seconds,
-    cpu_flags,
-    cpu_model,
+    locked_command,
     measure_cpu_use,
-    nproc,
     own_cpu_seconds,
-    package_versions,
-    update_doc,
+    publish,
+    run_context,
+    side_by_side_arguments,
 )
 from trainer.architectures import build_model
 from trainer.architectures.base import cpu_has_bfloat16
@@ -130,8 +123,7 @@ def lab_pipeline(data: PreparedData, epochs: int, on_epoch: Any) -> LabRun:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser = side_by_side_arguments(__doc__.split("\n")[0])
     parser.add_argument(
         "--epochs",
         type=int,
@@ -139,13 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         help="resnet_small's epochs (default: its recipe's)",
     )
     parser.add_argument("--lab-epochs", type=int, default=LAB_EPOCHS)
-    parser.add_argument("--doc", type=Path, default=DEFAULT_DOC)
-    parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
-    command = shlex.join(
-        ["flock", "/tmp/daciavision-bench.lock", ".venv/bin/python", "-m", "bench.time_to_lab_best"]
-        + (argv if argv is not None else sys.argv[1:])
-    )
+    command = locked_command("bench.time_to_lab_best", argv)
     data = prepare("cifar10", args.data_dir, sample_fraction=LAB_FRACTION, seed=42)
     busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
     started = time.perf_counter()
@@ -204,10 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     text = f"""<!-- bench:{KEY}:start -->
 ## Time to the lab's best accuracy (target 2)
 
-- **When:** {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-- **Machine:** {nproc()} CPU cores, {cpu_model()}; {cpu_flags()}
-- **Load:** other processes used {cpu.others:.0%} of the machine's CPU time during the run
-- **Libraries:** {package_versions("tensorflow-cpu", "tensorflow", "keras", "numpy")}
+{run_context(cpu)}
 - **Protocol:** the 25% CIFAR-10 sample ({len(data.train):,} training images, seed 42),
   {len(data.test):,} test images. The lab's pipeline: the 64/128/256 custom CNN with
   the lab's augmentation (as Keras preprocessing layers: Keras 3 has no
@@ -228,10 +212,7 @@ The lab's pipeline {lab_reach}. Ours took {share:.3f} of that time: {verdict}.
 ```
 <!-- bench:{KEY}:end -->
 """
-    print(text)
-    if not args.no_doc:
-        update_doc(args.doc, KEY, text)
-        print(f"updated {args.doc}")
+    publish(KEY, text, args)
 
 
 if __name__ == "__main__":
