@@ -31,8 +31,7 @@ from bench.harness import (
     run_context,
     side_by_side_arguments,
 )
-from bench.time_to_lab_best import test_accuracy
-from trainer.architectures import build_model
+from bench.lab_pipeline import compile_as_the_lab, float32_model, test_accuracy
 from trainer.architectures.base import cpu_has_bfloat16
 from trainer.architectures.custom_cnn import CustomCnnSpec
 from trainer.architectures.resnet import ResNetSpec
@@ -69,13 +68,8 @@ def lab_run(spec: CustomCnnSpec, data: PreparedData) -> Outcome:
     import keras
 
     keras.utils.set_random_seed(spec.seed)
-    float32 = spec.hyperparameters.model_copy(update={"bfloat16": False})
-    model = build_model(spec.architecture, float32, data.info.input_shape, data.info.num_classes)
-    model.compile(
-        optimizer=keras.optimizers.Adam(spec.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    model = float32_model(spec.architecture, spec.hyperparameters, data)
+    compile_as_the_lab(model, spec.learning_rate)
     started = time.perf_counter()
     model.fit(
         data.train.x,
@@ -139,8 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     speed = lab.fit_seconds / same_recipe.fit_seconds
     difference = same_recipe.test_accuracy - lab.test_accuracy
-    text = f"""<!-- bench:{KEY}:start -->
-## Accuracy per training time, the lab's run as the yardstick (targets 1 and 4)
+    body = f"""## Accuracy per training time, the lab's run as the yardstick (targets 1 and 4)
 
 {run_context(cpu)}
 - **Protocol:** the 25% CIFAR-10 sample ({len(data.train):,} training images, seed 42),
@@ -155,13 +148,8 @@ def main(argv: list[str] | None = None) -> None:
 - **Target 4** (the lab's recipe faster at equal accuracy): our pipeline trained the
   lab's model {speed:.2f}× as fast over the whole run, with test accuracy
   {difference:+.4f} against plain `fit` (one seed each).
-
-```
-{command}
-```
-<!-- bench:{KEY}:end -->
 """
-    publish(KEY, text, args)
+    publish(KEY, body, command, args)
 
 
 if __name__ == "__main__":

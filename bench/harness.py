@@ -326,8 +326,11 @@ def run_context(cpu: CpuUse) -> str:
     )
 
 
-def publish(key: str, text: str, arguments: argparse.Namespace) -> None:
-    """Print a section and, unless ``--no-doc``, put it in its place in the doc."""
+def publish(key: str, body: str, command: str, arguments: argparse.Namespace) -> None:
+    """Print a section (its body, then the command that reproduces it) and, unless
+    ``--no-doc``, put it in its place in the doc."""
+    start, end = f"<!-- bench:{key}:start -->", f"<!-- bench:{key}:end -->"
+    text = f"{start}\n{body.strip()}\n\n```\n{command}\n```\n{end}\n"
     print(text)
     if not arguments.no_doc:
         update_doc(arguments.doc, key, text)

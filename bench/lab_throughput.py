@@ -32,7 +32,7 @@ from bench.harness import (
     run_context,
     side_by_side_arguments,
 )
-from trainer.architectures import build_model
+from bench.lab_pipeline import compile_as_the_lab, float32_model
 from trainer.architectures.alexnet import AlexNetSpec
 from trainer.architectures.base import cpu_has_bfloat16
 from trainer.architectures.custom_cnn import CustomCnnSpec
@@ -70,14 +70,8 @@ def plain_fit(spec: Any, data: PreparedData) -> Pace:
     import keras
 
     keras.utils.set_random_seed(spec.seed)
-    # The lab computed in float32 whatever the CPU.
-    float32 = spec.hyperparameters.model_copy(update={"bfloat16": False})
-    model = build_model(spec.architecture, float32, data.info.input_shape, data.info.num_classes)
-    model.compile(
-        optimizer=keras.optimizers.Adam(spec.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    model = float32_model(spec.architecture, spec.hyperparameters, data)
+    compile_as_the_lab(model, spec.learning_rate)
     seconds: list[float] = []
 
     class Clock(keras.callbacks.Callback):  # type: ignore[misc]
@@ -140,8 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         if cpu_has_bfloat16()
         else "as this CPU has no native bfloat16, computes in float32 like plain `fit`"
     )
-    text = f"""<!-- bench:{KEY}:start -->
-## Lab models: our training pipeline vs plain `model.fit` (target 4)
+    body = f"""## Lab models: our training pipeline vs plain `model.fit` (target 4)
 
 {run_context(cpu)}
 - **Protocol:** the lab's recipes (batch 64, Adam 1e-3, no augmentation) on the 25%
@@ -155,13 +148,8 @@ def main(argv: list[str] | None = None) -> None:
 Ours feeds the model from a shuffled, batched and prefetched `tf.data` input and,
 {precision}. XLA (`jit_compile=True`) is not used: tried by hand on an AVX-512 EPYC
 it made the custom CNN's training step about 4× slower.
-
-```
-{command}
-```
-<!-- bench:{KEY}:end -->
 """
-    publish(KEY, text, args)
+    publish(KEY, body, command, args)
 
 
 if __name__ == "__main__":

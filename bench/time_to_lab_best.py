@@ -28,8 +28,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from bench.harness import (
     busy_cpu_seconds,
     locked_command,
@@ -39,10 +37,10 @@ from bench.harness import (
     run_context,
     side_by_side_arguments,
 )
-from trainer.architectures import build_model
+from bench.lab_pipeline import compile_as_the_lab, float32_model, test_accuracy
 from trainer.architectures.base import cpu_has_bfloat16
 from trainer.architectures.resnet_small import SmallResNetSpec
-from trainer.data import PreparedData, Split, prepare
+from trainer.data import PreparedData, prepare
 from trainer.study_presets import LAB_FRACTION, VARIATIONS
 from trainer.train import train
 
@@ -69,20 +67,13 @@ class LabRun:
         return None
 
 
-def test_accuracy(model: Any, test: Split) -> float:
-    probabilities = model.predict(test.x, batch_size=256, verbose=0)
-    return float(np.mean(np.argmax(probabilities, axis=1) == test.y))
-
-
 def lab_pipeline(data: PreparedData, epochs: int, on_epoch: Any) -> LabRun:
     """The lab's augmented run as plain Keras: NumPy arrays into ``model.fit``."""
     import keras
     from keras import layers
 
     keras.utils.set_random_seed(42)
-    # The lab computed in float32 whatever the CPU.
-    float32 = LAB_HYPERPARAMETERS.model_copy(update={"bfloat16": False})
-    classifier = build_model("custom_cnn", float32, data.info.input_shape, data.info.num_classes)
+    classifier = float32_model("custom_cnn", LAB_HYPERPARAMETERS, data)
     # The lab's ImageDataGenerator(rotation_range=15, width_shift_range=0.1,
     # height_shift_range=0.1, horizontal_flip=True, zoom_range=0.1), as layers.
     model = keras.Sequential(
@@ -95,11 +86,7 @@ def lab_pipeline(data: PreparedData, epochs: int, on_epoch: Any) -> LabRun:
             classifier,
         ]
     )
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    compile_as_the_lab(model, 1e-3)
     run = LabRun(parameters=classifier.count_params())
 
     class Clock(keras.callbacks.Callback):  # type: ignore[misc]
@@ -188,8 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         f"| {ours.fit_seconds:,.0f} | {ours_parameters:,} |"
     )
     precision = "bfloat16 (native on this CPU)" if cpu_has_bfloat16() else "float32"
-    text = f"""<!-- bench:{KEY}:start -->
-## Time to the lab's best accuracy (target 2)
+    body = f"""## Time to the lab's best accuracy (target 2)
 
 {run_context(cpu)}
 - **Protocol:** the 25% CIFAR-10 sample ({len(data.train):,} training images, seed 42),
@@ -206,13 +192,8 @@ def main(argv: list[str] | None = None) -> None:
 {ours_row}
 
 The lab's pipeline {lab_reach}. Ours took {share:.3f} of that time: {verdict}.
-
-```
-{command}
-```
-<!-- bench:{KEY}:end -->
 """
-    publish(KEY, text, args)
+    publish(KEY, body, command, args)
 
 
 if __name__ == "__main__":
