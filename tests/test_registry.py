@@ -163,7 +163,9 @@ def test_cards_written_by_release_0_1_0_still_load(registry: FileModelRegistry) 
 
     assert card.schema_version == CARD_SCHEMA_VERSION
     assert card.spec.architecture == raw["architecture"] == card.architecture
-    assert card.spec.model_dump(mode="json") == raw["spec"]
+    # The spec survives, stating that this older custom_cnn computed in float32.
+    float32 = {**raw["spec"]["hyperparameters"], "bfloat16": False}
+    assert card.spec.model_dump(mode="json") == {**raw["spec"], "hyperparameters": float32}
     assert card.metrics.test.accuracy == raw["metrics"]["test"]["accuracy"]
     assert (
         card.metrics.validation.weak_classes[0].class_name

@@ -42,6 +42,7 @@ PATH_VALUES = {
     "job_id": "x",
     "study_id": "x",
     "name": "confusion",
+    "image_format": "svg",
 }
 
 

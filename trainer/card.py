@@ -22,7 +22,7 @@ from trainer.progress import EpochProgress
 from trainer.spec import parse_training_spec
 from trainer.spec_base import TrainingSpecBase
 
-CARD_SCHEMA_VERSION = 1
+CARD_SCHEMA_VERSION = 2
 
 
 def _parse_spec(value: Any) -> Any:
@@ -132,8 +132,22 @@ def _from_0_1_0(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "schema_version": 1}
 
 
+def _from_1(raw: dict[str, Any]) -> dict[str, Any]:
+    # Before version 2, custom_cnn and alexnet always computed in float32; their
+    # hyperparameters now have a bfloat16 switch whose default means "if the CPU has
+    # it", so an older card states what its model actually did.
+    spec = raw.get("spec")
+    if isinstance(spec, dict) and spec.get("architecture", "custom_cnn") in (
+        "custom_cnn",
+        "alexnet",
+    ):
+        hyperparameters = {"bfloat16": False, **spec.get("hyperparameters", {})}
+        raw = {**raw, "spec": {**spec, "hyperparameters": hyperparameters}}
+    return {**raw, "schema_version": 2}
+
+
 # schema_version found in the file → the step that upgrades it by one.
-_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _from_0_1_0}
+_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _from_0_1_0, 1: _from_1}
 
 
 def upgrade_card(raw: dict[str, Any]) -> dict[str, Any]:
