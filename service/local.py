@@ -22,6 +22,7 @@ from service.security import Keyring, check_scopes, new_key, parse_api_keys, set
 from service.spec_arguments import spec_from_arguments
 from trainer.card import ModelCard
 from trainer.errors import InvalidInputError
+from trainer.kernels import use_training_kernels
 from trainer.registry import FileModelRegistry
 from worker.command import celery_worker_command
 from worker.settings import Settings, get_settings
@@ -204,6 +205,7 @@ def _release_jobs_of_stopped_workers(settings: Settings) -> None:
 
 def train_command(arguments: argparse.Namespace) -> int:
     """Train in this process with a progress bar per epoch, register, print the report."""
+    use_training_kernels()  # before trainer.run imports TensorFlow
     from trainer.run import train_and_register
     from trainer.spec import parse_training_spec
 

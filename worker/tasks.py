@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import signals
 
+from trainer.kernels import use_training_kernels
 from trainer.registry import FileModelRegistry
 from worker.app import TRAIN_TASK, app
 from worker.jobstore import open_job_store
@@ -19,6 +20,9 @@ from worker.settings import get_settings
 from worker.studies.runtime import advance_after_job
 
 logger = logging.getLogger(__name__)
+
+# Before any task imports TensorFlow: the pool's children inherit this environment.
+use_training_kernels()
 
 
 @app.task(name=TRAIN_TASK, acks_late=True, ignore_result=True)
