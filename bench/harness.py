@@ -8,6 +8,7 @@ the rest of the page alone.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import re
@@ -16,16 +17,20 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 from trainer.card import ModelCard
 from trainer.progress import EpochProgress
 from trainer.registry import FileModelRegistry
 from trainer.run import RegisteredModel, train_and_register
 from trainer.spec import AnyTrainingSpec
+
+Result = TypeVar("Result")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
@@ -335,3 +340,24 @@ def publish(key: str, body: str, command: str, arguments: argparse.Namespace) ->
     if not arguments.no_doc:
         update_doc(arguments.doc, key, text)
         print(f"updated {arguments.doc}")
+
+
+def in_fresh_process(
+    function: Callable[..., Result], *arguments: object, environment: dict[str, str]
+) -> Result:
+    """``function(*arguments)`` in a new Python process with ``environment``; its result.
+
+    TensorFlow fixes its kernels when it loads, so contenders that differ in them
+    (the lab's TensorFlow defaults, our training kernels) each need a process of
+    their own. ``function`` must be importable (a module-level function).
+    """
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(environment)  # the spawned interpreter inherits this
+    try:
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            return pool.submit(function, *arguments).result()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from service.cli import main
-from trainer.kernels import ONEDNN_VARIABLE
+from trainer.kernels import ONEDNN_VARIABLE, onednn_is_tensorflows_default
 
 # TensorFlow logs this line when it loads with its oneDNN kernels on.
 ONEDNN_ON = "oneDNN custom operations are on"
@@ -54,3 +54,9 @@ def test_cli_training_asks_for_onednn_kernels(
     # A bad spec stops before training; the kernels are chosen before the spec is read.
     assert main(["train", "--dataset", "digits", "-p", "filters1=-3"]) == 2
     assert os.environ[ONEDNN_VARIABLE] == "1"
+
+
+def test_we_know_when_tensorflow_enables_onednn_by_itself() -> None:
+    # The benchmarks name the baseline's kernels from this; TensorFlow is the judge.
+    loaded = _load_tensorflow_after("pass")
+    assert (ONEDNN_ON in loaded.stderr) == onednn_is_tensorflows_default()
