@@ -35,12 +35,11 @@ from bench.harness import (
     run_context,
     side_by_side_arguments,
 )
-from bench.lab_pipeline import compile_as_the_lab, float32_model, test_accuracy
+from bench.lab_pipeline import compile_as_the_lab, float32_model, lab_sample, test_accuracy
 from trainer.architectures.base import cpu_has_bfloat16
 from trainer.architectures.custom_cnn import CustomCnnSpec
 from trainer.architectures.resnet import ResNetSpec
 from trainer.architectures.resnet_small import SmallResNetSpec
-from trainer.data import PreparedData, prepare
 from trainer.kernels import (
     onednn_is_tensorflows_default,
     tensorflow_default_environment,
@@ -72,15 +71,11 @@ def lab_spec() -> CustomCnnSpec:
     )
 
 
-def _lab_sample(data_dir: Path) -> PreparedData:
-    return prepare("cifar10", data_dir, sample_fraction=LAB_FRACTION, seed=42)
-
-
 def lab_run(spec: CustomCnnSpec, data_dir: Path) -> Outcome:
     """What the lab ran: float32, ``model.fit`` on the NumPy arrays."""
     import keras
 
-    data = _lab_sample(data_dir)
+    data = lab_sample(data_dir)
     keras.utils.set_random_seed(spec.seed)
     model = float32_model(spec.architecture, spec.hyperparameters, data)
     compile_as_the_lab(model, spec.learning_rate)
@@ -102,7 +97,7 @@ def lab_run(spec: CustomCnnSpec, data_dir: Path) -> Outcome:
 
 
 def our_run(label: str, spec: Any, data_dir: Path) -> Outcome:
-    data = _lab_sample(data_dir)
+    data = lab_sample(data_dir)
     result = train(spec, None, data=data)
     accuracy = test_accuracy(result.model, data.test)
     return Outcome(label, accuracy, result.fit_seconds, result.model.count_params())
@@ -112,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = side_by_side_arguments(__doc__.split("\n")[0])
     args = parser.parse_args(argv)
     command = locked_command("bench.accuracy_per_time", argv)
-    data = _lab_sample(args.data_dir)
+    data = lab_sample(args.data_dir)
     lab_kernels, our_kernels = tensorflow_default_environment(), training_environment()
     busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
     started = time.perf_counter()

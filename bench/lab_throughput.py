@@ -41,11 +41,11 @@ from bench.harness import (
     run_context,
     side_by_side_arguments,
 )
-from bench.lab_pipeline import compile_as_the_lab, float32_model
+from bench.lab_pipeline import compile_as_the_lab, float32_model, lab_sample
 from trainer.architectures.alexnet import AlexNetSpec
 from trainer.architectures.base import cpu_has_bfloat16
 from trainer.architectures.custom_cnn import CustomCnnSpec
-from trainer.data import PreparedData, prepare
+from trainer.data import PreparedData
 from trainer.kernels import (
     onednn_is_tensorflows_default,
     tensorflow_default_environment,
@@ -82,7 +82,7 @@ def lab_specs(epochs: int) -> list[tuple[str, Any]]:
 
 def _spec_and_data(label: str, epochs: int, data_dir: Path) -> tuple[Any, PreparedData]:
     spec = dict(lab_specs(epochs))[label]
-    return spec, prepare("cifar10", data_dir, sample_fraction=LAB_FRACTION, seed=42)
+    return spec, lab_sample(data_dir)
 
 
 def plain_fit(label: str, epochs: int, data_dir: Path) -> Pace:

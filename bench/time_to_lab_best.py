@@ -39,10 +39,9 @@ from bench.harness import (
     run_context,
     side_by_side_arguments,
 )
-from bench.lab_pipeline import compile_as_the_lab, float32_model, test_accuracy
+from bench.lab_pipeline import compile_as_the_lab, float32_model, lab_sample, test_accuracy
 from trainer.architectures.base import cpu_has_bfloat16
 from trainer.architectures.resnet_small import SmallResNetSpec
-from trainer.data import PreparedData, prepare
 from trainer.kernels import (
     onednn_is_tensorflows_default,
     tensorflow_default_environment,
@@ -81,13 +80,9 @@ class OurRun:
     parameters: int
 
 
-def _lab_sample(data_dir: Path) -> PreparedData:
-    return prepare("cifar10", data_dir, sample_fraction=LAB_FRACTION, seed=42)
-
-
 def our_run(epochs: int, data_dir: Path) -> OurRun:
     """``resnet_small`` through ``trainer.train``, as a worker runs it."""
-    data = _lab_sample(data_dir)
+    data = lab_sample(data_dir)
     spec = SmallResNetSpec(dataset="cifar10", sample_fraction=LAB_FRACTION, seed=42, epochs=epochs)
     result = train(spec, None, data=data)
     return OurRun(
@@ -108,7 +103,7 @@ def lab_pipeline(epochs: int, data_dir: Path) -> LabRun:
     import keras
     from keras import layers
 
-    data = _lab_sample(data_dir)
+    data = lab_sample(data_dir)
     keras.utils.set_random_seed(42)
     classifier = float32_model("custom_cnn", LAB_HYPERPARAMETERS, data)
     # The lab's ImageDataGenerator(rotation_range=15, width_shift_range=0.1,
@@ -157,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lab-epochs", type=int, default=LAB_EPOCHS)
     args = parser.parse_args(argv)
     command = locked_command("bench.time_to_lab_best", argv)
-    data = _lab_sample(args.data_dir)
+    data = lab_sample(args.data_dir)
     busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
     started = time.perf_counter()
     # Each contender in a fresh process: ours set up as a worker is (trainer.kernels),

@@ -16,8 +16,23 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import MutableMapping
+from pathlib import Path
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+# The CPU features for which TensorFlow enables oneDNN by default (IsMKLEnabled in
+# tensorflow/core/util/util.cc), as /proc/cpuinfo names them.
+ONEDNN_DEFAULT_FLAGS = (
+    "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
+)  # fmt: skip
+
+
+def onednn_is_tensorflows_default() -> bool:
+    """Whether TensorFlow would enable oneDNN on this CPU without being asked."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return any(flag in flags for flag in ONEDNN_DEFAULT_FLAGS)
 
 
 def use_training_kernels(environment: MutableMapping[str, str] | None = None) -> bool:
