@@ -1,8 +1,7 @@
 """Issue 9, target 4: the lab's own models, trained by our pipeline vs plain ``model.fit``.
 
 For each lab model (the three custom_cnn variations and alexnet, their lab recipes:
-batch 64, Adam at 1e-3, no augmentation) on the lab's 25% CIFAR-10 sample, in turns
-on the same prepared arrays:
+batch 64, Adam at 1e-3, no augmentation) on the lab's 25% CIFAR-10 sample, in turns:
 
 - **plain**: what the lab ran — ``model.fit`` on the NumPy arrays, float32, with
   TensorFlow's default kernels for this CPU;
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         else "Eigen's: TensorFlow enables oneDNN by default only on CPUs with AVX-512-VNNI, "
         "AVX-512-BF16 or AMX, which this one lacks"
     )
-    training_images = len(_spec_and_data(lab_specs(1)[0][0], 1, args.data_dir)[1].train)
+    training_images = len(lab_sample(args.data_dir).train)
     body = f"""## Lab models: our training pipeline vs plain `model.fit` (target 4)
 
 {run_context(cpu)}
