@@ -16,6 +16,7 @@ from service.study_render import to_html, to_markdown
 from tests.conftest import CARD_0_1_0, make_record
 from trainer.card import ModelCard
 from trainer.evaluate import evaluate_predictions
+from trainer.study_discussion import discuss
 from trainer.selection import Candidate, pick_best
 from trainer.study_report import ReportInput, StudyReport, build_study_report, sample_key
 from worker.study_report import true_test_labels
@@ -97,6 +98,24 @@ def test_the_discussion_states_the_figures(report: StudyReport) -> None:
     assert all(c.f1_delta.estimate < 0 and not c.significant for c in changed)
     assert "no class's F1 changed significantly" in text
     assert "Holm-adjusted" in text
+
+
+def test_the_discussion_says_when_a_retrain_changed_its_schedule_too(
+    report: StudyReport,
+) -> None:
+    base, retrain = report.model("variations/0"), report.model("augmentation/0")
+    # The fixture's retrain kept the base's recipe (the card's): nothing to add.
+    assert base.lr_schedule == retrain.lr_schedule == "constant"
+    assert not any("not augmentation's alone" in s for s in report.discussion)
+    changed = report.model_copy(update={"models": [
+        base, report.model("variations/1"), retrain.model_copy(update={"lr_schedule": "cosine"})
+    ]})  # fmt: skip
+    (sentence,) = [s for s in discuss(changed) if s.startswith("close:")]
+    assert sentence.endswith(
+        f"It trained {retrain.epochs_run} epochs with a cosine learning-rate schedule, strong "
+        f"{base.epochs_run} epochs with a constant one: the difference is not augmentation's "
+        "alone."
+    )
 
 
 def test_html_is_offline_and_markdown_links_every_plot(report: StudyReport) -> None:

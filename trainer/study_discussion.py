@@ -3,7 +3,7 @@ from the report, and a model is called better only when the paired test says so.
 
 from __future__ import annotations
 
-from trainer.study_report import StudyReport, describe_p
+from trainer.study_report import ReportModel, StudyReport, describe_p
 
 
 def _accuracy(report: StudyReport, key: str) -> str:
@@ -34,6 +34,19 @@ def _comparisons(report: StudyReport) -> list[str]:
             f"same test images: {comparison.verdict}."
         )
     return sentences
+
+
+def _recipe_change(base: ReportModel, variant: ReportModel) -> str:
+    """What else the retrain changed, so its delta is not read as augmentation's alone."""
+    before = (base.epochs_run, base.lr_schedule)
+    after = (variant.epochs_run, variant.lr_schedule)
+    if None in (base.lr_schedule, variant.lr_schedule) or before == after:
+        return ""
+    return (
+        f" It trained {variant.epochs_run} epochs with a {variant.lr_schedule} learning-rate "
+        f"schedule, {base.label} {base.epochs_run} epochs with a {base.lr_schedule} one: the "
+        "difference is not augmentation's alone."
+    )
 
 
 def _augmentation(report: StudyReport) -> list[str]:
@@ -67,6 +80,7 @@ def _augmentation(report: StudyReport) -> list[str]:
         sentences.append(
             f"{variant.label}{target}: test accuracy {base.test_accuracy.estimate:.3f} → "
             f"{variant.test_accuracy.estimate:.3f}, {overall}; {classes}."
+            + _recipe_change(base, variant)
         )
     return sentences
 

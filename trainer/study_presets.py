@@ -7,7 +7,8 @@
    the secondary dataset (MNIST at 25%), 15 and 20 epochs.
 4. ``best``: the better primary model by validation accuracy; then ``augmentation``
    retrains it with uniform augmentation (the lab's settings, 60 epochs) and with
-   augmentation targeted at its weak classes (from its validation report).
+   augmentation targeted at its weak classes (from its validation report); both
+   retrains warm the learning rate up and decay it (one-cycle at the lab's Adam 1e-3).
 5. ``reference`` (``include_reference``): the resnet recipe on the same sample.
 6. ``report``: the comparison and the report.
 
@@ -39,6 +40,12 @@ VARIATIONS: tuple[tuple[str, CustomCnnHyperparameters], ...] = (
     ("64/128/256", CustomCnnHyperparameters(filters1=64, filters2=128, dense_units=256)),
     ("5x5 kernels, dropout 0.4", CustomCnnHyperparameters(kernel_size=5, dropout_rate=0.4)),
 )
+# The retrains' schedule, our fix to the lab's constant Adam 1e-3: on the lab's
+# 25% CIFAR-10 sample, alexnet's 60 augmented epochs reached 0.653 test accuracy
+# at a constant rate, 0.687 with a cosine decay and 0.725 with a one-cycle
+# warm-up and decay (seed 42, docs/benchmarks.md). The report says the retrain
+# changed its schedule too.
+RETRAIN_SCHEDULE = "one_cycle"
 # Epochs of the lab's protocol, by training.
 EPOCHS = {
     "variations": 30,
@@ -130,13 +137,18 @@ def cnn_lab_stages(request: StudyRequest) -> list[StageSpec]:
                 StageTraining(
                     label="uniform augmentation",
                     from_winner="best",
-                    overrides={"epochs": _epochs(request, "augmentation"), "augmentation": uniform},
+                    overrides={
+                        "epochs": _epochs(request, "augmentation"),
+                        "lr_schedule": RETRAIN_SCHEDULE,
+                        "augmentation": uniform,
+                    },
                 ),
                 StageTraining(
                     label="targeted augmentation",
                     from_winner="best",
                     overrides={
                         "epochs": _epochs(request, "augmentation"),
+                        "lr_schedule": RETRAIN_SCHEDULE,
                         # reference_model is set to the winner when the stage starts.
                         "augmentation": {"target_classes": "weak"},
                     },

@@ -72,6 +72,11 @@ class ReportModel(BaseModel):
     generalization_gap: float
     fit_seconds: float
     epochs_run: int
+    lr_schedule: str | None = Field(
+        None,
+        description="The training spec's learning-rate schedule; empty in reports written "
+        "before it was recorded.",
+    )
     inference_batch1_milliseconds: float | None
     class_names: list[str]
     per_class: list[ClassMetrics]
@@ -186,6 +191,7 @@ def _report_model(entry: ReportInput, labels: IntArray) -> ReportModel:
         generalization_gap=card.metrics.generalization_gap,
         fit_seconds=card.timings.fit_seconds,
         epochs_run=card.timings.epochs_run,
+        lr_schedule=card.spec.lr_schedule,
         inference_batch1_milliseconds=card.inference.batch1_milliseconds
         if card.inference
         else None,
