@@ -110,9 +110,8 @@ def test_the_preset_is_the_labs_protocol_from_the_definitions() -> None:
     assert stages["alexnet"].trainings[0].spec["epochs"] == 50  # type: ignore[index]
     assert stages["secondary_custom"].trainings[0].overrides["dataset"] == "mnist"
     assert stages["augmentation"].trainings[1].reference_winner == "best"
-    assert [t.overrides["lr_schedule"] for t in stages["augmentation"].trainings] == [
-        "one_cycle", "one_cycle"
-    ]
+    schedules = {t.overrides["lr_schedule"] for t in stages["augmentation"].trainings}
+    assert schedules == {"one_cycle"}
     reference = stages["reference"].trainings[0].spec
     assert reference is not None and reference["architecture"] in ARCHITECTURES
     # The resnet recipe's own epochs, not a number of ours.

@@ -16,8 +16,8 @@ from service.study_render import to_html, to_markdown
 from tests.conftest import CARD_0_1_0, make_record
 from trainer.card import ModelCard
 from trainer.evaluate import evaluate_predictions
-from trainer.study_discussion import discuss
 from trainer.selection import Candidate, pick_best
+from trainer.study_discussion import discuss
 from trainer.study_report import ReportInput, StudyReport, build_study_report, sample_key
 from worker.study_report import true_test_labels
 
