@@ -110,8 +110,11 @@ def test_the_preset_is_the_labs_protocol_from_the_definitions() -> None:
     assert stages["alexnet"].trainings[0].spec["epochs"] == 50  # type: ignore[index]
     assert stages["secondary_custom"].trainings[0].overrides["dataset"] == "mnist"
     assert stages["augmentation"].trainings[1].reference_winner == "best"
-    schedules = {t.overrides["lr_schedule"] for t in stages["augmentation"].trainings}
-    assert schedules == {"one_cycle"}
+    # One schedule for every training: the retrains inherit their winner's.
+    specs = [t.spec for stage in stages.values() for t in stage.trainings if t.spec]
+    assert {spec["lr_schedule"] for spec in specs} == {"one_cycle"}
+    assert stages["secondary_custom"].trainings[0].overrides["lr_schedule"] == "one_cycle"
+    assert all("lr_schedule" not in t.overrides for t in stages["augmentation"].trainings)
     reference = stages["reference"].trainings[0].spec
     assert reference is not None and reference["architecture"] in ARCHITECTURES
     # The resnet recipe's own epochs, not a number of ours.
