@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from trainer.card import ModelCard
+from trainer.kernels import cpu_feature_flags
 from trainer.progress import EpochProgress
 from trainer.registry import FileModelRegistry
 from trainer.run import RegisteredModel, train_and_register
@@ -135,11 +136,7 @@ NOTABLE_CPU_FLAGS = {
 
 def cpu_flags() -> str:
     """Whether the CPU has AVX-512, its bfloat16 extension and AMX, from /proc/cpuinfo."""
-    flags: set[str] = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
+    flags = cpu_feature_flags()
     parts = []
     for name, wanted in NOTABLE_CPU_FLAGS.items():
         present = [flag for flag in wanted if flag in flags]
@@ -167,11 +164,7 @@ def cpu_model() -> str:
 
 def present_cpu_flags(names: Sequence[str]) -> list[str]:
     """Which of ``names`` /proc/cpuinfo lists among the CPU's flags (AVX-512, AMX, ...)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            present = set(line.split(":", 1)[1].split())
-            return [name for name in names if name in present]
-    return []
+    return [name for name in names if name in cpu_feature_flags()]
 
 
 def figures(card: ModelCard) -> list[tuple[str, str]]:

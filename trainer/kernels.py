@@ -13,6 +13,7 @@ imports it. A value the user set wins.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import MutableMapping
@@ -26,13 +27,22 @@ ONEDNN_DEFAULT_FLAGS = (
 )  # fmt: skip
 
 
+@functools.cache
+def cpu_feature_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where it cannot be read)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return frozenset()
+    for line in lines:
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
 def onednn_is_tensorflows_default() -> bool:
     """Whether TensorFlow would enable oneDNN on this CPU without being asked."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return any(flag in flags for flag in ONEDNN_DEFAULT_FLAGS)
+    return not cpu_feature_flags().isdisjoint(ONEDNN_DEFAULT_FLAGS)
 
 
 def use_training_kernels(environment: MutableMapping[str, str] | None = None) -> bool:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from trainer.errors import InvalidInputError
+from trainer.kernels import cpu_feature_flags
 from trainer.spec_base import TrainingSpecBase
 
 Shape = tuple[int, int, int]
@@ -151,11 +151,7 @@ def conv_block(
 @functools.cache
 def cpu_has_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 natively (AMX or AVX-512 BF16, per /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return not cpu_feature_flags().isdisjoint({"amx_bf16", "avx512_bf16"})
 
 
 def compute_dtype(bfloat16: bool | None) -> str | None:
