@@ -232,6 +232,8 @@ class ModelCache:
     def _load_and_warm(self, model_name: str, version: int) -> LoadedModel:
         import keras  # deferred: TensorFlow loads only in the process that serves models
 
+        import trainer.test_time  # noqa: F401  registers the layers of test-time augmentation
+
         self.registry.verify_checksum(model_name, version)
         card = self.registry.get_card(model_name, version)
         path = self.registry.model_path(model_name, version)

@@ -100,7 +100,14 @@ def test_resnet_defaults_are_the_benchmarked_recipe() -> None:
     assert spec.augmentation.enabled and spec.augmentation.rotation_degrees == 0
     # resnet_small: the same recipe on half the widths, in half the epochs.
     small = parse_training_spec({"dataset": "cifar10", "architecture": "resnet_small"})
-    shared = ("optimizer", "learning_rate", "lr_schedule", "batch_size", "label_smoothing")
+    shared = (
+        "optimizer",
+        "learning_rate",
+        "lr_schedule",
+        "batch_size",
+        "label_smoothing",
+        "test_time_augmentation",
+    )
     assert [getattr(small, name) for name in shared] == [getattr(spec, name) for name in shared]
     assert small.augmentation == spec.augmentation
     assert small.epochs == 8
@@ -110,6 +117,21 @@ def test_resnet_defaults_are_the_benchmarked_recipe() -> None:
     # The other architectures keep the lab's training defaults.
     lab = parse_training_spec({"dataset": "cifar10"})
     assert (lab.optimizer, lab.learning_rate, lab.augmentation.enabled) == ("adam", 1e-3, False)
+    assert lab.test_time_augmentation == "none"
+
+
+def test_resnet_mirrors_at_test_time_only_where_a_mirror_keeps_the_class() -> None:
+    assert (
+        parse_training_spec({"dataset": "cifar10", "architecture": "resnet"}).test_time_augmentation
+        == "flip"
+    )
+    for dataset in ("mnist", "digits"):
+        spec = parse_training_spec({"dataset": dataset, "architecture": "resnet_small"})
+        assert spec.test_time_augmentation == "none"
+    asked = {"dataset": "mnist", "architecture": "resnet", "test_time_augmentation": "shifts"}
+    assert parse_training_spec(asked).test_time_augmentation == "shifts"
+    with pytest.raises(ValidationError, match="changes what a mnist image shows"):
+        parse_training_spec({**asked, "test_time_augmentation": "flip"})
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import keras
+
 from trainer.card import (
     CardMetrics,
     DatasetSample,
@@ -66,15 +68,21 @@ def _library_versions() -> dict[str, str]:
 
 
 def _layers(model: Any) -> list[LayerSummary]:
-    return [
-        LayerSummary(
-            name=layer.name,
-            layer_type=type(layer).__name__,
-            output_shape=list(getattr(layer.output, "shape", ())),
-            parameters=int(layer.count_params()),
+    summaries = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            # A network inside a wrapper (test-time augmentation): list its own layers.
+            summaries.extend(_layers(layer))
+            continue
+        summaries.append(
+            LayerSummary(
+                name=layer.name,
+                layer_type=type(layer).__name__,
+                output_shape=list(getattr(layer.output, "shape", ())),
+                parameters=int(layer.count_params()),
+            )
         )
-        for layer in model.layers
-    ]
+    return summaries
 
 
 def _inference_timing(model: Any, input_shape: tuple[int, ...]) -> InferenceTiming:

@@ -124,6 +124,13 @@ class TrainingSpecBase(BaseModel):
         None, ge=1, le=500, description="Stop after this many epochs without val_loss improving."
     )
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
+    test_time_augmentation: Literal["none", "flip", "shifts", "flip_and_shifts"] = Field(
+        "none",
+        description="Classify each image by the mean prediction over transformed copies, "
+        "built into the registered model: 'flip' adds its left-right mirror (not for "
+        "digits), 'shifts' its four one-pixel shifts, 'flip_and_shifts' both. Inference "
+        "does 2, 5 or 10 times the work.",
+    )
     time_limit_seconds: float | None = Field(
         None,
         # Left out when unset: a runtime limit, not part of the recipe that cards store.
@@ -149,6 +156,15 @@ class TrainingSpecBase(BaseModel):
     @classmethod
     def _check_model_name(cls, value: str | None) -> str | None:
         return None if value is None else validate_model_name(value)
+
+    @model_validator(mode="after")
+    def _mirror_only_where_it_keeps_the_class(self) -> TrainingSpecBase:
+        if "flip" in self.test_time_augmentation and not dataset_info(self.dataset).flip_safe:
+            raise ValueError(
+                f"test_time_augmentation {self.test_time_augmentation!r} mirrors images, which "
+                f"changes what a {self.dataset} image shows; use 'shifts' or 'none'"
+            )
+        return self
 
     @property
     def registered_name(self) -> str:

@@ -22,6 +22,7 @@ from trainer.data import PreparedData, prepare
 from trainer.errors import InvalidInputError, TrainingCancelledError
 from trainer.progress import EpochProgress
 from trainer.spec import AnyTrainingSpec
+from trainer.test_time import with_test_time_augmentation
 
 ProgressListener = Callable[[EpochProgress], None]
 CancelCheck = Callable[[], bool]
@@ -246,6 +247,9 @@ def train(
         verbose=verbose,
     )
     fit_seconds = time.perf_counter() - fit_started
+    if spec.test_time_augmentation != "none":
+        # Wrapped before evaluation, so the card's figures are those of the model served.
+        model = with_test_time_augmentation(model, spec.test_time_augmentation)
     stopped_early = bool(early_stopping and early_stopping.stopped_epoch > 0)
     return TrainingResult(
         model=model,

@@ -14,6 +14,7 @@ from trainer.architectures.base import (
     Shape,
     compute_dtype,
 )
+from trainer.datasets import DATASETS
 from trainer.spec_base import AugmentationSpec, DropoutRate, PositiveWidth, TrainingSpecBase
 
 
@@ -76,7 +77,12 @@ def _standard_cifar_augmentation() -> AugmentationSpec:
 
 
 class ResNetRecipe(TrainingSpecBase):
-    """The training defaults resnet and resnet_small share: SGD one-cycle, smoothing, shifts."""
+    """The training defaults resnet and resnet_small share: SGD one-cycle, smoothing, shifts.
+
+    At test time the model also looks at each image's mirror where that keeps the
+    class: on the 25% CIFAR-10 sample it took validation accuracy from 0.850 to 0.866
+    (test 0.844 to 0.854), where adding one-pixel shifts did worse on validation.
+    """
 
     batch_size: int = Field(128, ge=1, le=4096)
     learning_rate: float = Field(0.2, gt=0, le=10)
@@ -85,14 +91,33 @@ class ResNetRecipe(TrainingSpecBase):
     lr_schedule: Literal["constant", "one_cycle", "cosine"] = "one_cycle"
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     augmentation: AugmentationSpec = Field(default_factory=_standard_cifar_augmentation)
+    test_time_augmentation: Literal["none", "flip", "shifts", "flip_and_shifts"] = Field(
+        "flip",
+        description="Classify each image by the mean prediction over transformed copies, "
+        "built into the registered model: 'flip' adds its left-right mirror (left out, it "
+        "means 'flip' for natural images and 'none' for digits), 'shifts' its four "
+        "one-pixel shifts, 'flip_and_shifts' both. Inference does 2, 5 or 10 times the work.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mirror_by_default_only_where_it_keeps_the_class(cls, data: Any) -> Any:
+        # The recipe's mirrored copy is for natural images; digits get none unless asked.
+        if isinstance(data, dict) and "test_time_augmentation" not in data:
+            name = data.get("dataset")
+            dataset = DATASETS.get(name) if isinstance(name, str) else None
+            if dataset is not None and not dataset.flip_safe:
+                return {**data, "test_time_augmentation": "none"}
+        return data
 
 
 class ResNetSpec(ResNetRecipe):
     """A small residual network (ResNet-9 style) with batch normalization.
 
     Its training defaults are the benchmarked recipe (docs/benchmarks.md): SGD with a
-    one-cycle schedule, label smoothing, flips and shifts — 0.84 test accuracy on 25%
-    of CIFAR-10 in about six minutes on two CPU cores with native bfloat16.
+    one-cycle schedule, label smoothing, flips and shifts, and a mirrored copy at test
+    time on natural images — 0.85 test accuracy on 25% of CIFAR-10 in about six
+    minutes on two CPU cores with native bfloat16.
     """
 
     architecture: Literal["resnet"] = "resnet"
@@ -172,7 +197,8 @@ DEFINITION = ArchitectureDefinition(
             "summary": "The stronger residual network with its benchmarked recipe",
             "description": "Leaving out epochs, optimizer, learning rate, schedule and "
             "augmentation gives resnet's own defaults: SGD one-cycle at 0.2, 16 epochs, "
-            "flips and shifts (0.84 test accuracy in docs/benchmarks.md).",
+            "flips and shifts, a mirrored copy at test time (0.85 test accuracy in "
+            "docs/benchmarks.md).",
             "value": {
                 "dataset": "cifar10",
                 "sample_fraction": 0.25,
