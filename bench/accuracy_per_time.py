@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
 
     ours: list[tuple[str, Any]] = [
         (f"The same recipe through our pipeline ({precision})", lab_spec()),
-        ("`resnet`, its recipe (16 epochs)", ResNetSpec(**common)),
-        ("`resnet_small`, its recipe (8 epochs)", SmallResNetSpec(**common)),
+        ("`resnet`, its recipe (16 epochs, mirror at test time)", ResNetSpec(**common)),
+        ("`resnet_small`, its recipe (8 epochs, mirror at test time)", SmallResNetSpec(**common)),
     ]
     outcomes = [
         report(in_fresh_process(lab_run, lab_spec(), args.data_dir, environment=lab_kernels))

@@ -36,6 +36,7 @@ from trainer.errors import (
     VersionNotFoundError,
 )
 from trainer.registry import AliasChange, FileModelRegistry, ModelSummary
+from trainer.spec import parse_training_spec
 
 SPAWN = multiprocessing.get_context("spawn")
 PROCESS_TIMEOUT_SECONDS = 60
@@ -163,9 +164,14 @@ def test_cards_written_by_release_0_1_0_still_load(registry: FileModelRegistry) 
 
     assert card.schema_version == CARD_SCHEMA_VERSION
     assert card.spec.architecture == raw["architecture"] == card.architecture
-    # The spec survives, stating that this older custom_cnn computed in float32.
+    # The spec survives, stating that this older custom_cnn computed in float32 and
+    # had no test-time augmentation.
     float32 = {**raw["spec"]["hyperparameters"], "bfloat16": False}
-    assert card.spec.model_dump(mode="json") == {**raw["spec"], "hyperparameters": float32}
+    assert card.spec.model_dump(mode="json") == {
+        **raw["spec"],
+        "hyperparameters": float32,
+        "test_time_augmentation": "none",
+    }
     assert card.metrics.test.accuracy == raw["metrics"]["test"]["accuracy"]
     assert (
         card.metrics.validation.weak_classes[0].class_name
@@ -176,6 +182,24 @@ def test_cards_written_by_release_0_1_0_still_load(registry: FileModelRegistry) 
     ]
     assert card.checksum.value == raw["checksum"]["value"]
     assert card.test_predictions is None and card.layers == [], "new fields start empty"
+
+
+def test_an_older_resnet_card_says_its_model_had_no_test_time_views(
+    registry: FileModelRegistry,
+) -> None:
+    # A version 2 card of a resnet: its spec predates test_time_augmentation, whose
+    # recipe default is now "flip".
+    raw = json.loads(CARD_0_1_0.read_text())
+    spec = {**raw["spec"], "architecture": "resnet", "dataset": "cifar10", "hyperparameters": {}}
+    version_dir = registry.root / "resnet-card" / "1"
+    version_dir.mkdir(parents=True)
+    older = {**raw, "schema_version": 2, "architecture": "resnet", "spec": spec}
+    (version_dir / "card.json").write_text(json.dumps(older))
+
+    card = registry.get_card("resnet-card", 1)
+
+    assert card.spec.test_time_augmentation == "none"
+    assert parse_training_spec(spec).test_time_augmentation == "flip"
 
 
 def test_a_card_that_is_not_a_training_record_is_refused_before_anything_is_written(

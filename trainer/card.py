@@ -22,7 +22,7 @@ from trainer.progress import EpochProgress
 from trainer.spec import parse_training_spec
 from trainer.spec_base import TrainingSpecBase
 
-CARD_SCHEMA_VERSION = 2
+CARD_SCHEMA_VERSION = 3
 
 
 def _parse_spec(value: Any) -> Any:
@@ -146,8 +146,21 @@ def _from_1(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "schema_version": 2}
 
 
+def _from_2(raw: dict[str, Any]) -> dict[str, Any]:
+    # Before version 3 no model had test-time augmentation; the resnet recipes now
+    # default to a mirrored copy, so an older card states that its model had none.
+    spec = raw.get("spec")
+    if isinstance(spec, dict):
+        raw = {**raw, "spec": {"test_time_augmentation": "none", **spec}}
+    return {**raw, "schema_version": 3}
+
+
 # schema_version found in the file → the step that upgrades it by one.
-_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _from_0_1_0, 1: _from_1}
+_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    0: _from_0_1_0,
+    1: _from_1,
+    2: _from_2,
+}
 
 
 def upgrade_card(raw: dict[str, Any]) -> dict[str, Any]:
