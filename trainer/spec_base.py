@@ -94,6 +94,14 @@ class AugmentationSpec(BaseModel):
         return self.enabled or bool(self.target_classes)
 
 
+TestTimeAugmentation = Literal["none", "flip", "shifts", "flip_and_shifts"]
+TEST_TIME_AUGMENTATION_DESCRIPTION = (
+    "Classify each image by the mean prediction over transformed copies, built into the "
+    "registered model: 'flip' adds its left-right mirror ({flip}), 'shifts' its four "
+    "one-pixel shifts, 'flip_and_shifts' both. Inference does 2, 5 or 10 times the work."
+)
+
+
 class TrainingSpecBase(BaseModel):
     """What every architecture's spec has; subclasses add ``hyperparameters`` and defaults."""
 
@@ -124,12 +132,8 @@ class TrainingSpecBase(BaseModel):
         None, ge=1, le=500, description="Stop after this many epochs without val_loss improving."
     )
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
-    test_time_augmentation: Literal["none", "flip", "shifts", "flip_and_shifts"] = Field(
-        "none",
-        description="Classify each image by the mean prediction over transformed copies, "
-        "built into the registered model: 'flip' adds its left-right mirror (not for "
-        "digits), 'shifts' its four one-pixel shifts, 'flip_and_shifts' both. Inference "
-        "does 2, 5 or 10 times the work.",
+    test_time_augmentation: TestTimeAugmentation = Field(
+        "none", description=TEST_TIME_AUGMENTATION_DESCRIPTION.format(flip="not for digits")
     )
     time_limit_seconds: float | None = Field(
         None,

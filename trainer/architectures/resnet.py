@@ -15,7 +15,14 @@ from trainer.architectures.base import (
     compute_dtype,
 )
 from trainer.datasets import DATASETS
-from trainer.spec_base import AugmentationSpec, DropoutRate, PositiveWidth, TrainingSpecBase
+from trainer.spec_base import (
+    TEST_TIME_AUGMENTATION_DESCRIPTION,
+    AugmentationSpec,
+    DropoutRate,
+    PositiveWidth,
+    TestTimeAugmentation,
+    TrainingSpecBase,
+)
 
 
 class ResNetHyperparameters(BaseModel):
@@ -92,12 +99,11 @@ class ResNetRecipe(TrainingSpecBase):
     lr_schedule: Literal["constant", "one_cycle", "cosine"] = "one_cycle"
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     augmentation: AugmentationSpec = Field(default_factory=_standard_cifar_augmentation)
-    test_time_augmentation: Literal["none", "flip", "shifts", "flip_and_shifts"] = Field(
+    test_time_augmentation: TestTimeAugmentation = Field(
         "flip",
-        description="Classify each image by the mean prediction over transformed copies, "
-        "built into the registered model: 'flip' adds its left-right mirror (left out, it "
-        "means 'flip' for natural images and 'none' for digits), 'shifts' its four "
-        "one-pixel shifts, 'flip_and_shifts' both. Inference does 2, 5 or 10 times the work.",
+        description=TEST_TIME_AUGMENTATION_DESCRIPTION.format(
+            flip="left out, it means 'flip' for natural images and 'none' for digits"
+        ),
     )
 
     @model_validator(mode="before")
