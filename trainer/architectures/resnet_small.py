@@ -28,9 +28,9 @@ class SmallResNetSpec(resnet.ResNetRecipe):
 
     The same recipe as resnet (SGD one-cycle, label smoothing, flips and shifts, a
     mirrored copy at test time) on a network with a quarter of the work per image.
-    On 25% of CIFAR-10 it passes the
-    lab's best result (0.703, 60 augmented epochs) in under a minute of training on
-    two CPU cores; docs/benchmarks.md has the side-by-side figures.
+    On 25% of CIFAR-10 it passes the lab's best result (0.703, 60 augmented epochs)
+    in under a minute of training on two CPU cores; docs/benchmarks.md has the
+    side-by-side figures.
     """
 
     architecture: Literal["resnet_small"] = "resnet_small"
