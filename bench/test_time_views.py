@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from bench.harness import (
@@ -39,16 +40,12 @@ from bench.harness import (
 from trainer.data import prepare
 from trainer.datasets import dataset_info
 from trainer.registry import FileModelRegistry
-from trainer.test_time import VIEWS
+from trainer.test_time import VIEWS, with_test_time_augmentation
 
 KEY = "test-time-views"
 
 
 def _rows(registry: FileModelRegistry, reference: str, data_dir: Path) -> list[str]:
-    import keras
-
-    from trainer.test_time import with_test_time_augmentation
-
     name, _, version_text = reference.partition(":")
     version = registry.resolve(name, version_text or None)
     card = registry.get_card(name, version)
