@@ -36,7 +36,6 @@ from bench.harness import (
     side_by_side_arguments,
 )
 from bench.lab_pipeline import compile_as_the_lab, float32_model, lab_sample, test_accuracy
-from trainer.architectures.base import cpu_has_bfloat16
 from trainer.architectures.custom_cnn import CustomCnnSpec
 from trainer.architectures.resnet import ResNetSpec
 from trainer.architectures.resnet_small import SmallResNetSpec
@@ -45,6 +44,7 @@ from trainer.kernels import (
     tensorflow_default_environment,
     training_environment,
 )
+from trainer.precision import bfloat16_trains_faster
 from trainer.study_presets import LAB_FRACTION, VARIATIONS
 from trainer.train import train
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
     started = time.perf_counter()
     common = {"dataset": "cifar10", "sample_fraction": LAB_FRACTION, "seed": 42}
-    precision = "bfloat16" if cpu_has_bfloat16() else "float32"
+    precision = "bfloat16" if bfloat16_trains_faster() else "float32"
 
     def report(outcome: Outcome) -> Outcome:
         print(

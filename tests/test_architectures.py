@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from trainer.architectures import ARCHITECTURES, base, build_model, estimate_cost
+from trainer import precision
+from trainer.architectures import ARCHITECTURES, build_model, estimate_cost
 from trainer.architectures.alexnet import AlexNetHyperparameters
 from trainer.architectures.custom_cnn import CustomCnnHyperparameters, CustomCnnSpec
 from trainer.architectures.resnet import ResNetHyperparameters
@@ -151,10 +152,10 @@ def test_bfloat16_switch_sets_the_compute_dtype_but_keeps_float32_output(
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_bfloat16_by_default_exactly_where_the_cpu_computes_it(
+def test_bfloat16_by_default_exactly_where_it_trains_faster(
     native: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(base, "cpu_has_bfloat16", lambda: native)
+    monkeypatch.setattr(precision, "bfloat16_trains_faster", lambda: native)
     model = build_model("custom_cnn", CustomCnnHyperparameters(), CIFAR10, 10)
     assert model.get_layer("conv1").compute_dtype == ("bfloat16" if native else "float32")
 

@@ -182,6 +182,7 @@ def test_cards_written_by_release_0_1_0_still_load(registry: FileModelRegistry) 
     ]
     assert card.checksum.value == raw["checksum"]["value"]
     assert card.test_predictions is None and card.layers == [], "new fields start empty"
+    assert card.compute_precision is None
 
 
 def test_an_older_resnet_card_says_its_model_had_no_test_time_views(

@@ -113,6 +113,11 @@ class TrainingRecord(_CardPart):
         "comparisons between models (McNemar's test) and bootstrap intervals need.",
     )
     inference: InferenceTiming | None = None
+    compute_precision: Literal["float32", "mixed_bfloat16"] | None = Field(
+        None,
+        description="What the layers computed in. With the spec's bfloat16 left empty, "
+        "the faster one as measured on the machine that trained (empty on older cards).",
+    )
 
 
 class ModelCard(TrainingRecord):

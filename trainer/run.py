@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import keras
 
@@ -83,6 +83,20 @@ def _layers(model: Any) -> list[LayerSummary]:
             )
         )
     return summaries
+
+
+def _dtype_policies(model: Any) -> set[str]:
+    policies = set()
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            policies |= _dtype_policies(layer)
+        else:
+            policies.add(layer.dtype_policy.name)
+    return policies
+
+
+def _compute_precision(model: Any) -> Literal["float32", "mixed_bfloat16"]:
+    return "mixed_bfloat16" if "mixed_bfloat16" in _dtype_policies(model) else "float32"
 
 
 def _inference_timing(model: Any, input_shape: tuple[int, ...]) -> InferenceTiming:
@@ -166,6 +180,7 @@ def build_record(
         layers=_layers(result.model),
         test_predictions=[int(label) for label in test_probabilities.argmax(axis=1)],
         inference=_inference_timing(result.model, data.info.input_shape),
+        compute_precision=_compute_precision(result.model),
     )
 
 

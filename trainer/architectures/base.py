@@ -9,15 +9,14 @@ loading TensorFlow.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
+from trainer import precision
 from trainer.errors import InvalidInputError
-from trainer.kernels import cpu_feature_flags
 from trainer.spec_base import TrainingSpecBase
 
 Shape = tuple[int, int, int]
@@ -148,24 +147,21 @@ def conv_block(
     return layers.Activation("relu", dtype=dtype, name=f"{name}_relu")(x)
 
 
-@functools.cache
-def cpu_has_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AMX or AVX-512 BF16, per /proc/cpuinfo)."""
-    return not cpu_feature_flags().isdisjoint({"amx_bf16", "avx512_bf16"})
-
-
 def compute_dtype(bfloat16: bool | None) -> str | None:
-    """The layers' dtype policy: mixed bfloat16 if asked, or if unset and the CPU has it.
+    """The layers' dtype policy: mixed bfloat16 if asked, or if unset and it trains faster here.
 
-    A per-layer policy rather than Keras' global one, so that building one model
-    never changes how other models in the same process compute.
+    "Faster here" is measured once per machine (``trainer.precision``): a native
+    bfloat16 flag alone does not make it faster. A per-layer policy rather than
+    Keras' global one, so that building one model never changes how other models
+    in the same process compute.
     """
-    use_bfloat16 = cpu_has_bfloat16() if bfloat16 is None else bfloat16
+    use_bfloat16 = precision.bfloat16_trains_faster() if bfloat16 is None else bfloat16
     return "mixed_bfloat16" if use_bfloat16 else None
 
 
 BFLOAT16_DESCRIPTION = (
     "Mixed precision: compute in bfloat16, keep weights and the softmax in float32. "
-    "Faster on CPUs with AMX or AVX-512 BF16, slower elsewhere; empty means on exactly "
-    "when the CPU has them."
+    "Faster on some CPUs with AMX or AVX-512 BF16, slower on others and on every CPU "
+    "without them; empty means on where a short measurement on this machine finds it "
+    "faster (see `python -m trainer.precision`)."
 )
