@@ -108,11 +108,11 @@ def test_the_discussion_says_when_a_retrain_changed_its_schedule_too(
     assert base.lr_schedule == retrain.lr_schedule == "constant"
     assert not any("not augmentation's alone" in s for s in report.discussion)
     changed = report.model_copy(update={"models": [
-        base, report.model("variations/1"), retrain.model_copy(update={"lr_schedule": "cosine"})
+        base, report.model("variations/1"), retrain.model_copy(update={"lr_schedule": "one_cycle"})
     ]})  # fmt: skip
     (sentence,) = [s for s in discuss(changed) if s.startswith("close:")]
     assert sentence.endswith(
-        f"It trained {retrain.epochs_run} epochs with a cosine learning-rate schedule, strong "
+        f"It trained {retrain.epochs_run} epochs with a one-cycle learning-rate schedule, strong "
         f"{base.epochs_run} epochs with a constant one: the difference is not augmentation's "
         "alone."
     )

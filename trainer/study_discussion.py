@@ -43,10 +43,15 @@ def _recipe_change(base: ReportModel, variant: ReportModel) -> str:
     if None in (base.lr_schedule, variant.lr_schedule) or before == after:
         return ""
     return (
-        f" It trained {variant.epochs_run} epochs with a {variant.lr_schedule} learning-rate "
-        f"schedule, {base.label} {base.epochs_run} epochs with a {base.lr_schedule} one: the "
-        "difference is not augmentation's alone."
+        f" It trained {variant.epochs_run} epochs with a {_schedule(variant.lr_schedule)} "
+        f"learning-rate schedule, {base.label} {base.epochs_run} epochs with a "
+        f"{_schedule(base.lr_schedule)} one: the difference is not augmentation's alone."
     )
+
+
+def _schedule(name: str | None) -> str:
+    # The spec's identifier ("one_cycle") is for machines; a sentence says "one-cycle".
+    return (name or "").replace("_", "-")
 
 
 def _augmentation(report: StudyReport) -> list[str]:
