@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -45,11 +44,10 @@ def onednn_is_tensorflows_default() -> bool:
     return not cpu_feature_flags().isdisjoint(ONEDNN_DEFAULT_FLAGS)
 
 
-def use_training_kernels(environment: MutableMapping[str, str] | None = None) -> bool:
-    """Ask for oneDNN unless the user chose; False if TensorFlow has already loaded."""
+def use_training_kernels(environment: MutableMapping[str, str] | None = None) -> None:
+    """Ask for oneDNN unless the user chose (too late once TensorFlow has loaded)."""
     environment = os.environ if environment is None else environment
     environment.setdefault(ONEDNN_VARIABLE, "1")
-    return "tensorflow" not in sys.modules
 
 
 def training_environment() -> dict[str, str]:
