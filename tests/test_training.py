@@ -139,6 +139,27 @@ def test_flip_is_off_for_digits_and_on_for_natural_images() -> None:
     ]
 
 
+def test_cutout_hides_one_square_per_image_in_the_images_mean_colour() -> None:
+    spec = AugmentationSpec(
+        enabled=True, rotation_degrees=0, width_shift=0, height_shift=0, zoom=0, cutout=0.25
+    )
+    augmenter = build_augmenter(spec, DATASETS["mnist"], seed=3)
+    assert [type(layer).__name__ for layer in augmenter.layers] == ["RandomCutout"]
+    batch = np.random.default_rng(0).random((32, 28, 28, 1)).astype(np.float32)
+    augmented = np.asarray(augmenter(batch, training=True))
+    side = 7  # a quarter of 28 pixels
+    for before, after in zip(batch, augmented, strict=True):
+        rows, columns = np.nonzero(np.abs(after - before)[..., 0] > 0)
+        assert 0 < len(rows) <= side * side
+        height, width = np.ptp(rows) + 1, np.ptp(columns) + 1
+        assert height <= side and width <= side
+        assert len(rows) == height * width, "one solid rectangle (a square cut by the border)"
+        np.testing.assert_allclose(after[rows, columns, 0], before.mean(), rtol=1e-5)
+    # Centres anywhere: the squares are not all in one place.
+    corners = {tuple(np.argwhere(a != b)[0]) for a, b in zip(batch, augmented, strict=True)}
+    assert len(corners) > 5
+
+
 def test_augmenter_changes_images_but_keeps_shape() -> None:
     augmenter = build_augmenter(AugmentationSpec(enabled=True), DATASETS["cifar10"], seed=7)
     batch = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)

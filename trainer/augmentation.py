@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers
 from numpy.typing import NDArray
 
@@ -36,7 +37,41 @@ def build_augmenter(spec: AugmentationSpec, info: DatasetDefinition, seed: int) 
         )
     if spec.zoom:
         transforms.append(layers.RandomZoom(spec.zoom, fill_mode="nearest", seed=seed))
+    if spec.cutout:
+        transforms.append(RandomCutout(spec.cutout, seed=seed))
     return keras.Sequential(transforms, name="augmentation")
+
+
+class RandomCutout(layers.Layer):  # type: ignore[misc]
+    """Cutout (DeVries & Taylor, 2017): a random square of each image set to its mean colour.
+
+    The square's side is ``size_fraction`` of the image's; its centre is anywhere
+    in the image, so near an edge less is hidden, as in the paper. Only ever run
+    in the training input pipeline, never saved with a model.
+    """
+
+    def __init__(self, size_fraction: float, seed: int | None = None, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.size_fraction = size_fraction
+        self.seed = seed
+
+    def call(self, images: tf.Tensor, training: bool = True) -> tf.Tensor:
+        if not training:
+            return images
+        shape = tf.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        side = tf.cast(tf.round(self.size_fraction * tf.cast(height, tf.float32)), tf.int32)
+        centre_y = tf.random.uniform([batch, 1, 1], 0, height, tf.int32, seed=self.seed)
+        centre_x = tf.random.uniform([batch, 1, 1], 0, width, tf.int32, seed=self.seed)
+        top, left = centre_y - side // 2, centre_x - side // 2
+        rows = tf.range(height)[tf.newaxis, :, tf.newaxis]
+        columns = tf.range(width)[tf.newaxis, tf.newaxis, :]
+        hidden = (rows >= top) & (rows < top + side) & (columns >= left) & (columns < left + side)
+        mean_colour = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+        return tf.where(hidden[..., tf.newaxis], mean_colour, images)
+
+    def get_config(self) -> dict[str, object]:
+        return {**super().get_config(), "size_fraction": self.size_fraction, "seed": self.seed}
 
 
 def oversample(

@@ -63,6 +63,13 @@ class AugmentationSpec(BaseModel):
     width_shift: float = Field(0.1, ge=0, lt=1, description="Random horizontal shift fraction.")
     height_shift: float = Field(0.1, ge=0, lt=1, description="Random vertical shift fraction.")
     zoom: float = Field(0.1, ge=0, lt=1, description="Random zoom fraction.")
+    cutout: float = Field(
+        0.0,
+        ge=0,
+        le=0.75,
+        description="Cutout: a random square this fraction of the image's side is set to the "
+        "image's mean colour; 0 turns it off (the lab had none).",
+    )
     horizontal_flip: bool | None = Field(
         None,
         description="Random left-right flips; empty means on for natural images and off for "
