@@ -80,7 +80,7 @@ def machine_key() -> str:
     """A short digest of everything the verdict depends on."""
     facts = [
         _cpu_model(),
-        " ".join(sorted(cpu_feature_flags() & NATIVE_BFLOAT16_FLAGS | {"amx_tile"})),
+        " ".join(sorted(flag for flag in cpu_feature_flags() if flag.startswith("amx"))),
         " ".join(sorted(flag for flag in cpu_feature_flags() if flag.startswith("avx512"))),
         str(os.cpu_count()),
         _tensorflow_version(),
