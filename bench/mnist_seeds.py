@@ -1,8 +1,8 @@
 """Issue 9, target 3 over several seeds: ``resnet``'s defaults on 25% of MNIST (goal ≥ 0.995).
 
 One run says little here: on 2,500 test images the goal is at most 12 wrong, and
-the same seed-42 recipe gave 15, 14 and 11 wrong on three runs (bfloat16 and
-oneDNN do not add up in a fixed order). So this trains the recipe once per seed —
+the same seed-42 recipe gave 15, 14 and 11 wrong on three runs on two kinds of
+CPU (bfloat16 and oneDNN do not add up in a fixed order). So this trains the recipe once per seed —
 each seed draws its own 25% sample, splits and initial weights — each in a fresh
 process set up as a worker is, and judges the target on the mean.
 
