@@ -118,6 +118,25 @@ def test_the_discussion_says_when_a_retrain_changed_its_schedule_too(
     )
 
 
+def test_the_discussion_warns_when_training_times_span_precisions(report: StudyReport) -> None:
+    # The fixture's cards predate compute_precision: nothing to say.
+    assert not any("different precisions" in s for s in report.discussion)
+    strong, weak, close = report.models
+    mixed = report.model_copy(update={"models": [
+        strong.model_copy(update={"compute_precision": "mixed_bfloat16"}),
+        weak.model_copy(update={"compute_precision": "float32"}),
+        close.model_copy(update={"compute_precision": "mixed_bfloat16"}),
+    ]})  # fmt: skip
+    assert discuss(mixed)[-1] == (
+        "Training times compare models that computed in different precisions "
+        "(float32: weak; mixed bfloat16: strong, close)."
+    )
+    same = mixed.model_copy(update={"models": [
+        m.model_copy(update={"compute_precision": "float32"}) for m in mixed.models
+    ]})  # fmt: skip
+    assert not any("different precisions" in s for s in discuss(same))
+
+
 def test_html_is_offline_and_markdown_links_every_plot(report: StudyReport) -> None:
     page = to_html(report)
     assert "<script src" not in page  # plotly.js is inlined: the page works offline

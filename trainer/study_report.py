@@ -78,6 +78,9 @@ class ReportModel(BaseModel):
         "before it was recorded.",
     )
     inference_batch1_milliseconds: float | None
+    compute_precision: str | None = Field(
+        None, description="float32 or mixed_bfloat16; empty for cards that predate it."
+    )
     class_names: list[str]
     per_class: list[ClassMetrics]
     confusion_matrix: ConfusionMatrix
@@ -195,6 +198,7 @@ def _report_model(entry: ReportInput, labels: IntArray) -> ReportModel:
         inference_batch1_milliseconds=card.inference.batch1_milliseconds
         if card.inference
         else None,
+        compute_precision=card.compute_precision,
         class_names=card.class_names,
         per_class=card.metrics.test.per_class,
         confusion_matrix=card.metrics.test.confusion_matrix,
