@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     cpu = measure_cpu_use(busy_before, own_before, time.perf_counter() - started)
     precision = (
         "runs the layers in mixed bfloat16 (weights and the softmax stay float32), which "
-        f"measured faster here ({precision_verdict().reason}); plain `fit` runs float32 as "
-        "the lab did"
+        f"measured faster here ({precision_verdict().reason.replace(' (', ', ').rstrip(')')}); "
+        "plain `fit` runs float32 as the lab did"
         if precision_verdict().use_bfloat16
         else f"computes in float32 like plain `fit` ({precision_verdict().reason})"
     )
