@@ -165,12 +165,13 @@ def test_cards_written_by_release_0_1_0_still_load(registry: FileModelRegistry) 
     assert card.schema_version == CARD_SCHEMA_VERSION
     assert card.spec.architecture == raw["architecture"] == card.architecture
     # The spec survives, stating that this older custom_cnn computed in float32 and
-    # had no test-time augmentation.
+    # had no test-time augmentation and no cutout.
     float32 = {**raw["spec"]["hyperparameters"], "bfloat16": False}
     assert card.spec.model_dump(mode="json") == {
         **raw["spec"],
         "hyperparameters": float32,
         "test_time_augmentation": "none",
+        "augmentation": {**raw["spec"]["augmentation"], "cutout": 0.0},
     }
     assert card.metrics.test.accuracy == raw["metrics"]["test"]["accuracy"]
     assert (
