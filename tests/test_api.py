@@ -183,6 +183,8 @@ def test_create_job_queues_the_spec_with_defaults_filled_in(
         ({"augmentation": {"target_classes": ["3", "cat"]}},
          "body.augmentation.target_classes", ["cat"], "0, 1, 2, 3, 4, 5, 6, 7, 8, 9"),
         ({"dataset": "imagenet"}, "body.dataset", "imagenet", "one of: cifar10, mnist"),
+        ({"augmentation": {"cutout": 0.9}}, "body.augmentation.cutout", 0.9,
+         "less than or equal to 0.75"),
         ({"test_time_augmentation": "flip"}, "body",
          {"dataset": "digits", "test_time_augmentation": "flip"}, "use 'shifts' or 'none'"),
     ],
