@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -42,6 +43,14 @@ Figures measured by the scripts in `bench/`; each script rewrites its own sectio
 Fit wall time is `model.fit` only (no data loading, evaluation or saving). Test
 figures are on the 2,500-image test sample, which nothing in training looks at.
 """
+
+
+def require_hey() -> None:
+    """Stop with a clear message, before any training, when the load generator is missing."""
+    if shutil.which("hey") is None:
+        raise SystemExit(
+            "hey is missing: install Debian's package with `apt-get install -y hey` (as root)"
+        )
 
 
 def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -18,7 +18,6 @@ import csv
 import io
 import math
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from bench.harness import (
     nproc,
     own_cpu_seconds,
     package_versions,
+    require_hey,
     update_doc,
 )
 from bench.load_scenario import LoadResult, LoadTarget, ScenarioConfig, ScenarioResult, run_scenario
@@ -264,10 +264,7 @@ def _output(command: list[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    if shutil.which("hey") is None:
-        raise SystemExit(
-            "hey is missing: install Debian's package with `apt-get install -y hey` (as root)"
-        )
+    require_hey()
     if not (args.data_dir / "mnist.npz").is_file():
         raise SystemExit(
             f"{args.data_dir / 'mnist.npz'} is missing: set DATA_DIR (or --data-dir) to a folder "

@@ -46,7 +46,14 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import DEFAULT_DATA_DIR, DEFAULT_DOC, cpu_model, nproc, update_doc
+from bench.harness import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_DOC,
+    cpu_model,
+    nproc,
+    require_hey,
+    update_doc,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "daciavision-bench"
@@ -813,6 +820,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    require_hey()
     command = shlex.join(
         [
             *("flock", "/tmp/daciavision-bench.lock", ".venv/bin/python", "-m", "bench.serve"),
