@@ -67,6 +67,7 @@ class Services:
             alias_history_limit=self.settings.alias_history_limit,
             # Several API hosts may share the registry: alias moves lock across hosts.
             shared_lock=redis_alias_lock(redis_url) if redis_url else None,
+            resolve_recheck_seconds=self.settings.registry_recheck_seconds,
         )
 
     @cached_property
@@ -223,7 +224,8 @@ async def resolved_version(
     """The version a reference points at: from the registry's cache, else read in a thread.
 
     Almost every request repeats a resolution whose files have not changed, which the
-    cache confirms with a few stat calls on the event loop; a thread hop costs more.
+    cache answers on the event loop without touching the disk, confirming it with a few
+    stat calls at most every ``registry_recheck_seconds``; a thread hop costs more.
     """
     cached = registry.resolve_if_cached(model_name, version)
     if cached is not None:

@@ -1,8 +1,15 @@
-"""The registry's resolve cache: hits read no file, and every change is seen at once."""
+"""The registry's resolve cache: hits read no file, and every change is seen in time.
+
+Changes made through the cache's own registry object are seen at once; changes made
+by another process (here: another registry object on the same folder) at once by
+default, and within ``resolve_recheck_seconds`` where that is set, as the API does.
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -94,3 +101,60 @@ def test_unknown_references_are_never_cached(registry: FileModelRegistry) -> Non
         registry.resolve(MODEL, "staging")
     assert registry.resolve_if_cached(MODEL, "staging") is None
     assert registry.resolve_if_cached("other", None) is None
+
+
+def test_another_process_changes_are_seen_at_once_by_default(
+    registry: FileModelRegistry,
+) -> None:
+    other_process = FileModelRegistry(registry.root)
+    registry.set_alias(MODEL, "production", 1)
+    assert registry.resolve(MODEL, "production") == 1
+    assert registry.resolve(MODEL, "1") == 1
+    other_process.set_alias(MODEL, "production", 2)
+    assert registry.resolve_if_cached(MODEL, "production") is None
+    assert registry.resolve(MODEL, "production") == 2
+    other_process.delete_alias(MODEL, "production")
+    other_process.delete_version(MODEL, 1)
+    assert registry.resolve_if_cached(MODEL, "1") is None
+    assert registry.resolve(MODEL, None) == 2
+    assert register(other_process) == 3
+    assert registry.resolve_if_cached(MODEL, None) is None
+    assert registry.resolve(MODEL, None) == 3
+
+
+def test_within_the_recheck_time_a_hit_touches_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry_module, "RESOLVE_CACHE_SETTLE_NS", 0)
+    clock = [1000.0]
+    fake_time = SimpleNamespace(monotonic=lambda: clock[0], time_ns=time.time_ns)
+    monkeypatch.setattr(registry_module, "time", fake_time)
+    registry = FileModelRegistry(tmp_path / "registry", resolve_recheck_seconds=5)
+    register(registry)
+    register(registry)
+    registry.set_alias(MODEL, "production", 1)
+    assert registry.resolve(MODEL, "production") == 1
+    FileModelRegistry(registry.root).set_alias(MODEL, "production", 2)
+
+    def no_stat(path: str) -> None:
+        raise AssertionError(f"a hit within the recheck time looked at {path}")
+
+    with monkeypatch.context() as within:
+        within.setattr(registry_module, "_file_stamp", no_stat)
+        clock[0] += 4.9
+        # Another process's move is not seen yet: the answer is 4.9 s old.
+        assert registry.resolve_if_cached(MODEL, "production") == 1
+    clock[0] += 0.1
+    assert registry.resolve_if_cached(MODEL, "production") is None
+    assert registry.resolve(MODEL, "production") == 2
+    # A move through this object is seen at once, recheck time or not.
+    registry.set_alias(MODEL, "production", 1)
+    assert registry.resolve_if_cached(MODEL, "production") is None
+    assert registry.resolve(MODEL, "production") == 1
+    # An unchanged answer, rechecked, is trusted for another recheck time.
+    clock[0] += 5
+    assert registry.resolve_if_cached(MODEL, "production") == 1
+    with monkeypatch.context() as within:
+        within.setattr(registry_module, "_file_stamp", no_stat)
+        clock[0] += 4.9
+        assert registry.resolve_if_cached(MODEL, "production") == 1

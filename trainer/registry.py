@@ -104,14 +104,16 @@ class FileModelRegistry:
         *,
         alias_history_limit: int = 100,
         shared_lock: SharedLock | None = None,
+        resolve_recheck_seconds: float = 0.0,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._aliases = AliasStore(
             self.root, history_limit=alias_history_limit, shared_lock=shared_lock
         )
-        # (model_name, reference) → (version, stamp): see resolve_if_cached.
-        self._resolved: dict[tuple[str, int | str | None], tuple[int, _Stamp]] = {}
+        # (model_name, reference) → (version, stamp, when last confirmed): see resolve_if_cached.
+        self._resolved: dict[tuple[str, int | str | None], tuple[int, _Stamp, float]] = {}
+        self._resolve_recheck_seconds = resolve_recheck_seconds
         self._root_text = os.fspath(self.root)
 
     def register(
@@ -151,6 +153,7 @@ class FileModelRegistry:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         fsync_path(model_dir)
+        self._resolved.clear()
         return version
 
     def list_models(self) -> list[ModelSummary]:
@@ -195,14 +198,25 @@ class FileModelRegistry:
         A few ``stat`` calls and no reading: the model's folder (a new version adds a
         link to it), ``aliases.json`` (replaced whole on every move, so a new inode),
         the version's card and its deletion marker. None means: call ``resolve``.
+
+        With ``resolve_recheck_seconds`` set, an answer confirmed that recently is
+        given without even the ``stat`` calls, as TensorFlow Serving polls its model
+        folder: a change made by another process (a worker registering a version,
+        another API host moving an alias) shows within that time. Changes made through
+        this object forget every answer at once.
         """
-        entry = self._resolved.get((model_name, reference))
+        key = (model_name, reference)
+        entry = self._resolved.get(key)
         if entry is None:
             return None
-        version, stamp = entry
+        version, stamp, confirmed_at = entry
+        now = time.monotonic()
+        if now - confirmed_at < self._resolve_recheck_seconds:
+            return version
         if self._model_stamp(model_name) + self._version_stamp(model_name, version) != stamp:
-            self._resolved.pop((model_name, reference), None)
+            self._resolved.pop(key, None)
             return None
+        self._resolved[key] = (version, stamp, now)
         return version
 
     def get_card(self, model_name: str, version: int) -> ModelCard:
@@ -243,14 +257,18 @@ class FileModelRegistry:
         with self._aliases.lock(model_name):
             # Checked again under the lock, which delete_version also holds.
             self._require_version(model_name, version)
-            return self._aliases.move(model_name, alias, version)
+            change = self._aliases.move(model_name, alias, version)
+        self._resolved.clear()
+        return change
 
     def delete_alias(self, model_name: str, alias: str) -> AliasChange:
         """Remove an alias; the removal is kept in its history so it can be rolled back."""
         check_alias(alias)
         self._require_model(model_name)
         with self._aliases.lock(model_name):
-            return self._aliases.remove(model_name, alias)
+            change = self._aliases.remove(model_name, alias)
+        self._resolved.clear()
+        return change
 
     def alias_history(self, model_name: str, alias: str) -> list[AliasChange]:
         """Every recorded move of ``alias``, oldest first."""
@@ -263,7 +281,9 @@ class FileModelRegistry:
         check_alias(alias)
         live_versions = self._require_model(model_name)
         with self._aliases.lock(model_name):
-            return self._aliases.roll_back(model_name, alias, live_versions)
+            change = self._aliases.roll_back(model_name, alias, live_versions)
+        self._resolved.clear()
+        return change
 
     def delete_version(self, model_name: str, version: int) -> None:
         """Hide a version for good with a deleted.json marker; its number is never reused."""
@@ -272,6 +292,7 @@ class FileModelRegistry:
             version_dir = self._require_version(model_name, version)
             self._aliases.require_unaliased(model_name, version)
             write_json_atomically(version_dir / DELETED_MARKER, {"deleted_at": utc_timestamp()})
+        self._resolved.clear()
 
     def ping(self) -> None:
         """Raise OSError unless the root can be listed, written and cleaned."""
@@ -315,7 +336,7 @@ class FileModelRegistry:
             return  # too fresh to tell a later change in the same clock tick apart
         if len(self._resolved) >= _RESOLVE_CACHE_LIMIT:
             self._resolved.clear()  # references are client input: keep the map bounded
-        self._resolved[key] = (version, stamp)
+        self._resolved[key] = (version, stamp, time.monotonic())
 
     def _reserve_version(self, model_dir: Path) -> int:
         # os.mkdir creates or fails atomically, also on shared volumes where flock may be a

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
         description="A version that failed to load (corrupt or unloadable file) answers the "
         "same error this long without loading or hashing it again; 0 retries every time.",
     )
+    registry_recheck_seconds: float = Field(
+        0.1,
+        ge=0,
+        le=60,
+        description="How long the API trusts a resolved model reference (alias, latest) "
+        "before it checks the registry's files again; changes made by other processes show "
+        "within this time, those made through the API at once. 0 checks on every request.",
+    )
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_instances: int = Field(256, ge=1, description="Images per /predict request.")
     batching: bool = Field(
