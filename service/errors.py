@@ -52,6 +52,10 @@ class ModelLoadError(DaciaVisionError):
     code = "model_load_failed"
 
 
+class ModelOutputError(DaciaVisionError):
+    code = "model_output_invalid"
+
+
 class UnauthenticatedError(DaciaVisionError):
     code = "unauthenticated"
 
@@ -94,6 +98,8 @@ STATUS_BY_CODE: dict[str, int] = {
     # The version's files are broken: it cannot be served, the others still can.
     "corrupt_model": 503,
     "model_load_failed": 503,
+    # The version loaded but computes NaN or infinity: retrying will not help.
+    "model_output_invalid": 500,
     "overloaded": 503,
 }
 

@@ -17,6 +17,7 @@ from service.batching import prepare_and_predict
 from service.bodies import PredictInputs, Uploads
 from service.images import Batch, InputShape, decode_image, instances_to_batch
 from service.model_cache import LoadedModel, ModelCache
+from service.responses import check_finite
 from service.schemas_predict import PredictRequest
 from trainer.errors import InvalidInputError
 
@@ -74,6 +75,7 @@ async def predict_inputs(
         # Decoding is CPU-bound: its own threads, while the batcher's thread runs the model
         # on other requests' images. Pillow and TensorFlow both release the GIL.
         probabilities, filenames = await prepare_and_predict(decode_pool, decode, loaded.batcher)
+    check_finite(probabilities, loaded.model_name, loaded.version)
     # Ranked and converted for all rows at once: per-row NumPy calls cost more than the
     # model call for a 64-image batch. Stable sort: ties keep class order, every time.
     ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :k].tolist()
@@ -102,6 +104,7 @@ async def predict_probabilities(
         return instances_to_batch(instances, loaded.input_shape, "0-1", max_upload_bytes), None
 
     probabilities, _ = await prepare_and_predict(decode_pool, decode, loaded.batcher)
+    check_finite(probabilities, loaded.model_name, loaded.version)
     rows: list[list[float]] = probabilities.tolist()
     return rows
 

@@ -515,6 +515,26 @@ def test_tf_serving_predict_matches_predict(
     np.testing.assert_allclose(curl.json()["predictions"], expected, atol=1e-5)
 
 
+def test_a_model_computing_nan_gets_a_clear_500(
+    client: TestClient, registry: FileModelRegistry
+) -> None:
+    inputs = keras.Input((28, 28, 1))
+    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))
+    broken = keras.Model(inputs, outputs)
+    kernel, bias = broken.layers[-1].get_weights()
+    broken.layers[-1].set_weights([np.full_like(kernel, np.nan), bias])
+    _register(registry, "computes-nan", broken, [str(digit) for digit in range(10)])
+    for path, body in (
+        ("/predict?model_name=computes-nan", {"instances": [GOOD_PIXELS]}),
+        ("/v1/models/computes-nan:predict", {"instances": [GOOD_PIXELS]}),
+    ):
+        response = client.post(path, json=body)
+        assert response.status_code == 500, response.text
+        detail = response.json()["detail"]
+        assert detail["code"] == "model_output_invalid"
+        assert "NaN or infinite" in detail["message"]
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "code"),
     [

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
 
 from service.bodies import JSON_TYPE, MULTIPART_TYPE, read_predict_inputs
 from service.deps import (
@@ -19,6 +18,7 @@ from service.errors import error_responses
 from service.images import ACCEPTED_FORMATS_TEXT
 from service.monitoring import record_predictions
 from service.predictions import DEFAULT_TOP_K, predict_inputs
+from service.responses import PredictionJSONResponse
 from service.schemas_predict import PredictRequest, PredictResponse
 
 router = APIRouter(tags=["predict"])
@@ -97,4 +97,4 @@ async def predict(
             decode_pool,
         )
     record_predictions(body["model_name"], body["version"], len(body["predictions"]))
-    return JSONResponse(body)
+    return PredictionJSONResponse(body)

@@ -37,6 +37,7 @@ from service.errors import error_responses
 from service.model_cache import ModelCache
 from service.monitoring import record_predictions
 from service.predictions import predict_probabilities
+from service.responses import PredictionJSONResponse
 from service.schemas_predict import (
     SIGNATURE_NAME,
     ModelStatus,
@@ -134,7 +135,7 @@ async def _predict(
         )
     record_predictions(model_name, version, len(probabilities))
     # Plain JSON: re-validating thousands of floats through the response model is slow.
-    return JSONResponse({"outputs" if columnar else "predictions": probabilities})
+    return PredictionJSONResponse({"outputs" if columnar else "predictions": probabilities})
 
 
 _PREDICT_OPTIONS: dict[str, Any] = {
