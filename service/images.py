@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import PayloadTooLargeError, UnsupportedMediaTypeError
-from service.png_batch import decode_plain_pngs
+from service.png_batch import decode_plain_png, decode_plain_pngs
 from trainer.errors import InvalidInputError
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
@@ -76,6 +76,9 @@ def decode_image(
     """Decode PNG/JPEG/BMP/GIF bytes into a float32 (H, W, C) array in [0, 1]."""
     height, width, _ = input_shape
     target_mode = _target_mode(input_shape)
+    plain = decode_plain_png(data, input_shape)
+    if plain is not None:
+        return plain
     try:
         image: Image.Image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         _check_pixel_count(image, description)

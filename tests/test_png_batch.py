@@ -1,4 +1,4 @@
-"""Plain PNGs decoded in one op call give exactly the pixels Pillow gives; others fall back."""
+"""Plain PNGs decoded without Pillow (one op call, or libspng) give exactly Pillow's pixels."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 
 from service.errors import UnsupportedMediaTypeError
 from service.images import decode_image, instances_to_batch
-from service.png_batch import MIN_BATCH, decode_plain_pngs, is_plain_png
+from service.png_batch import MIN_BATCH, decode_plain_png, decode_plain_pngs, is_plain_png
 
 SHAPE = (12, 12, 3)
 
@@ -28,7 +28,9 @@ def png(seed: int, mode: str = "RGB", size: int = 12, **options: Any) -> bytes:
 
 
 def pillow(images: list[bytes], shape: tuple[int, int, int]) -> np.ndarray:
-    return np.stack([decode_image(data, shape) for data in images])
+    mode = {1: "L", 3: "RGB"}[shape[2]]
+    pixels = [np.asarray(Image.open(io.BytesIO(data)).convert(mode)) for data in images]
+    return np.stack(pixels).reshape(len(images), *shape).astype(np.float32) / np.float32(255.0)
 
 
 @pytest.mark.parametrize(("mode", "shape"), [("RGB", SHAPE), ("L", (12, 12, 1))])
@@ -39,6 +41,12 @@ def test_the_pixels_are_pillows(mode: str, shape: tuple[int, int, int]) -> None:
     np.testing.assert_array_equal(batch, pillow(images, shape))
     b64 = [{"b64": base64.b64encode(data).decode()} for data in images]
     np.testing.assert_array_equal(instances_to_batch(b64, shape, "0-255", 10**6), batch)
+    # One at a time (libspng, as an upload is decoded) gives the same pixels again.
+    for data, expected in zip(images, batch, strict=True):
+        single = decode_plain_png(data, shape)
+        assert single is not None and single.dtype == np.float32 and single.shape == shape
+        np.testing.assert_array_equal(single, expected)
+        np.testing.assert_array_equal(decode_image(data, shape), expected)
 
 
 def test_anything_pillow_would_change_is_not_plain() -> None:
@@ -58,6 +66,7 @@ def test_anything_pillow_would_change_is_not_plain() -> None:
     # One odd image sends the whole request through Pillow, which gives the same pixels.
     images = [png(seed) for seed in range(MIN_BATCH)] + [png(9, transparency=(0, 0, 0))]
     assert decode_plain_pngs(images, SHAPE) is None
+    assert decode_plain_png(images[-1], SHAPE) is None
     assert decode_plain_pngs(images[: MIN_BATCH - 1], SHAPE) is None  # too few to pay
 
 
@@ -67,6 +76,9 @@ def test_a_corrupt_stream_gets_pillows_error() -> None:
     data[45:60] = b"\0" * 15  # inside IDAT: the header and the chunk list still look fine
     assert is_plain_png(bytes(data), SHAPE)
     assert decode_plain_pngs([*good, bytes(data)], SHAPE) is None
+    assert decode_plain_png(bytes(data), SHAPE) is None
+    with pytest.raises(UnsupportedMediaTypeError, match=r"file 'x.png' is not a readable"):
+        decode_image(bytes(data), SHAPE, description="file 'x.png'")
     b64 = [{"b64": base64.b64encode(d).decode()} for d in [*good, bytes(data)]]
     with pytest.raises(UnsupportedMediaTypeError, match=r"instances\[8\] is not a readable"):
         instances_to_batch(b64, SHAPE, "0-255", 10**6)
