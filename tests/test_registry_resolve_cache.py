@@ -38,6 +38,14 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FileModelRegist
     return registry
 
 
+@pytest.fixture(params=["this process", "another process"])
+def changer(request: pytest.FixtureRequest, registry: FileModelRegistry) -> FileModelRegistry:
+    """Who changes the files: the cache's own registry, or another one on the same folder."""
+    if request.param == "this process":
+        return registry
+    return FileModelRegistry(registry.root)
+
+
 def test_a_hit_reads_no_file(registry: FileModelRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
     registry.set_alias(MODEL, "production", 1)
     assert registry.resolve_if_cached(MODEL, "production") is None  # never resolved yet
@@ -53,14 +61,16 @@ def test_a_hit_reads_no_file(registry: FileModelRegistry, monkeypatch: pytest.Mo
     assert registry.resolve_if_cached(MODEL, None) == 1
 
 
-def test_alias_moves_are_seen_at_once(registry: FileModelRegistry) -> None:
+def test_alias_moves_are_seen_at_once(
+    registry: FileModelRegistry, changer: FileModelRegistry
+) -> None:
     registry.set_alias(MODEL, "production", 1)
     assert registry.resolve(MODEL, "production") == 1
     assert registry.resolve_if_cached(MODEL, "production") == 1
-    registry.set_alias(MODEL, "production", 2)
+    changer.set_alias(MODEL, "production", 2)
     assert registry.resolve_if_cached(MODEL, "production") is None
     assert registry.resolve(MODEL, "production") == 2
-    registry.delete_alias(MODEL, "production")
+    changer.delete_alias(MODEL, "production")
     assert registry.resolve_if_cached(MODEL, "production") is None
     with pytest.raises(AliasNotFoundError):
         registry.resolve(MODEL, "production")
@@ -68,18 +78,22 @@ def test_alias_moves_are_seen_at_once(registry: FileModelRegistry) -> None:
     assert registry.resolve(MODEL, None) == 2
 
 
-def test_new_versions_are_seen_at_once(registry: FileModelRegistry) -> None:
+def test_new_versions_are_seen_at_once(
+    registry: FileModelRegistry, changer: FileModelRegistry
+) -> None:
     assert registry.resolve(MODEL, None) == 2
     assert registry.resolve_if_cached(MODEL, None) == 2
-    assert register(registry) == 3
+    assert register(changer) == 3
     assert registry.resolve_if_cached(MODEL, None) is None
     assert registry.resolve(MODEL, None) == 3
 
 
-def test_deleted_versions_are_seen_at_once(registry: FileModelRegistry) -> None:
+def test_deleted_versions_are_seen_at_once(
+    registry: FileModelRegistry, changer: FileModelRegistry
+) -> None:
     assert registry.resolve(MODEL, "1") == 1
     assert registry.resolve_if_cached(MODEL, "1") == 1
-    registry.delete_version(MODEL, 1)
+    changer.delete_version(MODEL, 1)
     assert registry.resolve_if_cached(MODEL, "1") is None
     with pytest.raises(VersionNotFoundError):
         registry.resolve(MODEL, "1")
@@ -101,25 +115,6 @@ def test_unknown_references_are_never_cached(registry: FileModelRegistry) -> Non
         registry.resolve(MODEL, "staging")
     assert registry.resolve_if_cached(MODEL, "staging") is None
     assert registry.resolve_if_cached("other", None) is None
-
-
-def test_another_process_changes_are_seen_at_once_by_default(
-    registry: FileModelRegistry,
-) -> None:
-    other_process = FileModelRegistry(registry.root)
-    registry.set_alias(MODEL, "production", 1)
-    assert registry.resolve(MODEL, "production") == 1
-    assert registry.resolve(MODEL, "1") == 1
-    other_process.set_alias(MODEL, "production", 2)
-    assert registry.resolve_if_cached(MODEL, "production") is None
-    assert registry.resolve(MODEL, "production") == 2
-    other_process.delete_alias(MODEL, "production")
-    other_process.delete_version(MODEL, 1)
-    assert registry.resolve_if_cached(MODEL, "1") is None
-    assert registry.resolve(MODEL, None) == 2
-    assert register(other_process) == 3
-    assert registry.resolve_if_cached(MODEL, None) is None
-    assert registry.resolve(MODEL, None) == 3
 
 
 def test_within_the_recheck_time_a_hit_touches_no_file(
