@@ -232,7 +232,8 @@ class ModelCache:
     def _load_and_warm(self, model_name: str, version: int) -> LoadedModel:
         import keras  # deferred: TensorFlow loads only in the process that serves models
 
-        import trainer.test_time  # noqa: F401  registers the layers of test-time augmentation
+        # Registers the custom layers saved models may hold (test-time views, whitening).
+        from trainer import test_time, whitening  # noqa: F401
 
         self.registry.verify_checksum(model_name, version)
         card = self.registry.get_card(model_name, version)

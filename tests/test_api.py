@@ -830,7 +830,13 @@ def test_openapi_names_architectures_and_their_hyperparameters(client: TestClien
     schemas = spec["components"]["schemas"]
     body = spec["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]
     variants = {ref["$ref"].rsplit("/", 1)[-1] for ref in body["schema"]["oneOf"]}
-    assert variants == {"CustomCnnSpec", "AlexNetSpec", "ResNetSpec", "SmallResNetSpec"}
+    assert variants == {
+        "CustomCnnSpec",
+        "AlexNetSpec",
+        "ResNetSpec",
+        "SmallResNetSpec",
+        "WhitenedCnnSpec",
+    }
     architectures = {}
     for name in variants:
         properties = schemas[name]["properties"]
@@ -840,6 +846,7 @@ def test_openapi_names_architectures_and_their_hyperparameters(client: TestClien
         "alexnet": "#/components/schemas/AlexNetHyperparameters",
         "resnet": "#/components/schemas/ResNetHyperparameters",
         "resnet_small": "#/components/schemas/SmallResNetHyperparameters",
+        "whitened_cnn": "#/components/schemas/WhitenedCnnHyperparameters",
     }
     custom = schemas["CustomCnnHyperparameters"]
     assert custom["properties"]["filters1"]["default"] == 32
@@ -857,6 +864,7 @@ def test_openapi_names_architectures_and_their_hyperparameters(client: TestClien
         "alexnet",
         "resnet",
         "resnet_small",
+        "whitened_cnn",
     }
     alias_body = spec["paths"]["/models/{model_name}/aliases/{alias}"]["put"]["requestBody"]
     assert schemas["AliasUpdate"]["examples"] == [{"version": 2}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -11,6 +12,7 @@ from trainer.architectures.alexnet import AlexNetHyperparameters
 from trainer.architectures.custom_cnn import CustomCnnHyperparameters, CustomCnnSpec
 from trainer.architectures.resnet import ResNetHyperparameters
 from trainer.architectures.resnet_small import SmallResNetHyperparameters
+from trainer.architectures.whitened_cnn import WhitenedCnnHyperparameters
 from trainer.spec import parse_training_spec
 
 CIFAR10 = (32, 32, 3)
@@ -135,9 +137,42 @@ def test_resnet_mirrors_at_test_time_only_where_a_mirror_keeps_the_class() -> No
         parse_training_spec({**asked, "test_time_augmentation": "flip"})
 
 
+def test_whitened_cnn_defaults_are_its_benchmarked_recipe() -> None:
+    spec = parse_training_spec({"dataset": "cifar10", "architecture": "whitened_cnn"})
+    assert (spec.optimizer, spec.learning_rate, spec.lr_schedule) == ("sgd", 0.2, "one_cycle")
+    assert (spec.epochs, spec.batch_size, spec.label_smoothing) == (12, 128, 0.2)
+    assert spec.augmentation.enabled and spec.augmentation.width_shift == 0.0625
+    assert spec.test_time_augmentation == "flip_and_shifts"
+    assert isinstance(spec.hyperparameters, WhitenedCnnHyperparameters)
+    assert spec.hyperparameters.group_filters == [64, 256, 256]
+    # Digits keep their orientation: no mirrored copies unless asked.
+    digits = parse_training_spec({"dataset": "digits", "architecture": "whitened_cnn"})
+    assert digits.test_time_augmentation == "none"
+
+
+def test_whitened_cnn_starts_with_a_whitening_layer_fitted_by_adapt() -> None:
+    definition = ARCHITECTURES["whitened_cnn"]
+    model = build_model("whitened_cnn", definition.hyperparameters(), MNIST, 10)
+    assert model.layers[1].__class__.__name__ == "PatchWhitening"
+    assert definition.adapt is not None
+    images = np.random.default_rng(0).random((20, *MNIST), dtype=np.float32)
+    definition.adapt(model, images)
+    whitening = model.get_layer("whitening")
+    assert whitening.mean.numpy() == pytest.approx(images.mean(), rel=1e-4)
+    # The other architectures learn everything from training.
+    others = [name for name in ARCHITECTURES if name != "whitened_cnn"]
+    assert all(ARCHITECTURES[name].adapt is None for name in others)
+
+
 @pytest.mark.parametrize(
     ("architecture", "first_layer"),
-    [("custom_cnn", "conv1"), ("alexnet", "conv1"), ("resnet", "stem"), ("resnet_small", "stem")],
+    [
+        ("custom_cnn", "conv1"),
+        ("alexnet", "conv1"),
+        ("resnet", "stem"),
+        ("resnet_small", "stem"),
+        ("whitened_cnn", "whitening"),
+    ],
 )
 def test_bfloat16_switch_sets_the_compute_dtype_but_keeps_float32_output(
     architecture: str, first_layer: str
@@ -172,6 +207,8 @@ def test_bfloat16_by_default_exactly_where_it_trains_faster(
         ("resnet", {}),
         ("resnet", {"stage_filters": [16, 32], "residual_stages": [False, True]}),
         ("resnet_small", {}),
+        ("whitened_cnn", {}),
+        ("whitened_cnn", {"group_filters": [16, 32]}),
     ],
 )
 def test_cost_estimate_counts_parameters_exactly_without_building(

@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from trainer.architectures import build_model
+from trainer.architectures import architecture, build_model
 from trainer.augmentation import build_augmenter, oversample
 from trainer.data import PreparedData, prepare
 from trainer.errors import InvalidInputError, TrainingCancelledError
@@ -237,6 +237,11 @@ def train(
         callbacks.append(early_stopping)
 
     fit_started = time.perf_counter()
+    adapt = architecture(spec.architecture).adapt
+    if adapt is not None:
+        # Part of training's time: a fixed first layer fitted to the data is still fitting.
+        # Training images only: validation and test stay unseen.
+        adapt(model, data.train.x)
     model.fit(
         train_batches,
         epochs=spec.epochs,

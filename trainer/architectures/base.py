@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
 from pydantic import BaseModel
 
 from trainer import precision
@@ -76,9 +78,21 @@ class CostTracer:
             )
         self.activations += self.values
 
-    def batch_norm(self) -> None:
-        self.parameters += 4 * self.channels
+    def batch_norm(self, *, scale: bool = True) -> None:
+        # Offset, moving mean and moving variance, and the gain unless left out.
+        self.parameters += (4 if scale else 3) * self.channels
         self.activations += 2 * self.values
+
+    def whitening(self, patch_size: int) -> None:
+        """trainer.whitening.PatchWhitening: a fixed ``valid`` convolution, 2 filters per value."""
+        values = patch_size * patch_size * self.channels
+        weights = values * 2 * values
+        # The kernel, the bias, and the per-channel mean and inverse standard deviation.
+        self.parameters += weights + 2 * values + 2 * self.channels
+        self.height, self.width = self.height - patch_size + 1, self.width - patch_size + 1
+        self.flops += 2 * weights * self.height * self.width
+        self.channels = 2 * values
+        self.activations += self.values
 
     def add(self) -> None:
         self.activations += self.values
@@ -110,6 +124,9 @@ class ArchitectureDefinition:
     examples: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The architecture a spec without "architecture" gets.
     default: bool = False
+    # Fits what the network takes from the data rather than from training (a whitening
+    # layer, say) to the training images, once, before the first step.
+    adapt: Callable[[Any, NDArray[np.float32]], None] | None = None
 
     @property
     def name(self) -> str:
