@@ -10,8 +10,9 @@ process (TensorFlow fixes its kernels when it loads):
   a worker is: oneDNN kernels, ``tf.data`` input and bfloat16 where the CPU has it
   natively) — target 4 asks for its speed at *equal
   accuracy*, and a few epochs (``bench/lab_throughput.py``) cannot show that;
-- **``resnet``** and **``resnet_small``** with their own recipes, as ``POST /jobs``
-  runs them — target 1 asks for ≥ 0.87 in no more time than the lab's run.
+- **``whitened_cnn``**, **``resnet``** and **``resnet_small``** with their own recipes,
+  as ``POST /jobs`` runs them — target 1 asks for ≥ 0.87 in no more time than the
+  lab's run. Fit seconds include fitting ``whitened_cnn``'s whitening layer.
 
 Each model's test accuracy is measured once, after training.
 
@@ -39,6 +40,7 @@ from bench.lab_pipeline import compile_as_the_lab, float32_model, lab_sample, te
 from trainer.architectures.custom_cnn import CustomCnnSpec
 from trainer.architectures.resnet import ResNetSpec
 from trainer.architectures.resnet_small import SmallResNetSpec
+from trainer.architectures.whitened_cnn import WhitenedCnnSpec
 from trainer.kernels import (
     onednn_is_tensorflows_default,
     tensorflow_default_environment,
@@ -124,6 +126,10 @@ def main(argv: list[str] | None = None) -> None:
 
     ours: list[tuple[str, Any]] = [
         (f"The same recipe through our pipeline ({precision})", lab_spec()),
+        (
+            "`whitened_cnn`, its recipe (12 epochs, mirror and shifts at test time)",
+            WhitenedCnnSpec(**common),
+        ),
         ("`resnet`, its recipe (16 epochs, mirror at test time)", ResNetSpec(**common)),
         ("`resnet_small`, its recipe (8 epochs, mirror at test time)", SmallResNetSpec(**common)),
     ]
@@ -146,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     in_time = [o for o in reached if o.fit_seconds <= lab.fit_seconds]
     best = max(outcomes[2:], key=lambda o: o.test_accuracy)
     target_1 = (
-        f"**met** by {in_time[0].label}"
+        f"**met** by {in_time[0].label}: {in_time[0].test_accuracy:.4f} in "
+        f"{in_time[0].fit_seconds / lab.fit_seconds:.2f}× the lab's time (one seed)"
         if in_time
         else f"**missed**: the best, {best.label}, reached {best.test_accuracy:.3f} "
         f"(goal {TARGET_ACCURACY}) in {best.fit_seconds / lab.fit_seconds:.2f}× the lab's time"
@@ -158,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
 {run_context(cpu)}
 - **Protocol:** the 25% CIFAR-10 sample ({len(data.train):,} training images, seed 42),
   one run after another, each in a fresh process; test accuracy on {len(data.test):,} test
-  images, measured once after training; fit seconds are `model.fit` alone.
+  images, measured once after training; fit seconds are `model.fit` alone (for
+  `whitened_cnn` with the fitting of its whitening layer, about 1.5 s).
 
 | Run | Test accuracy | Fit seconds | Time vs the lab's run | Parameters |
 |---|---|---|---|---|
