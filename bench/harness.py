@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from trainer.card import ModelCard
-from trainer.kernels import cpu_feature_flags
+from trainer.kernels import cpu_feature_flags, training_environment
 from trainer.progress import EpochProgress
 from trainer.registry import FileModelRegistry
 from trainer.run import RegisteredModel, train_and_register
@@ -363,3 +363,22 @@ def in_fresh_process(
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def runs_per_seed(
+    train_one: Callable[[int, Path], Result], seeds: Sequence[int], data_dir: Path
+) -> tuple[list[Result], CpuUse]:
+    """``train_one(seed, data_dir)`` for each seed, each in a fresh process set up as a
+    worker is; the results and the machine's CPU use meanwhile."""
+    busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
+    started = time.perf_counter()
+    results = [
+        in_fresh_process(train_one, seed, data_dir, environment=training_environment())
+        for seed in seeds
+    ]
+    return results, measure_cpu_use(busy_before, own_before, time.perf_counter() - started)
+
+
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (0 for a single value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0

@@ -11,24 +11,19 @@ process set up as a worker is, and judges the target on the mean.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.harness import (
-    busy_cpu_seconds,
-    in_fresh_process,
     locked_command,
-    measure_cpu_use,
-    own_cpu_seconds,
+    mean_and_spread,
     publish,
     run_context,
+    runs_per_seed,
     side_by_side_arguments,
 )
 from trainer.architectures.resnet import ResNetSpec
-from trainer.kernels import training_environment
 from trainer.registry import FileModelRegistry
 from trainer.run import train_and_register
 
@@ -65,18 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     args = parser.parse_args(argv)
     command = locked_command("bench.mnist_seeds", argv)
-    busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
-    started = time.perf_counter()
-    runs = []
-    for seed in args.seeds:
-        run = in_fresh_process(train_one, seed, args.data_dir, environment=training_environment())
+    runs, cpu = runs_per_seed(train_one, args.seeds, args.data_dir)
+    for run in runs:
         wrong = round((1 - run.test_accuracy) * run.test_images)
-        print(f"seed {seed}: test accuracy {run.test_accuracy:.4f} ({wrong} wrong)", flush=True)
-        runs.append(run)
-    cpu = measure_cpu_use(busy_before, own_before, time.perf_counter() - started)
+        print(f"seed {run.seed}: test accuracy {run.test_accuracy:.4f} ({wrong} wrong)")
     accuracies = [run.test_accuracy for run in runs]
-    mean = statistics.mean(accuracies)
-    spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+    mean, spread = mean_and_spread(accuracies)
     rows = "\n".join(
         f"| {run.seed} | {run.test_accuracy:.4f} "
         f"| {round((1 - run.test_accuracy) * run.test_images)} of {run.test_images:,} "
