@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.errors import PayloadTooLargeError, UnsupportedMediaTypeError, quoted
-from service.images import check_pixel_budget, check_upload_size, decode_base64
+from service.images import PixelRange, check_pixel_budget, check_upload_size, instance_files
 from service.multipart import SIMPLE_MULTIPART_MAX_BYTES, multipart_boundary, parse_single_file
 from service.schemas_predict import PredictRequest
 from trainer.errors import InvalidInputError
@@ -49,7 +49,16 @@ class Uploads:
     pixels: int
 
 
-PredictInputs = PredictRequest | Uploads
+@dataclass(frozen=True)
+class Instances:
+    """The JSON instances of a body, with the bytes of its base64 images decoded once."""
+
+    instances: list[Any]
+    files: dict[int, bytes]
+    pixel_range: PixelRange
+
+
+PredictInputs = Instances | Uploads
 
 
 async def read_predict_inputs(request: Request, settings: Settings) -> PredictInputs:
@@ -70,9 +79,7 @@ async def read_predict_inputs(request: Request, settings: Settings) -> PredictIn
         return Uploads(uploads, pixels)
     if content_type == JSON_TYPE:
         parsed = await read_json_body(request, settings, PredictRequest)
-        check_instance_count(len(parsed.instances), settings)
-        await run_in_threadpool(check_instance_pixels, parsed.instances, settings)
-        return parsed
+        return await read_instances(parsed.instances, parsed.pixel_range, settings)
     raise UnsupportedMediaTypeError(
         f"content type {quoted(content_type, 100) or 'none'!r} is not accepted; send "
         f"{MULTIPART_TYPE} with image files in the field 'files', or {JSON_TYPE} with "
@@ -103,16 +110,19 @@ def check_instance_count(count: int, settings: Settings) -> None:
         raise _too_many(str(count), settings)
 
 
-def check_instance_pixels(instances: list[Any], settings: Settings) -> None:
-    """The pixel budget of the base64 images among JSON instances (headers only)."""
-    images = [
-        (f"instances[{index}]", decode_base64(instance["b64"], index))
-        for index, instance in enumerate(instances)
-        if isinstance(instance, dict) and "b64" in instance
-    ]
-    for description, data in images:
-        check_upload_size(len(data), settings.max_upload_bytes, description)
-    _check_pixels(images, settings)
+async def read_instances(
+    instances: list[Any], pixel_range: PixelRange, settings: Settings
+) -> Instances:
+    """JSON instances within the limits on count, bytes and pixels (headers only)."""
+    check_instance_count(len(instances), settings)
+    files = await run_in_threadpool(_decode_instance_files, instances, settings)
+    return Instances(instances, files, pixel_range)
+
+
+def _decode_instance_files(instances: list[Any], settings: Settings) -> dict[int, bytes]:
+    files = instance_files(instances, settings.max_upload_bytes)
+    _check_pixels([(f"instances[{index}]", data) for index, data in files.items()], settings)
+    return files
 
 
 def _check_pixels(images: list[tuple[str, bytes]], settings: Settings) -> int:

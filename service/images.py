@@ -186,6 +186,13 @@ def decode_base64(text: Any, index: int) -> bytes:
             f"instances[{index}].b64 must be a base64 string, got {type(text).__name__}",
             index=index,
         )
+    try:
+        # Padded standard base64, what every encoder writes by default: one C call. The
+        # forgiving path below costs several string copies and a regular expression,
+        # a millisecond for a request of 64 small images.
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        pass
     compact = "".join(text.split()).replace("-", "+").replace("_", "/")
     compact += "=" * (-len(compact) % 4)
     try:
@@ -242,18 +249,23 @@ def pixels_to_batch(
     return np.stack(arrays) if arrays else np.zeros((0, *input_shape), dtype=np.float32)
 
 
-def instances_to_batch(
-    instances: Sequence[Any],
-    input_shape: InputShape,
-    pixel_range: PixelRange,
-    max_image_bytes: int,
-) -> Batch:
-    """JSON instances, each ``{"b64": ...}`` image bytes or a pixel array, → one batch."""
+def instance_files(instances: Sequence[Any], max_image_bytes: int) -> dict[int, bytes]:
+    """The bytes of the ``{"b64": ...}`` instances by index, each within the size limit."""
     files: dict[int, bytes] = {}
     for index, instance in enumerate(instances):
         if isinstance(instance, dict) and "b64" in instance:
             files[index] = decode_base64(instance["b64"], index)
             check_upload_size(len(files[index]), max_image_bytes, f"instances[{index}]")
+    return files
+
+
+def instances_to_batch(
+    instances: Sequence[Any],
+    files: dict[int, bytes],
+    input_shape: InputShape,
+    pixel_range: PixelRange,
+) -> Batch:
+    """JSON instances → one batch: ``files`` (from ``instance_files``) or pixel arrays."""
     if len(files) == len(instances):
         # Many plain PNGs of the model's size: one op call, the same pixels.
         batch = decode_plain_pngs(list(files.values()), input_shape)

@@ -14,11 +14,10 @@ import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
 from service.batching import prepare_and_predict
-from service.bodies import PredictInputs, Uploads
+from service.bodies import Instances, PredictInputs, Uploads
 from service.images import Batch, InputShape, decode_image, instances_to_batch
 from service.model_cache import LoadedModel, ModelCache
 from service.responses import check_finite
-from service.schemas_predict import PredictRequest
 from trainer.errors import InvalidInputError
 
 DEFAULT_TOP_K = 3
@@ -35,14 +34,10 @@ async def loaded_model(cache: ModelCache, model_name: str, version: int) -> Load
     return loaded
 
 
-def decode_inputs(
-    inputs: PredictInputs, input_shape: InputShape, max_upload_bytes: int
-) -> tuple[Batch, list[str | None]]:
+def decode_inputs(inputs: PredictInputs, input_shape: InputShape) -> tuple[Batch, list[str | None]]:
     """The inputs as one float32 batch, and the uploaded file names (None for JSON)."""
-    if isinstance(inputs, PredictRequest):
-        batch = instances_to_batch(
-            inputs.instances, input_shape, inputs.pixel_range, max_upload_bytes
-        )
+    if isinstance(inputs, Instances):
+        batch = instances_to_batch(inputs.instances, inputs.files, input_shape, inputs.pixel_range)
         return batch, [None] * len(batch)
     arrays = [
         decode_image(upload.data, input_shape, description=f"file {upload.filename!r}")
@@ -57,7 +52,6 @@ async def predict_inputs(
     version: int,
     inputs: PredictInputs,
     top_k: int | None,
-    max_upload_bytes: int,
     decode_pool: Executor,
 ) -> dict[str, Any]:
     """Decode the inputs, run them through the model's batcher, rank the classes.
@@ -67,7 +61,7 @@ async def predict_inputs(
     """
     loaded = await loaded_model(cache, model_name, version)
     k = _check_top_k(top_k, loaded)
-    decode = functools.partial(decode_inputs, inputs, loaded.input_shape, max_upload_bytes)
+    decode = functools.partial(decode_inputs, inputs, loaded.input_shape)
     if isinstance(inputs, Uploads) and inputs.pixels <= INLINE_DECODE_MAX_PIXELS:
         images, filenames = decode()
         probabilities = await loaded.batcher.predict(images)
@@ -93,15 +87,17 @@ async def predict_probabilities(
     cache: ModelCache,
     model_name: str,
     version: int,
-    instances: list[Any],
-    max_upload_bytes: int,
+    inputs: Instances,
     decode_pool: Executor,
 ) -> list[list[float]]:
-    """Probabilities per instance (pixels in [0, 1] or b64 files), as TF Serving answers."""
+    """Probabilities per instance (pixels or b64 files), as TF Serving answers."""
     loaded = await loaded_model(cache, model_name, version)
 
     def decode() -> tuple[Batch, None]:
-        return instances_to_batch(instances, loaded.input_shape, "0-1", max_upload_bytes), None
+        batch = instances_to_batch(
+            inputs.instances, inputs.files, loaded.input_shape, inputs.pixel_range
+        )
+        return batch, None
 
     probabilities, _ = await prepare_and_predict(decode_pool, decode, loaded.batcher)
     check_finite(probabilities, loaded.model_name, loaded.version)

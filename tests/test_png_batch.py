@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import textwrap
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,8 +13,9 @@ import pytest
 from PIL import Image
 
 from service.errors import UnsupportedMediaTypeError
-from service.images import decode_image, instances_to_batch
+from service.images import decode_base64, decode_image, instance_files, instances_to_batch
 from service.png_batch import MIN_BATCH, decode_plain_png, decode_plain_pngs, is_plain_png
+from trainer.errors import InvalidInputError
 
 SHAPE = (12, 12, 3)
 
@@ -40,7 +43,8 @@ def test_the_pixels_are_pillows(mode: str, shape: tuple[int, int, int]) -> None:
     assert batch is not None and batch.dtype == np.float32
     np.testing.assert_array_equal(batch, pillow(images, shape))
     b64 = [{"b64": base64.b64encode(data).decode()} for data in images]
-    np.testing.assert_array_equal(instances_to_batch(b64, shape, "0-255", 10**6), batch)
+    files = instance_files(b64, 10**6)
+    np.testing.assert_array_equal(instances_to_batch(b64, files, shape, "0-255"), batch)
     # One at a time (libspng, as an upload is decoded) gives the same pixels again.
     for data, expected in zip(images, batch, strict=True):
         single = decode_plain_png(data, shape)
@@ -81,4 +85,19 @@ def test_a_corrupt_stream_gets_pillows_error() -> None:
         decode_image(bytes(data), SHAPE, description="file 'x.png'")
     b64 = [{"b64": base64.b64encode(d).decode()} for d in [*good, bytes(data)]]
     with pytest.raises(UnsupportedMediaTypeError, match=r"instances\[8\] is not a readable"):
-        instances_to_batch(b64, SHAPE, "0-255", 10**6)
+        instances_to_batch(b64, instance_files(b64, 10**6), SHAPE, "0-255")
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        lambda data: base64.b64encode(data).decode(),  # the strict one-call path
+        lambda data: base64.urlsafe_b64encode(data).decode().rstrip("="),
+        lambda data: "\n".join(textwrap.wrap(base64.b64encode(data).decode(), 76)),  # MIME
+    ],
+)
+def test_every_base64_spelling_gives_the_same_bytes(spelling: Callable[[bytes], str]) -> None:
+    data = bytes(range(256)) * 3 + b"\xfb\xff"  # both alphabets' last two characters
+    assert decode_base64(spelling(data), 0) == data
+    with pytest.raises(InvalidInputError, match=r"instances\[3\].b64 is not valid base64"):
+        decode_base64(spelling(data)[:-6] + "*!", 3)

@@ -93,7 +93,6 @@ async def predict(
             model_version.version,
             inputs,
             top_k,
-            settings.max_upload_bytes,
             decode_pool,
         )
     record_predictions(body["model_name"], body["version"], len(body["predictions"]))

@@ -15,12 +15,11 @@ from concurrent.futures import Executor
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from service.admission import RequestLimiter
-from service.bodies import check_instance_count, check_instance_pixels, read_json_body
+from service.bodies import read_instances, read_json_body
 from service.deps import (
     DecodePoolDep,
     DefaultModelVersionDep,
@@ -128,11 +127,9 @@ async def _predict(
     with limiter.admit():
         body = await read_json_body(request, settings, TfServingRequest)
         instances, columnar = _instances(body)
-        check_instance_count(len(instances), settings)
-        await run_in_threadpool(check_instance_pixels, instances, settings)
-        probabilities = await predict_probabilities(
-            cache, model_name, version, instances, settings.max_upload_bytes, decode_pool
-        )
+        # TF Serving clients send pixels as floats in [0, 1].
+        inputs = await read_instances(instances, "0-1", settings)
+        probabilities = await predict_probabilities(cache, model_name, version, inputs, decode_pool)
     record_predictions(model_name, version, len(probabilities))
     # Plain JSON: re-validating thousands of floats through the response model is slow.
     return PredictionJSONResponse({"outputs" if columnar else "predictions": probabilities})
