@@ -80,7 +80,7 @@ def test_resnet_small_learns_digits_with_its_own_recipe(digits) -> None:  # type
     assert report.accuracy >= 0.90, report.accuracy
 
 
-def test_cancel_stops_within_one_batch(digits) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_stops_within_one_compiled_call(digits) -> None:  # type: ignore[no-untyped-def]
     spec = parse_training_spec({"dataset": "digits", "epochs": 50, "batch_size": 8})
     checks = 0
 
@@ -92,7 +92,7 @@ def test_cancel_stops_within_one_batch(digits) -> None:  # type: ignore[no-untyp
     epochs: list[EpochProgress] = []
     with pytest.raises(TrainingCancelledError):
         train(spec, None, data=digits, progress=[epochs.append], should_cancel=should_cancel)
-    assert checks == 5  # no batch ran after the one that saw the request
+    assert checks == 5  # no compiled call ran after the one that saw the request
     assert epochs == []
 
 
