@@ -124,14 +124,21 @@ def main(argv: list[str] | None = None) -> None:
         )
         return outcome
 
+    whitened, resnet, small = (
+        WhitenedCnnSpec(**common),
+        ResNetSpec(**common),
+        SmallResNetSpec(**common),
+    )
+    # Labels from the specs, so a recipe's new defaults cannot leave a stale label.
     ours: list[tuple[str, Any]] = [
         (f"The same recipe through our pipeline ({precision})", lab_spec()),
         (
-            "`whitened_cnn`, its recipe (12 epochs, mirror and shifts at test time)",
-            WhitenedCnnSpec(**common),
+            f"`whitened_cnn`, its recipe ({whitened.epochs} epochs, mirror and shifts at "
+            "test time)",
+            whitened,
         ),
-        ("`resnet`, its recipe (16 epochs, mirror at test time)", ResNetSpec(**common)),
-        ("`resnet_small`, its recipe (8 epochs, mirror at test time)", SmallResNetSpec(**common)),
+        (f"`resnet`, its recipe ({resnet.epochs} epochs, mirror at test time)", resnet),
+        (f"`resnet_small`, its recipe ({small.epochs} epochs, mirror at test time)", small),
     ]
     outcomes = [
         report(in_fresh_process(lab_run, lab_spec(), args.data_dir, environment=lab_kernels))

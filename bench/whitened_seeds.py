@@ -62,11 +62,12 @@ def main(argv: list[str] | None = None) -> None:
         f"| {run.seed} | {run.test_accuracy:.4f} | {run.fit_seconds:,.0f} |" for run in runs
     )
     verdict = "**met**" if mean >= GOAL else f"**missed** by {GOAL - mean:.4f}"
+    epochs = WhitenedCnnSpec.model_fields["epochs"].default
     body = f"""## CIFAR-10 25% over {len(runs)} training seeds: whitened_cnn's recipe (target 1)
 
 {run_context(cpu)}
 - **Protocol:** the lab's 25% CIFAR-10 sample (seed 42), `whitened_cnn` with its own
-  recipe (12 epochs, mirror and shifts at test time); each training seed sets the
+  recipe ({epochs} epochs, mirror and shifts at test time); each training seed sets the
   initial weights, shuffling and augmentation; each run in a fresh process set up as
   a worker is. Test accuracy on the 2,500 test images, once per run.
 
