@@ -1,4 +1,4 @@
-"""Plain PNGs decoded without Pillow (one op call, or libspng) give exactly Pillow's pixels."""
+"""Plain PNGs decoded by libspng (with or without the GIL, or via pyspng) give Pillow's pixels."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service import spng
 from service.errors import UnsupportedMediaTypeError
 from service.images import decode_base64, decode_image, instance_files, instances_to_batch
-from service.png_batch import MIN_BATCH, decode_plain_png, decode_plain_pngs, is_plain_png
+from service.png_batch import decode_plain_png, decode_plain_pngs, is_plain_png
 from trainer.errors import InvalidInputError
 
 SHAPE = (12, 12, 3)
@@ -38,14 +39,16 @@ def pillow(images: list[bytes], shape: tuple[int, int, int]) -> np.ndarray:
 
 @pytest.mark.parametrize(("mode", "shape"), [("RGB", SHAPE), ("L", (12, 12, 1))])
 def test_the_pixels_are_pillows(mode: str, shape: tuple[int, int, int]) -> None:
-    images = [png(seed, mode) for seed in range(MIN_BATCH + 3)]
+    # The installed pyspng exports libspng's C API: batches decode without the GIL.
+    assert spng.library() is not None
+    images = [png(seed, mode) for seed in range(11)]
     batch = decode_plain_pngs(images, shape)
     assert batch is not None and batch.dtype == np.float32
     np.testing.assert_array_equal(batch, pillow(images, shape))
     b64 = [{"b64": base64.b64encode(data).decode()} for data in images]
     files = instance_files(b64, 10**6)
     np.testing.assert_array_equal(instances_to_batch(b64, files, shape, "0-255"), batch)
-    # One at a time (libspng, as an upload is decoded) gives the same pixels again.
+    # One at a time (with the GIL, as an upload is decoded) gives the same pixels again.
     for data, expected in zip(images, batch, strict=True):
         single = decode_plain_png(data, shape)
         assert single is not None and single.dtype == np.float32 and single.shape == shape
@@ -68,14 +71,26 @@ def test_anything_pillow_would_change_is_not_plain() -> None:
     Image.new("RGB", (12, 12)).save(jpeg, format="JPEG")
     assert not is_plain_png(jpeg.getvalue(), SHAPE)
     # One odd image sends the whole request through Pillow, which gives the same pixels.
-    images = [png(seed) for seed in range(MIN_BATCH)] + [png(9, transparency=(0, 0, 0))]
+    images = [png(seed) for seed in range(8)] + [png(9, transparency=(0, 0, 0))]
     assert decode_plain_pngs(images, SHAPE) is None
     assert decode_plain_png(images[-1], SHAPE) is None
-    assert decode_plain_pngs(images[: MIN_BATCH - 1], SHAPE) is None  # too few to pay
+    assert decode_plain_pngs([], SHAPE) is None
+
+
+def test_without_libspngs_symbols_pyspng_decodes_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    images = [png(seed) for seed in range(5)]
+    expected = decode_plain_pngs(images, SHAPE)
+    monkeypatch.setattr(spng, "library", lambda: None)  # a pyspng built without them
+    np.testing.assert_array_equal(decode_plain_pngs(images, SHAPE), expected)
+    corrupt = bytearray(images[0])
+    corrupt[45:60] = b"\0" * 15
+    assert decode_plain_pngs([bytes(corrupt), *images], SHAPE) is None
 
 
 def test_a_corrupt_stream_gets_pillows_error() -> None:
-    good = [png(seed) for seed in range(MIN_BATCH)]
+    good = [png(seed) for seed in range(8)]
     data = bytearray(png(99))
     data[45:60] = b"\0" * 15  # inside IDAT: the header and the chunk list still look fine
     assert is_plain_png(bytes(data), SHAPE)
