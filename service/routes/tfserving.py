@@ -11,29 +11,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Executor
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from service.admission import RequestLimiter
 from service.bodies import read_instances, read_json_body
 from service.deps import (
-    DecodePoolDep,
     DefaultModelVersionDep,
     LabelledModelVersionDep,
-    ModelCacheDep,
     ModelNamePath,
     ModelVersion,
     NumberedModelVersionDep,
-    PredictLimiterDep,
     RegistryDep,
-    SettingsDep,
+    Services,
+    ServicesDep,
 )
 from service.errors import error_responses
-from service.model_cache import ModelCache
 from service.monitoring import record_predictions
 from service.predictions import predict_probabilities
 from service.responses import PredictionJSONResponse
@@ -46,7 +41,6 @@ from service.schemas_predict import (
 )
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
-from worker.settings import Settings
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -115,21 +109,16 @@ def _instances(request: TfServingRequest) -> tuple[list[Any], bool]:
     return [_unwrap_named_input(instance) for instance in batch], columnar
 
 
-async def _predict(
-    request: Request,
-    model_version: ModelVersion,
-    settings: Settings,
-    cache: ModelCache,
-    limiter: RequestLimiter,
-    decode_pool: Executor,
-) -> Response:
+async def _predict(request: Request, model_version: ModelVersion, services: Services) -> Response:
     model_name, version = model_version.model_name, model_version.version
-    with limiter.admit():
-        body = await read_json_body(request, settings, TfServingRequest)
+    with services.predict_limiter.admit():
+        body = await read_json_body(request, services.settings, TfServingRequest)
         instances, columnar = _instances(body)
         # TF Serving clients send pixels as floats in [0, 1].
-        inputs = await read_instances(instances, "0-1", settings)
-        probabilities = await predict_probabilities(cache, model_name, version, inputs, decode_pool)
+        inputs = await read_instances(instances, "0-1", services.settings)
+        probabilities = await predict_probabilities(
+            services.model_cache, model_name, version, inputs, services.decode_pool
+        )
     record_predictions(model_name, version, len(probabilities))
     # Plain JSON: re-validating thousands of floats through the response model is slow.
     return PredictionJSONResponse({"outputs" if columnar else "predictions": probabilities})
@@ -160,31 +149,28 @@ _PREDICT_OPTIONS: dict[str, Any] = {
 
 @router.post("/{model_name}:predict", summary="Predict (default version)", **_PREDICT_OPTIONS)
 async def predict_default(
-    request: Request, model_version: DefaultModelVersionDep, cache: ModelCacheDep,
-    settings: SettingsDep, limiter: PredictLimiterDep, decode_pool: DecodePoolDep,
+    request: Request, model_version: DefaultModelVersionDep, services: ServicesDep
 ) -> Response:  # fmt: skip
     """Class probabilities from the `production` version, else the latest."""
-    return await _predict(request, model_version, settings, cache, limiter, decode_pool)
+    return await _predict(request, model_version, services)
 
 
 @router.post(
     "/{model_name}/versions/{version}:predict", summary="Predict (version)", **_PREDICT_OPTIONS
 )
 async def predict_version(
-    request: Request, model_version: NumberedModelVersionDep, cache: ModelCacheDep,
-    settings: SettingsDep, limiter: PredictLimiterDep, decode_pool: DecodePoolDep,
+    request: Request, model_version: NumberedModelVersionDep, services: ServicesDep
 ) -> Response:  # fmt: skip
     """Class probabilities from one version."""
-    return await _predict(request, model_version, settings, cache, limiter, decode_pool)
+    return await _predict(request, model_version, services)
 
 
 @router.post("/{model_name}/labels/{alias}:predict", summary="Predict (label)", **_PREDICT_OPTIONS)
 async def predict_label(
-    request: Request, model_version: LabelledModelVersionDep, cache: ModelCacheDep,
-    settings: SettingsDep, limiter: PredictLimiterDep, decode_pool: DecodePoolDep,
+    request: Request, model_version: LabelledModelVersionDep, services: ServicesDep
 ) -> Response:  # fmt: skip
     """Class probabilities from the version an alias (TF Serving label) points at."""
-    return await _predict(request, model_version, settings, cache, limiter, decode_pool)
+    return await _predict(request, model_version, services)
 
 
 def _status(versions: list[int]) -> ModelStatus:
