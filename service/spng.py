@@ -29,7 +29,7 @@ _FORMATS = {1: _pyspng_c.SPNG_FMT_G8, 3: _pyspng_c.SPNG_FMT_RGB8}  # channels â†
 
 @dataclass(frozen=True)
 class Spng:
-    """libspng's entry points: ``decode`` releases the interpreter lock, the rest keep it."""
+    """libspng's entry points: ``decode_without_lock`` releases the interpreter lock."""
 
     context_new: Callable[..., Any]
     set_buffer: Callable[..., Any]
