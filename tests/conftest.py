@@ -75,3 +75,16 @@ def _thaw_frozen_objects() -> Iterator[None]:
     """Undo the model cache's gc.freeze after each test, so a test's garbage is collected."""
     yield
     gc.unfreeze()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give each Schemathesis operation its own node id (`test_x[POST /predict]`).
+
+    Schemathesis names an item per operation, but under pytest 9 their node ids all
+    read `test_x`: pytest-xdist's file scheduling keys its queue by node id, so it ran
+    one operation per fuzz test and dropped the rest without a word.
+    """
+    for item in items:
+        label = getattr(item, "operation_label", None)
+        if label is not None and item._id.params is None:
+            item._id = item._id.with_params(label)
