@@ -142,7 +142,7 @@ def add_study_parser(commands: Any) -> list[argparse.ArgumentParser]:
     run = actions.add_parser("run", help="start a study from a preset")
     run.add_argument("preset", choices=PRESETS)
     run.add_argument("--quick", action="store_true", help="small samples, few epochs")
-    run.add_argument("--no-reference", action="store_true", help="skip the resnet reference")
+    run.add_argument("--no-reference", action="store_true", help="skip the whitened_cnn reference")
     run.add_argument("--epochs", type=int, help="every training's epochs")
     run.add_argument("--sample-fraction", type=float, help="share of each class kept")
     run.add_argument("--primary-dataset", choices=DATASET_NAMES, help="the lab's CIFAR-10")

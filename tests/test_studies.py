@@ -117,8 +117,9 @@ def test_the_preset_is_the_labs_protocol_from_the_definitions() -> None:
     assert all("lr_schedule" not in t.overrides for t in stages["augmentation"].trainings)
     reference = stages["reference"].trainings[0].spec
     assert reference is not None and reference["architecture"] in ARCHITECTURES
-    # The resnet recipe's own epochs, not a number of ours.
-    assert reference["epochs"] == ARCHITECTURES["resnet"].spec.model_fields["epochs"].default
+    # The whitened_cnn recipe's own epochs, not a number of ours.
+    assert reference["architecture"] == "whitened_cnn"
+    assert reference["epochs"] == ARCHITECTURES["whitened_cnn"].spec.model_fields["epochs"].default
     assert stages["variations"].pick == "validation_accuracy"
     assert "reference" not in {
         s.name for s in expand(StudyRequest(preset="cnn-lab", include_reference=False))

@@ -101,7 +101,9 @@ class StudyRequest(BaseModel):
     )
     name: str | None = Field(None, max_length=100, description="A label for people.")
     quick: bool = Field(False, description="Small samples and few epochs: a demo or a test.")
-    include_reference: bool = Field(True, description="Also train the resnet recipe (preset).")
+    include_reference: bool = Field(
+        True, description="Also train the whitened_cnn recipe (preset)."
+    )
     primary_dataset: str | None = Field(
         None,
         description="The lab's CIFAR-10 (preset).",
