@@ -7,7 +7,9 @@ Pillow gives, as long as nothing else applies: only 8-bit grayscale or RGB image
 interlaced, exactly the model's size, without transparency (``tRNS``, which Pillow
 composites on white) or EXIF (``eXIf``, which may rotate) take this path. Everything
 else, and any image libspng refuses, goes through ``decode_image``, which also words
-the errors.
+the errors. So does everything when pyspng's build does not export libspng's C API:
+``pyspng.load`` decodes a zlib stream with a wrong Adler-32 checksum, or with a
+corrupted deflate byte, where Pillow refuses it, so it is no substitute.
 
 A single such PNG (the commonest upload) is decoded on the event loop with the
 interpreter lock held: Pillow releases the lock around its decoder, and on a loaded
@@ -25,7 +27,6 @@ import struct
 from collections.abc import Sequence
 
 import numpy as np
-import pyspng
 from numpy.typing import NDArray
 
 from service import spng
@@ -83,31 +84,17 @@ def decode_plain_pngs(
 def _decode(
     images: Sequence[bytes], input_shape: tuple[int, int, int], *, lock: bool
 ) -> NDArray[np.uint8] | None:
-    if not images or not all(is_plain_png(data, input_shape) for data in images):
+    library = spng.library()
+    if library is None or not images:
+        return None
+    if not all(is_plain_png(data, input_shape) for data in images):
         return None
     pixels = np.empty((len(images), *input_shape), dtype=np.uint8)
-    library = spng.library()
-    if library is None:
-        return _decode_with_pyspng(images, pixels)
     image_bytes = pixels[0].nbytes
     for index, data in enumerate(images):
         address = pixels.ctypes.data + index * image_bytes
         if not library.decode_into(data, address, image_bytes, input_shape[2], lock=lock):
             return None  # e.g. a corrupt stream: decode_image words the error
-    return pixels
-
-
-def _decode_with_pyspng(
-    images: Sequence[bytes], pixels: NDArray[np.uint8]
-) -> NDArray[np.uint8] | None:
-    for index, data in enumerate(images):
-        try:
-            decoded = pyspng.load(data)
-        except Exception:  # noqa: BLE001 - e.g. a corrupt stream: decode_image words the error
-            return None
-        if decoded.dtype != np.uint8 or decoded.size != pixels[index].size:
-            return None
-        pixels[index] = decoded.reshape(pixels[index].shape)
     return pixels
 
 

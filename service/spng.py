@@ -10,7 +10,7 @@ single image on the event loop. Either way the pixels land straight in the calle
 array, with the output format and flags ``pyspng.load`` uses, so they are its pixels.
 
 When the symbols are missing (a ``pyspng`` built otherwise), ``library()`` returns
-None and callers use ``pyspng.load``.
+None and callers decode with Pillow (``pyspng.load`` accepts streams Pillow refuses).
 """
 
 from __future__ import annotations

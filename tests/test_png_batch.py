@@ -1,10 +1,12 @@
-"""Plain PNGs decoded by libspng (with or without the GIL, or via pyspng) give Pillow's pixels."""
+"""Plain PNGs decoded by libspng (with or without the GIL) give Pillow's pixels and errors."""
 
 from __future__ import annotations
 
 import base64
 import io
+import struct
 import textwrap
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -77,16 +79,42 @@ def test_anything_pillow_would_change_is_not_plain() -> None:
     assert decode_plain_pngs([], SHAPE) is None
 
 
-def test_without_libspngs_symbols_pyspng_decodes_the_same(
+def with_wrong_adler32(data: bytes) -> bytes:
+    """``data`` with its zlib stream's Adler-32 checksum flipped and the IDAT CRC still right."""
+    start = data.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", data[start : start + 4])
+    stream = bytearray(data[start + 8 : start + 8 + length])
+    stream[-1] ^= 0xFF  # the last byte of the Adler-32 that ends the stream
+    chunk = b"IDAT" + bytes(stream)
+    checksum = struct.pack(">I", zlib.crc32(chunk))
+    return data[: start + 4] + chunk + checksum + data[start + 12 + length :]
+
+
+def test_without_libspngs_symbols_batches_go_through_pillow(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     images = [png(seed) for seed in range(5)]
     expected = decode_plain_pngs(images, SHAPE)
     monkeypatch.setattr(spng, "library", lambda: None)  # a pyspng built without them
-    np.testing.assert_array_equal(decode_plain_pngs(images, SHAPE), expected)
-    corrupt = bytearray(images[0])
-    corrupt[45:60] = b"\0" * 15
-    assert decode_plain_pngs([bytes(corrupt), *images], SHAPE) is None
+    assert decode_plain_pngs(images, SHAPE) is None
+    assert decode_plain_png(images[0], SHAPE) is None
+    b64 = [{"b64": base64.b64encode(data).decode()} for data in images]
+    np.testing.assert_array_equal(
+        instances_to_batch(b64, instance_files(b64, 10**6), SHAPE, "0-255"), expected
+    )
+    # pyspng.load would decode this one; Pillow refuses it, as the libspng path does.
+    bad = [*b64, {"b64": base64.b64encode(with_wrong_adler32(images[0])).decode()}]
+    with pytest.raises(UnsupportedMediaTypeError, match=r"instances\[5\] is not a readable"):
+        instances_to_batch(bad, instance_files(bad, 10**6), SHAPE, "0-255")
+
+
+def test_a_wrong_adler32_is_refused_by_libspng_as_by_pillow() -> None:
+    bad = with_wrong_adler32(png(3))
+    assert is_plain_png(bad, SHAPE)
+    assert decode_plain_pngs([png(1), bad], SHAPE) is None
+    assert decode_plain_png(bad, SHAPE) is None
+    with pytest.raises(UnsupportedMediaTypeError, match="is not a readable"):
+        decode_image(bad, SHAPE, description="file 'x.png'")
 
 
 def test_a_corrupt_stream_gets_pillows_error() -> None:
