@@ -85,9 +85,7 @@ def _decode(
     images: Sequence[bytes], input_shape: tuple[int, int, int], *, lock: bool
 ) -> NDArray[np.uint8] | None:
     library = spng.library()
-    if library is None or not images:
-        return None
-    if not all(is_plain_png(data, input_shape) for data in images):
+    if library is None or not images or not all(is_plain_png(d, input_shape) for d in images):
         return None
     pixels = np.empty((len(images), *input_shape), dtype=np.uint8)
     image_bytes = pixels[0].nbytes
