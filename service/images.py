@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
+import pybase64
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -187,10 +188,10 @@ def decode_base64(text: Any, index: int) -> bytes:
             index=index,
         )
     try:
-        # Padded standard base64, what every encoder writes by default: one C call. The
-        # forgiving path below costs several string copies and a regular expression,
-        # a millisecond for a request of 64 small images.
-        return binascii.a2b_base64(text, strict_mode=True)
+        # Padded standard base64, what every encoder writes by default: one SIMD call
+        # (pybase64 validates as strictly as base64.b64decode). The forgiving path below
+        # costs several string copies, a millisecond for a request of 64 small images.
+        return pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         pass
     compact = "".join(text.split()).replace("-", "+").replace("_", "/")
