@@ -89,8 +89,10 @@ def _decode(
         return None
     pixels = np.empty((len(images), *input_shape), dtype=np.uint8)
     image_bytes = pixels[0].nbytes
+    # Read once: each ``.ctypes`` access builds a helper object, with the lock held.
+    first_address = pixels.ctypes.data
     for index, data in enumerate(images):
-        address = pixels.ctypes.data + index * image_bytes
+        address = first_address + index * image_bytes
         if not library.decode_into(data, address, image_bytes, input_shape[2], lock=lock):
             return None  # e.g. a corrupt stream: decode_image words the error
     return pixels
