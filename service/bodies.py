@@ -78,8 +78,9 @@ async def read_predict_inputs(request: Request, settings: Settings) -> PredictIn
             pixels = await run_in_threadpool(_check_pixels, images, settings)
         return Uploads(uploads, pixels)
     if content_type == JSON_TYPE:
-        parsed = await read_json_body(request, settings, PredictRequest)
-        return await read_instances(parsed.instances, parsed.pixel_range, settings)
+        # Parsed, base64-decoded and checked in one worker-thread call: each hop to a
+        # thread and back costs the event loop a wake-up and the interpreter lock twice.
+        return await run_in_threadpool(_parse_predict_json, await request.body(), settings)
     raise UnsupportedMediaTypeError(
         f"content type {quoted(content_type, 100) or 'none'!r} is not accepted; send "
         f"{MULTIPART_TYPE} with image files in the field 'files', or {JSON_TYPE} with "
@@ -104,6 +105,11 @@ def _validate_json(schema: type[BodyT], body: bytes) -> BodyT:
         ) from None
 
 
+def _parse_predict_json(body: bytes, settings: Settings) -> Instances:
+    parsed = _validate_json(PredictRequest, body)
+    return _checked_instances(parsed.instances, parsed.pixel_range, settings)
+
+
 def check_instance_count(count: int, settings: Settings) -> None:
     """PayloadTooLargeError (413) past the per-request limit on inputs."""
     if count > settings.max_instances:
@@ -114,15 +120,16 @@ async def read_instances(
     instances: list[Any], pixel_range: PixelRange, settings: Settings
 ) -> Instances:
     """JSON instances within the limits on count, bytes and pixels (headers only)."""
+    return await run_in_threadpool(_checked_instances, instances, pixel_range, settings)
+
+
+def _checked_instances(
+    instances: list[Any], pixel_range: PixelRange, settings: Settings
+) -> Instances:
     check_instance_count(len(instances), settings)
-    files = await run_in_threadpool(_decode_instance_files, instances, settings)
-    return Instances(instances, files, pixel_range)
-
-
-def _decode_instance_files(instances: list[Any], settings: Settings) -> dict[int, bytes]:
     files = instance_files(instances, settings.max_upload_bytes)
     _check_pixels([(f"instances[{index}]", data) for index, data in files.items()], settings)
-    return files
+    return Instances(instances, files, pixel_range)
 
 
 def _check_pixels(images: list[tuple[str, bytes]], settings: Settings) -> int:
