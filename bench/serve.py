@@ -388,8 +388,8 @@ def measure_raw(model_path: Path, images_path: Path) -> dict[str, float]:
     """The model called in-process: a traced forward pass per batch size, and model.predict.
 
     The traced pass, called as the service calls it (``service.inference``: a concrete
-    function per batch size, entered through its flat call), is the fastest way to call
-    a Keras model here, so the raw limit is as high as it can be.
+    function per batch size, traced before the clock starts), is the fastest way to
+    call a Keras model here, so the raw limit is as high as it can be.
     """
     import keras
 

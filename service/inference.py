@@ -61,11 +61,10 @@ class CompiledModel:
 
         traced = tf.function(forward, jit_compile=jit_compile)
         # Concrete functions skip tf.function's per-call argument matching as well.
-        concrete = {
+        self._functions = {
             size: traced.get_concrete_function(tf.TensorSpec((size, *input_shape), tf.float32))
             for size in self.buckets
         }
-        self._functions = {size: _flat_call(function) for size, function in concrete.items()}
         self._to_tensor = tf.convert_to_tensor
 
     def warm(self) -> None:
@@ -91,19 +90,3 @@ class CompiledModel:
             batch = np.concatenate([batch, padding])
         probabilities = self._functions[size](self._to_tensor(batch, dtype="float32"))
         return np.asarray(probabilities, dtype=np.float32)[:count]
-
-
-def _flat_call(concrete: Any) -> Any:
-    """``concrete`` called with one tensor, past its structured-argument handling.
-
-    ``ConcreteFunction.__call__`` binds its arguments to the traced signature in Python
-    on every call: on a 2-core AMX Xeon 0.8 ms of the calling thread's CPU per 64-image
-    call, with the interpreter lock held, against 0.33 ms through ``_call_flat`` (its
-    own flat entry point, which takes the tensors and the captured variables as
-    lists). A TensorFlow without it gets the public call.
-    """
-    call_flat = getattr(concrete, "_call_flat", None)
-    captured = getattr(concrete, "captured_inputs", None)
-    if call_flat is None or captured is None:
-        return concrete
-    return lambda tensor: call_flat([tensor], captured)
