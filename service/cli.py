@@ -42,6 +42,11 @@ def _add_server_parsers(commands: Any) -> None:
         "--workers", type=int, default=1, help="embedded worker processes (embedded mode only)"
     )
     serve.add_argument(
+        "--api-processes",
+        type=int,
+        help="API server processes sharing the port (default: DACIAVISION_API_PROCESSES, 1)",
+    )
+    serve.add_argument(
         "--verbose",
         action="store_true",
         help="show the embedded workers' and the server's logs here instead of in log files",

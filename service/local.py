@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service import __version__
+from service.api_processes import api_process_count, shared_telemetry
 from service.security import Keyring, check_scopes, new_key, parse_api_keys, settings_entry
 from service.spec_arguments import spec_from_arguments
 from trainer.card import ModelCard
@@ -72,8 +73,11 @@ def _start_embedded_workers(
     return workers
 
 
-def _start_up_lines(settings: Settings, host: str, port: int, workers: int) -> list[str]:
+def _start_up_lines(
+    settings: Settings, host: str, port: int, workers: int, processes: int = 1
+) -> list[str]:
     url = f"http://{host}:{port}"
+    served_by = f" ({processes} processes)" if processes > 1 else ""
     if settings.embedded:
         mode = "embedded (no Redis: broker and job store under the home folder)"
         worker_line = f"{workers} embedded, logs in {settings.home / 'logs'}"
@@ -82,7 +86,7 @@ def _start_up_lines(settings: Settings, host: str, port: int, workers: int) -> l
         worker_line = "none here: `daciavision worker` runs them"
     return [
         f"DaciaVision {__version__}",
-        f"  API        {url}",
+        f"  API        {url}{served_by}",
         f"  dashboard  {url}/",
         f"  docs       {url}/docs",
         f"  mode       {mode}",
@@ -122,40 +126,51 @@ def _access_line(keyring: Keyring) -> str:
 
 def serve_command(arguments: argparse.Namespace) -> int:
     """Run the API; in embedded mode (no REDIS_URL) also run local worker processes."""
-    import uvicorn
-
-    from service.app import create_app
-
     settings = get_settings()
     keyring = Keyring(parse_api_keys(settings.api_keys))
     check_bind(arguments.host, keyring)
+    processes = api_process_count(arguments.api_processes, settings)
     workers: list[subprocess.Popen[bytes]] = []
     previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if settings.embedded:
         workers = _start_embedded_workers(settings, arguments.workers, arguments.verbose)
-    print("\n".join(_start_up_lines(settings, arguments.host, arguments.port, len(workers))))
+    lines = _start_up_lines(settings, arguments.host, arguments.port, len(workers), processes)
+    print("\n".join(lines))
     print(_access_line(keyring))
     print("Press Ctrl+C to stop.", flush=True)
     try:
-        uvicorn.run(
-            create_app(settings),
-            host=arguments.host,
-            port=arguments.port,
-            log_level="info" if arguments.verbose else "warning",
-            # An idle connection stays open longer than clients keep theirs (httpx 5 s,
-            # aiohttp 15 s) and than load balancers' idle timeouts (60 s), so the client
-            # side always closes first. With uvicorn's 5 s a client reusing a connection
-            # idle for just under 5 s raced the server's close and got a reset.
-            timeout_keep_alive=KEEP_ALIVE_SECONDS,
-            h11_max_incomplete_event_size=16 * 1024,
-            server_header=False,
-        )
+        _run_api(settings, arguments, processes)
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         _stop_embedded_workers(workers)
         if workers:
             _release_jobs_of_stopped_workers(settings)
     return 0
+
+
+def _run_api(settings: Settings, arguments: argparse.Namespace, processes: int) -> None:
+    import uvicorn
+
+    options: dict[str, Any] = {
+        "host": arguments.host,
+        "port": arguments.port,
+        "log_level": "info" if arguments.verbose else "warning",
+        # An idle connection stays open longer than clients keep theirs (httpx 5 s,
+        # aiohttp 15 s) and than load balancers' idle timeouts (60 s), so the client
+        # side always closes first. With uvicorn's 5 s a client reusing a connection
+        # idle for just under 5 s raced the server's close and got a reset.
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+        "h11_max_incomplete_event_size": 16 * 1024,
+        "server_header": False,
+    }
+    if processes == 1:
+        from service.app import create_app
+
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Each process builds its app from the same environment, as get_settings() reads it.
+    with shared_telemetry(settings):
+        uvicorn.run("service.app:create_app", factory=True, workers=processes, **options)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

@@ -2,11 +2,14 @@
 
 ``/metrics`` is taken by the per-class reports, so telemetry lives apart:
 requests and latency by route template, predictions by model and version,
-jobs by status (read from the job store at scrape time).
+jobs by status (read from the job store at scrape time). Served by several processes
+(``--api-processes``), each keeps its values in prometheus_client's multiprocess
+files and a scrape sums them (``service/api_processes.py``).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -19,10 +22,12 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api_processes import TELEMETRY_FOLDER_VARIABLE
 from service.deps import JobStoreDep
 from service.errors import error_responses
 
@@ -45,7 +50,14 @@ PREDICTIONS = Counter(
     ["model_name", "version"],
     registry=TELEMETRY,
 )
-JOBS = Gauge("daciavision_jobs", "Training jobs by status.", ["status"], registry=TELEMETRY)
+# Any process reads the same job store, so with several the latest reading is the answer.
+JOBS = Gauge(
+    "daciavision_jobs",
+    "Training jobs by status.",
+    ["status"],
+    registry=TELEMETRY,
+    multiprocess_mode="mostrecent",
+)
 
 router = APIRouter(prefix="/monitoring", tags=["monitoring"])
 
@@ -80,7 +92,16 @@ def prometheus_metrics(store: JobStoreDep) -> Response:
     """Requests and latency by route, predictions by model/version, jobs by status."""
     for status, count in store.count_by_status().items():
         JOBS.labels(status=status).set(count)
-    return Response(generate_latest(TELEMETRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(_exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _exposition() -> bytes:
+    folder = os.environ.get(TELEMETRY_FOLDER_VARIABLE)
+    if not folder:
+        return generate_latest(TELEMETRY)
+    every_process = CollectorRegistry()
+    multiprocess.MultiProcessCollector(every_process, path=folder)  # type: ignore[no-untyped-call]
+    return generate_latest(every_process)
 
 
 class _MeasureRequests:

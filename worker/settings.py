@@ -82,6 +82,14 @@ class Settings(BaseSettings):
         128, ge=1, description="Prediction requests in progress before new ones get a 503."
     )
     decode_threads: int = Field(2, ge=1, description="Threads decoding images for /predict.")
+    api_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API server processes sharing the port (`daciavision serve`); each loads "
+        "the models it serves. One per core lets JSON batches decode beside inference "
+        "without waiting for one Python interpreter lock.",
+    )
     inference_jit_compile: bool = Field(
         False, description="Compile the forward pass with XLA (faster for single images here)."
     )

@@ -1,0 +1,118 @@
+"""`daciavision serve --api-processes 2`: two real API processes on one port.
+
+Each answers predictions with the same model, and a Prometheus scrape of either sums
+the counters of both.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import httpx
+import keras
+import numpy as np
+import pytest
+
+from service.api_processes import api_process_count
+from tests.conftest import make_record
+from tests.workers import Process, free_port, running, service_environment, wait_until
+from trainer.architectures import build_model
+from trainer.architectures.custom_cnn import CustomCnnHyperparameters
+from trainer.registry import FileModelRegistry
+from worker.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+MODEL_NAME = "shared"
+REQUESTS = 40
+
+
+def _register_model(home: Path) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    model = build_model(
+        "custom_cnn", CustomCnnHyperparameters(filters1=4, filters2=4, dense_units=8), (8, 8, 1), 3
+    )
+    record = make_record(class_names=["a", "b", "c"], input_shape=[8, 8, 1])
+    FileModelRegistry(home / "registry").register(MODEL_NAME, model.save, record)
+    return model
+
+
+def _api_process_ids(server_pid: int) -> set[int]:
+    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+    return {
+        int(child)
+        for child in children
+        if b"multiprocessing.spawn" in Path(f"/proc/{child}/cmdline").read_bytes()
+    }
+
+
+def _counter(metrics: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in metrics.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and ",".join(sorted(match.group(1).split(","))) == wanted:
+            return float(match.group(2))
+    raise AssertionError(f"{name}{{{wanted}}} not in the scrape:\n{metrics}")
+
+
+def test_two_api_processes_serve_one_port_and_sum_their_telemetry(tmp_path: Path) -> None:
+    model = _register_model(tmp_path)
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 1))
+    expected = model(pixels[None].astype("float32") / 255.0).numpy()[0]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    server = Process(
+        [*command, "--api-processes", "2", "--workers", "1"],
+        service_environment(tmp_path, None),
+        tmp_path / "serve.log",
+    )
+    with running([server]):
+        wait_until(lambda: _answers(f"{url}/health/live"), timeout=120, what="the API")
+        assert len(_api_process_ids(server.popen.pid)) == 2
+        body = {"instances": [pixels.tolist()], "pixel_range": "0-255"}
+        for _ in range(REQUESTS):
+            # A new connection each time, so that either process may accept it.
+            answer = httpx.post(f"{url}/predict?model_name={MODEL_NAME}&top_k=3", json=body)
+            assert answer.status_code == 200, answer.text
+            probabilities = {
+                p["label"]: p["probability"] for p in answer.json()["predictions"][0]["top_k"]
+            }
+            np.testing.assert_allclose(
+                [probabilities[label] for label in "abc"], expected, atol=1e-5
+            )
+        telemetry = tmp_path / "run"
+        writers = {path.name.rsplit("_", 1)[-1] for path in telemetry.glob("*/counter_*.db")}
+        assert len(writers) == 2, f"both processes should have counted requests: {writers}"
+        scrape = httpx.get(f"{url}/monitoring/prometheus/metrics").text
+        assert (
+            _counter(scrape, "daciavision_predictions_total", model_name=MODEL_NAME, version="1")
+            == REQUESTS
+        )
+        assert (
+            _counter(
+                scrape,
+                "daciavision_http_requests_total",
+                method="POST",
+                route="/predict",
+                status="200",
+            )
+            == REQUESTS
+        )
+    assert not any(telemetry.iterdir()), "the telemetry folder outlives the server"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_the_option_overrides_the_setting_and_refuses_zero() -> None:
+    settings = Settings(api_processes=3)
+    assert api_process_count(None, settings) == 3
+    assert api_process_count(2, settings) == 2
+    with pytest.raises(ValueError, match="at least 1"):
+        api_process_count(0, settings)
