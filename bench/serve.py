@@ -5,7 +5,8 @@ trained briefly with the project's own trainer: accuracy does not matter for spe
 and gets the same real CIFAR-10 test images as PNG. They run one at a time (never two
 on the same cores), each warmed first, and Debian's ``hey`` drives them on loopback:
 
-* ours: ``uvicorn service.app:create_app`` with the settings a user gets;
+* ours: ``uvicorn service.app:create_app`` with the settings a user gets, in one API
+  process unless ``--api-processes`` asks for more (``uvicorn --workers``);
 * (a) ``bench/serve_naive.py``: Pillow + ``model.predict`` per request, one process;
 * (b) ``bench/serve_bentoml.py``: BentoML from PyPI with adaptive batching, in its own
   virtual environment ``bench/.venv-bentoml`` (created here if missing);
@@ -54,6 +55,7 @@ from bench.harness import (
     require_hey,
     update_doc,
 )
+from service.api_processes import TELEMETRY_FOLDER_VARIABLE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "daciavision-bench"
@@ -349,11 +351,13 @@ def started(contender: Contender, bodies: Bodies, log_dir: Path) -> Iterator[Run
 
 
 def peak_rss_mib(pid: int) -> float:
-    """VmHWM: the most resident memory the process ever had."""
+    """VmHWM summed over the process and its children: the API processes' peaks."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+            total += int(line.split()[1]) / 1024
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return total + sum(peak_rss_mib(int(child)) for child in children)
 
 
 def ensure_bentoml_venv() -> Path:
@@ -458,20 +462,41 @@ class Measured:
     rss_after_load_mib: float
     whole_run: CpuMeter
     seconds: float
+    api_processes: int
 
 
-def contenders(registry_dir: Path, home: Path, model: Path) -> dict[str, Contender]:
+def _fresh(folder: Path) -> str:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return str(folder)
+
+
+def contenders(
+    registry_dir: Path, home: Path, model: Path, api_processes: int
+) -> dict[str, Contender]:
     python = str(PROJECT_ROOT / ".venv" / "bin" / "python")
     uvicorn = [python, "-m", "uvicorn", "--host", "127.0.0.1", "--log-level", "warning"]
     uvicorn += ["--no-access-log"]
     query = f"?model_name={MODEL_NAME}"
     return {
-        # The service as `daciavision serve` runs it, with the default settings.
+        # The service as `daciavision serve --api-processes N` runs it, default settings.
         "ours": Contender(
             "ours",
-            [*uvicorn, "--port", str(PORTS["ours"]), "--factory", "service.app:create_app"],
+            [
+                *(*uvicorn, "--port", str(PORTS["ours"]), "--workers", str(api_processes)),
+                *("--factory", "service.app:create_app"),
+            ],
             f"http://127.0.0.1:{PORTS['ours']}/predict{query}",
-            env={"DACIAVISION_HOME": str(home), "REGISTRY_DIR": str(registry_dir)},
+            env={
+                "DACIAVISION_HOME": str(home),
+                "REGISTRY_DIR": str(registry_dir),
+                # What `daciavision serve --api-processes` sets: telemetry summed over them.
+                **(
+                    {TELEMETRY_FOLDER_VARIABLE: _fresh(home / "prometheus")}
+                    if api_processes > 1
+                    else {}
+                ),
+            },
         ),
         "naive": Contender(
             "naive",
@@ -515,7 +540,7 @@ def measure(args: argparse.Namespace) -> Measured:
         print(json.dumps(measured_raw[-1][0], indent=1), flush=True)
 
     with CpuMeter() as whole_run:
-        for name, contender in contenders(registry_dir, home, model).items():
+        for name, contender in contenders(registry_dir, home, model, args.api_processes).items():
             if name not in args.contenders:
                 continue
             print(f"{name}: starting …", flush=True)
@@ -527,11 +552,16 @@ def measure(args: argparse.Namespace) -> Measured:
                 url = contender.url
                 if name == "ours":
                     # Load the other three versions too: the memory with four models loaded.
+                    # Each request on a new connection, which any API process may accept:
+                    # several per version, so that every process loads every version.
                     for version in range(1, MODELS_LOADED_FOR_MEMORY):
-                        status = _post(
-                            f"{url}&version={version}", bodies.single_png.read_bytes(), multipart
-                        )
-                        assert status == 200, f"version {version} answered {status}"
+                        for _ in range(1 if args.api_processes == 1 else 8 * args.api_processes):
+                            status = _post(
+                                f"{url}&version={version}",
+                                bodies.single_png.read_bytes(),
+                                multipart,
+                            )
+                            assert status == 200, f"version {version} answered {status}"
                     rss_four = peak_rss_mib(running.process.pid)
                     print(f"  peak RSS with {MODELS_LOADED_FOR_MEMORY} models: {rss_four:.0f} MiB")
                 # Warm-up: every code path and batch size the measurements meet.
@@ -565,8 +595,9 @@ def measure(args: argparse.Namespace) -> Measured:
     raw, raw_meter = measured_raw[0]
     shutil.rmtree(home, ignore_errors=True)
     return Measured(
-        raw, raw_meter, runs, cold, rss_four, rss_after, whole_run, time.perf_counter() - began
-    )
+        raw, raw_meter, runs, cold, rss_four, rss_after, whole_run,
+        time.perf_counter() - began, args.api_processes,
+    )  # fmt: skip
 
 
 # -- the report -------------------------------------------------------------------------
@@ -750,8 +781,10 @@ def section(m: Measured, command: str) -> str:
   trained 2 epochs on 10% with the project's trainer; one `.keras` file for every contender
 - **Images:** real CIFAR-10 test images as 32×32 PNG ({BATCH_IMAGES} per JSON request,
   base64); hey repeats one body per run
-- **Ours:** `uvicorn service.app:create_app` with the default settings (dynamic batching,
-  max batch {BATCH_IMAGES}, max wait 2 ms); requests name no version (the latest)
+- **Ours:** `uvicorn service.app:create_app` in {m.api_processes} API process(es) sharing
+  the port (`--workers {m.api_processes}`, as `daciavision serve --api-processes
+  {m.api_processes}`), otherwise the default settings (dynamic batching, max batch
+  {BATCH_IMAGES}, max wait 2 ms); requests name no version (the latest)
 
 | Target | Measured | Baseline | Ratio | Goal | |
 |---|---|---|---|---|---|
@@ -779,8 +812,8 @@ meanwhile), so that both meet the same machine; other processes used
 | Also recorded | Value |
 |---|---|
 | Cold start: process start to first successful `/predict` | {cold} |
-| Peak RSS of the API with {MODELS_LOADED_FOR_MEMORY} models loaded | {rss_four} |
-| Peak RSS of the API after the whole run | {m.rss_after_load_mib:,.0f} MiB |
+| Peak RSS of the API, all processes, {MODELS_LOADED_FOR_MEMORY} models loaded | {rss_four} |
+| Peak RSS of the API after the whole run, all its processes | {m.rss_after_load_mib:,.0f} MiB |
 
 Reproduce from the project root (`apt-get install hey` first; the script creates
 `bench/.venv-bentoml` and trains the model into `--cache-dir` once):
@@ -810,6 +843,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=list(PORTS),
         choices=list(PORTS),
         help="Which servers to run (default: all).",
+    )
+    parser.add_argument(
+        "--api-processes",
+        type=int,
+        default=1,
+        help="Our API server processes, as `daciavision serve --api-processes` "
+        "(default: %(default)s, the setting a user gets).",
     )
     parser.add_argument("--doc", type=Path, default=DEFAULT_DOC)
     parser.add_argument("--no-doc", action="store_true", help="Print the figures only.")
