@@ -19,7 +19,11 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import TypeAdapter, ValidationError
+
+from trainer.errors import InvalidInputError
 from worker.settings import Settings
 
 # prometheus_client reads it when imported, so it must be set before the servers start.
@@ -27,10 +31,15 @@ TELEMETRY_FOLDER_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def api_process_count(requested: int | None, settings: Settings) -> int:
-    """The ``--api-processes`` option if given, else the setting."""
-    count = settings.api_processes if requested is None else requested
-    if count < 1:
-        raise ValueError(f"--api-processes must be at least 1, got {count}")
+    """The ``--api-processes`` option if given, within the setting's bounds; else the setting."""
+    if requested is None:
+        return settings.api_processes
+    field = Settings.model_fields["api_processes"]
+    try:
+        count: int = TypeAdapter(Annotated[int, *field.metadata]).validate_python(requested)
+    except ValidationError as error:
+        reason = error.errors()[0]["msg"]
+        raise InvalidInputError(f"--api-processes {requested}: {reason}") from None
     return count
 
 

@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 
 from service.api_processes import api_process_count
+from service.cli import main
 from tests.conftest import make_record
 from tests.workers import Process, free_port, running, service_environment, wait_until
 from trainer.architectures import build_model
 from trainer.architectures.custom_cnn import CustomCnnHyperparameters
+from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
-from worker.settings import Settings
+from worker.settings import Settings, get_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL_NAME = "shared"
@@ -110,9 +112,25 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_the_option_overrides_the_setting_and_refuses_zero() -> None:
+def test_the_option_overrides_the_setting_within_its_bounds() -> None:
     settings = Settings(api_processes=3)
     assert api_process_count(None, settings) == 3
     assert api_process_count(2, settings) == 2
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(InvalidInputError, match="greater than or equal to 1"):
         api_process_count(0, settings)
+    with pytest.raises(InvalidInputError, match="less than or equal to 64"):
+        api_process_count(65, settings)
+
+
+def test_the_command_refuses_zero_processes_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DACIAVISION_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        assert main(["serve", "--api-processes", "0"]) == 2
+    finally:
+        get_settings.cache_clear()
+    error = capsys.readouterr().err
+    assert "--api-processes 0: Input should be greater than or equal to 1" in error
+    assert not (tmp_path / "logs").exists(), "no embedded worker may start"
