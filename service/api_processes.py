@@ -1,11 +1,12 @@
 """Several API server processes on one port, as uvicorn's workers, with shared telemetry.
 
-One process serves JSON batches with its cores partly idle: its event loop, decoding
-threads and inference thread take turns at one interpreter lock, and while the event
-loop holds it the inference thread waits to hand the next batch to TensorFlow
-(measured: the lock held 58% of the time, 48% by the event loop, cores 20% idle).
-Processes do not share that lock, so a second one fills the idle time; each loads the
-models it serves, so memory grows with them.
+One process serves JSON batches with its cores partly idle: its one inference thread
+per model is the bottleneck, its model calls share the cores with decoding, and its
+threads take turns at one interpreter lock (measured on two cores: the lock held 58%
+of the time, 48% by the event loop, the cores 20% idle). A second process has its own
+inference thread and lock and fills that idle time; but clients are spread over the
+processes by connection, and each process loads the models it serves, so whether it
+pays depends on the load (docs/operations.md).
 
 Prometheus counters live in each process. With several, prometheus_client's
 multiprocess mode keeps them in files of one folder, and a scrape of any process sums
