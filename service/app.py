@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
-from service import __version__
+from service import __version__, png_kernel
 from service.deps import Services
 from service.errors import error_responses, install_error_handlers
 from service.limits import BodyLimitMiddleware, RequestTimeoutMiddleware, body_limit_for
@@ -110,10 +110,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         recovery = asyncio.create_task(_recover_orphaned_jobs_forever(services))
+        # Off the event loop and not awaited: the service answers at once, and numba's
+        # compile (about 10 s on a fresh install, a fraction of a second from its cache
+        # later) is done before the first PNG batch usually arrives; one that comes
+        # sooner waits for it.
+        warming = asyncio.get_running_loop().run_in_executor(None, png_kernel.warm_up)
         try:
             yield
         finally:
             recovery.cancel()
+            await warming
             services.close()
 
     # Swagger UI and ReDoc served from the package, not a CDN: /docs works offline.

@@ -268,7 +268,7 @@ def instances_to_batch(
 ) -> Batch:
     """JSON instances → one batch: ``files`` (from ``instance_files``) or pixel arrays."""
     if len(files) == len(instances):
-        # Plain PNGs of the model's size: libspng without the GIL, the same pixels.
+        # Plain PNGs of the model's size: one compiled call without the GIL, the same pixels.
         batch = decode_plain_pngs(list(files.values()), input_shape)
         if batch is not None:
             return batch

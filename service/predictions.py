@@ -67,7 +67,7 @@ async def predict_inputs(
         probabilities = await loaded.batcher.predict(images)
     else:
         # Decoding is CPU-bound: its own threads, while the batcher's thread runs the model
-        # on other requests' images. Pillow and libspng (service/spng.py) release the GIL.
+        # on other requests' images. Pillow and service/png_kernel.py release the GIL.
         probabilities, filenames = await prepare_and_predict(decode_pool, decode, loaded.batcher)
     check_finite(probabilities, loaded.model_name, loaded.version)
     # Ranked and converted for all rows at once: per-row NumPy calls cost more than the

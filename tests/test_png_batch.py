@@ -1,4 +1,7 @@
-"""Plain PNGs decoded by libspng (with or without the GIL) give Pillow's pixels and errors."""
+"""Plain PNGs decoded by the compiled kernel (with or without the GIL) give Pillow's pixels.
+
+Anything it refuses goes through Pillow, which gives the same pixels or words the error.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import spng
 from service.errors import UnsupportedMediaTypeError
 from service.images import decode_base64, decode_image, instance_files, instances_to_batch
-from service.png_batch import decode_plain_png, decode_plain_pngs, is_plain_png
+from service.png_batch import decode_plain_png, decode_plain_pngs
 from trainer.errors import InvalidInputError
 
 SHAPE = (12, 12, 3)
@@ -33,6 +35,50 @@ def png(seed: int, mode: str = "RGB", size: int = 12, **options: Any) -> bytes:
     return buffer.getvalue()
 
 
+def chunk(kind: bytes, payload: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload))
+    )
+
+
+def paeth(left: int, up: int, up_left: int) -> int:
+    estimate = left + up - up_left
+    distances = [abs(estimate - left), abs(estimate - up), abs(estimate - up_left)]
+    return [left, up, up_left][distances.index(min(distances))]
+
+
+def encode(
+    pixels: np.ndarray, methods: list[int], idat_parts: int = 1, extra: bytes = b""
+) -> bytes:
+    """A PNG written by hand: row ``y`` filtered with ``methods[y]``, the stream split in parts."""
+    height, width, channels = pixels.shape
+    rows = pixels.reshape(height, width * channels).astype(int)
+    filtered = bytearray()
+    for y, method in enumerate(methods):
+        above = rows[y - 1] if y > 0 else np.zeros_like(rows[0])
+        filtered.append(method)
+        for x, value in enumerate(rows[y]):
+            left = rows[y][x - channels] if x >= channels else 0
+            up, up_left = above[x], (above[x - channels] if x >= channels else 0)
+            predictors = [0, left, up, (left + up) >> 1, paeth(left, up, up_left)]
+            predictor = predictors[method] if method < len(predictors) else 0
+            filtered.append((value - predictor) % 256)
+    stream = zlib.compress(bytes(filtered))
+    size = -(-len(stream) // idat_parts)
+    parts = [stream[start : start + size] for start in range(0, len(stream), size)]
+    header = struct.pack(">IIBBBBB", width, height, 8, {1: 0, 3: 2}[channels], 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + extra
+        + b"".join(chunk(b"IDAT", part) for part in parts)
+        + chunk(b"IEND", b"")
+    )
+
+
 def pillow(images: list[bytes], shape: tuple[int, int, int]) -> np.ndarray:
     mode = {1: "L", 3: "RGB"}[shape[2]]
     pixels = [np.asarray(Image.open(io.BytesIO(data)).convert(mode)) for data in images]
@@ -41,8 +87,6 @@ def pillow(images: list[bytes], shape: tuple[int, int, int]) -> np.ndarray:
 
 @pytest.mark.parametrize(("mode", "shape"), [("RGB", SHAPE), ("L", (12, 12, 1))])
 def test_the_pixels_are_pillows(mode: str, shape: tuple[int, int, int]) -> None:
-    # The installed pyspng exports libspng's C API: batches decode without the GIL.
-    assert spng.library() is not None
     images = [png(seed, mode) for seed in range(11)]
     batch = decode_plain_pngs(images, shape)
     assert batch is not None and batch.dtype == np.float32
@@ -58,25 +102,61 @@ def test_the_pixels_are_pillows(mode: str, shape: tuple[int, int, int]) -> None:
         np.testing.assert_array_equal(decode_image(data, shape), expected)
 
 
-def test_anything_pillow_would_change_is_not_plain() -> None:
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_filter_method_and_split_streams_give_pillows_pixels(channels: int) -> None:
+    rng = np.random.default_rng(channels)
+    # Smooth pictures as well as noise: Average and Paeth predict differently on each.
+    ramps = np.add.outer(np.arange(12), np.arange(12)) * 9
+    smooth = np.repeat(ramps[:, :, None], channels, axis=2).astype(np.uint8)
+    pictures = [rng.integers(0, 256, (12, 12, channels), dtype=np.uint8), smooth]
+    shape = (12, 12, channels)
+    images = [
+        encode(picture, [(row + shift) % 5 for row in range(12)], idat_parts=parts)
+        for picture in pictures
+        for shift in range(5)  # each method on the first row too, which has no row above
+        for parts in (1, 3)
+    ]
+    # An ancillary chunk Pillow ignores does not change the path or the pixels.
+    images.append(encode(smooth, [4] * 12, extra=chunk(b"tEXt", b"Comment\0hello")))
+    batch = decode_plain_pngs(images, shape)
+    assert batch is not None
+    np.testing.assert_array_equal(batch, pillow(images, shape))
+    expected = np.stack([pictures[0]] * 10 + [pictures[1]] * 11).astype(np.float32) / 255
+    np.testing.assert_array_equal(batch, expected)
+
+
+def test_anything_pillow_would_change_is_refused_and_pillow_decodes_it() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
-    assert is_plain_png(png(0), SHAPE)
-    assert not is_plain_png(png(0, transparency=(0, 0, 0)), SHAPE)  # tRNS: composited
-    assert not is_plain_png(png(0, exif=exif), SHAPE)  # may be rotated
-    assert not is_plain_png(png(0, size=13), SHAPE)  # resized
-    assert not is_plain_png(png(0, "P"), SHAPE)  # palette
-    assert not is_plain_png(png(0, "RGBA"), SHAPE)
-    assert not is_plain_png(png(0, "L"), SHAPE)  # converted to RGB
-    assert not is_plain_png(png(0)[:40], SHAPE)  # no IEND
+    plain = png(0)
+    assert decode_plain_png(plain, SHAPE) is not None
     jpeg = io.BytesIO()
     Image.new("RGB", (12, 12)).save(jpeg, format="JPEG")
-    assert not is_plain_png(jpeg.getvalue(), SHAPE)
-    # One odd image sends the whole request through Pillow, which gives the same pixels.
-    images = [png(seed) for seed in range(8)] + [png(9, transparency=(0, 0, 0))]
-    assert decode_plain_pngs(images, SHAPE) is None
-    assert decode_plain_png(images[-1], SHAPE) is None
+    smooth = np.full((12, 12, 3), 7, dtype=np.uint8)
+    refused = [
+        png(0, transparency=(0, 0, 0)),  # tRNS: composited on white
+        png(0, exif=exif),  # may be rotated
+        png(0, size=13),  # resized
+        png(0, "P"),  # palette
+        png(0, "RGBA"),
+        png(0, "L"),  # converted to RGB
+        plain[:40],  # no IEND
+        plain[:-12],  # no IEND either
+        jpeg.getvalue(),
+        encode(smooth, [0] * 12, extra=chunk(b"PLTE", bytes(range(3)))),  # a critical chunk
+        encode(smooth, [5] * 12),  # no such filter method
+    ]
+    for data in refused:
+        assert decode_plain_png(data, SHAPE) is None
+        # One odd image sends the whole request through Pillow.
+        assert decode_plain_pngs([plain, data], SHAPE) is None
     assert decode_plain_pngs([], SHAPE) is None
+    mixed = [png(seed) for seed in range(4)] + [png(9, transparency=(0, 0, 0))]
+    b64 = [{"b64": base64.b64encode(data).decode()} for data in mixed]
+    np.testing.assert_array_equal(
+        instances_to_batch(b64, instance_files(b64, 10**6), SHAPE, "0-255"),
+        np.stack([decode_image(data, SHAPE) for data in mixed]),
+    )
 
 
 def with_wrong_adler32(data: bytes) -> bytes:
@@ -90,38 +170,21 @@ def with_wrong_adler32(data: bytes) -> bytes:
     return data[: start + 4] + chunk + checksum + data[start + 12 + length :]
 
 
-def test_without_libspngs_symbols_batches_go_through_pillow(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    images = [png(seed) for seed in range(5)]
-    expected = decode_plain_pngs(images, SHAPE)
-    monkeypatch.setattr(spng, "library", lambda: None)  # a pyspng built without them
-    assert decode_plain_pngs(images, SHAPE) is None
-    assert decode_plain_png(images[0], SHAPE) is None
-    b64 = [{"b64": base64.b64encode(data).decode()} for data in images]
-    np.testing.assert_array_equal(
-        instances_to_batch(b64, instance_files(b64, 10**6), SHAPE, "0-255"), expected
-    )
-    # pyspng.load would decode this one; Pillow refuses it, as the libspng path does.
-    bad = [*b64, {"b64": base64.b64encode(with_wrong_adler32(images[0])).decode()}]
-    with pytest.raises(UnsupportedMediaTypeError, match=r"instances\[5\] is not a readable"):
-        instances_to_batch(bad, instance_files(bad, 10**6), SHAPE, "0-255")
-
-
-def test_a_wrong_adler32_is_refused_by_libspng_as_by_pillow() -> None:
-    bad = with_wrong_adler32(png(3))
-    assert is_plain_png(bad, SHAPE)
-    assert decode_plain_pngs([png(1), bad], SHAPE) is None
-    assert decode_plain_png(bad, SHAPE) is None
+def test_a_wrong_checksum_is_refused_as_by_pillow() -> None:
+    bad_adler = with_wrong_adler32(png(3))
+    bad_crc = bytearray(png(4))
+    bad_crc[bad_crc.index(b"IEND") - 1] ^= 0xFF  # the last byte of the IDAT chunk's CRC
+    for bad in (bad_adler, bytes(bad_crc)):
+        assert decode_plain_pngs([png(1), bad], SHAPE) is None
+        assert decode_plain_png(bad, SHAPE) is None
     with pytest.raises(UnsupportedMediaTypeError, match="is not a readable"):
-        decode_image(bad, SHAPE, description="file 'x.png'")
+        decode_image(bad_adler, SHAPE, description="file 'x.png'")
 
 
 def test_a_corrupt_stream_gets_pillows_error() -> None:
     good = [png(seed) for seed in range(8)]
     data = bytearray(png(99))
     data[45:60] = b"\0" * 15  # inside IDAT: the header and the chunk list still look fine
-    assert is_plain_png(bytes(data), SHAPE)
     assert decode_plain_pngs([*good, bytes(data)], SHAPE) is None
     assert decode_plain_png(bytes(data), SHAPE) is None
     with pytest.raises(UnsupportedMediaTypeError, match=r"file 'x.png' is not a readable"):
