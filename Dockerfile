@@ -24,6 +24,9 @@ COPY service ./service
 COPY worker ./worker
 COPY trainer ./trainer
 RUN pip install --no-deps . && rm -rf build *.egg-info
+# numba compiles the PNG decoder (about 10 s) into its cache beside the code, so a
+# container starts in seconds; on a CPU unlike the build machine's it compiles again.
+RUN python -c "from service import png_kernel; png_kernel.warm_up()"
 
 # A non-root user owns the state directory. Creating it here (rather than
 # letting the volume mount create it) gives a fresh named volume the same

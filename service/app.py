@@ -109,17 +109,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Before the first request, not beside it: numba's compile (about 10 s on a
+        # fresh install, a fraction of a second from the cache that `scripts/bootstrap`
+        # and the image fill) enters warnings.catch_warnings() many times, and that
+        # swaps a process-wide filter list, so on another thread it can drop or keep the
+        # filters of a request doing the same. Until it is done the server does not
+        # listen, as TF Serving does not before its model warm-up.
+        await asyncio.get_running_loop().run_in_executor(None, png_kernel.warm_up)
         recovery = asyncio.create_task(_recover_orphaned_jobs_forever(services))
-        # Off the event loop and not awaited: the service answers at once, and numba's
-        # compile (about 10 s on a fresh install, a fraction of a second from its cache
-        # later) is done before the first PNG batch usually arrives; one that comes
-        # sooner waits for it.
-        warming = asyncio.get_running_loop().run_in_executor(None, png_kernel.warm_up)
         try:
             yield
         finally:
             recovery.cancel()
-            await warming
             services.close()
 
     # Swagger UI and ReDoc served from the package, not a CDN: /docs works offline.

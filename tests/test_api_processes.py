@@ -75,8 +75,12 @@ def test_two_api_processes_serve_one_port_and_sum_their_telemetry(tmp_path: Path
         assert len(_api_process_ids(server.popen.pid)) == 2
         body = {"instances": [pixels.tolist()], "pixel_range": "0-255"}
         for _ in range(REQUESTS):
-            # A new connection each time, so that either process may accept it.
-            answer = httpx.post(f"{url}/predict?model_name={MODEL_NAME}&top_k=3", json=body)
+            # A new connection each time, so that either process may accept it. Each
+            # process loads the model on its first request, beside the suite's other
+            # tests on two cores: allow more than httpx's default 5 s for that one.
+            answer = httpx.post(
+                f"{url}/predict?model_name={MODEL_NAME}&top_k=3", json=body, timeout=60
+            )
             assert answer.status_code == 200, answer.text
             probabilities = {
                 p["label"]: p["probability"] for p in answer.json()["predictions"][0]["top_k"]

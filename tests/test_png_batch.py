@@ -9,6 +9,8 @@ import base64
 import io
 import struct
 import textwrap
+import threading
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -17,9 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service import png_kernel
 from service.errors import UnsupportedMediaTypeError
 from service.images import decode_base64, decode_image, instance_files, instances_to_batch
 from service.png_batch import decode_plain_png, decode_plain_pngs
+from tests.conftest import ClientFactory
 from trainer.errors import InvalidInputError
 
 SHAPE = (12, 12, 3)
@@ -207,3 +211,20 @@ def test_every_base64_spelling_gives_the_same_bytes(spelling: Callable[[bytes], 
     assert decode_base64(spelling(data), 0) == data
     with pytest.raises(InvalidInputError, match=r"instances\[3\].b64 is not valid base64"):
         decode_base64(spelling(data)[:-6] + "*!", 3)
+
+
+def test_the_service_compiles_the_decoder_before_it_takes_requests(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Compiling beside requests let numba's catch_warnings() swap the process-wide filter
+    # list under a request's (it broke route building in the fuzz tests' collection).
+    compiled = threading.Event()
+
+    def slow_warm_up() -> None:
+        time.sleep(0.5)
+        compiled.set()
+
+    monkeypatch.setattr(png_kernel, "warm_up", slow_warm_up)
+    client = make_client()
+    assert compiled.is_set(), "the app answered before the decoder was compiled"
+    assert client.get("/health/live").status_code == 200
