@@ -24,8 +24,11 @@ COPY service ./service
 COPY worker ./worker
 COPY trainer ./trainer
 RUN pip install --no-deps . && rm -rf build *.egg-info
-# numba compiles the PNG decoder (about 10 s) into its cache beside the code, so a
-# container starts in seconds; on a CPU unlike the build machine's it compiles again.
+# numba compiles the PNG decoder (about 10 s) into its cache now, so a container
+# starts in seconds; on a CPU unlike the build machine's it compiles again. numba
+# uses a cache folder only if it can write there, hence one of its own, owned below
+# by the service's user (site-packages is not).
+ENV NUMBA_CACHE_DIR=/var/cache/daciavision/numba
 RUN python -c "from service import png_kernel; png_kernel.warm_up()"
 
 # A non-root user owns the state directory. Creating it here (rather than
@@ -35,7 +38,7 @@ RUN groupadd --system --gid 10001 daciavision \
     && useradd --system --uid 10001 --gid daciavision \
        --home-dir /var/lib/daciavision --shell /usr/sbin/nologin daciavision \
     && mkdir -p /var/lib/daciavision/registry /data \
-    && chown -R daciavision:daciavision /var/lib/daciavision
+    && chown -R daciavision:daciavision /var/lib/daciavision /var/cache/daciavision
 USER daciavision
 WORKDIR /var/lib/daciavision
 
