@@ -56,6 +56,7 @@ from bench.harness import (
     update_doc,
 )
 from service.api_processes import TELEMETRY_FOLDER_VARIABLE
+from worker.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "daciavision-bench"
@@ -465,6 +466,15 @@ class Measured:
     api_processes: int
 
 
+def _batching_defaults() -> str:
+    fields = Settings.model_fields
+    return (
+        f"dynamic batching, max batch {fields['max_batch_size'].default}, max wait "
+        f"{fields['max_batch_wait_seconds'].default * 1000:g} ms, "
+        f"{fields['batch_threads'].default} batch threads per model"
+    )
+
+
 def _fresh(folder: Path) -> str:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -783,8 +793,8 @@ def section(m: Measured, command: str) -> str:
   base64); hey repeats one body per run
 - **Ours:** `uvicorn service.app:create_app` in {m.api_processes} API process(es) sharing
   the port (`--workers {m.api_processes}`, as `daciavision serve --api-processes
-  {m.api_processes}`), otherwise the default settings (dynamic batching, max batch
-  {BATCH_IMAGES}, max wait 2 ms); requests name no version (the latest)
+  {m.api_processes}`), otherwise the default settings ({_batching_defaults()});
+  requests name no version (the latest)
 
 | Target | Measured | Baseline | Ratio | Goal | |
 |---|---|---|---|---|---|

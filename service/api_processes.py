@@ -1,10 +1,10 @@
 """Several API server processes on one port, as uvicorn's workers, with shared telemetry.
 
-One process serves JSON batches with its cores partly idle: its one inference thread
-per model is the bottleneck, its model calls share the cores with decoding, and its
-threads take turns at one interpreter lock (measured on two cores: the lock held 58%
-of the time, 48% by the event loop, the cores 20% idle). A second process has its own
-inference thread and lock and fills that idle time; but clients are spread over the
+One process serves JSON batches with its cores partly idle: its model calls share the
+cores with decoding, and its threads take turns at one interpreter lock (measured on
+two cores with one batch thread per model: the lock held 58% of the time, 48% by the
+event loop, the cores 20% idle). A second process has its own batch threads and lock
+and fills that idle time; but clients are spread over the
 processes by connection, and each process loads the models it serves, so whether it
 pays depends on the load (docs/operations.md).
 

@@ -102,6 +102,7 @@ class Services:
             enabled=settings.batching,
             max_batch_size=settings.max_batch_size,
             max_wait_seconds=settings.max_batch_wait_seconds,
+            threads=settings.batch_threads,
         )
         return ModelCache(
             self.registry,

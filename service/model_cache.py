@@ -8,9 +8,9 @@ forward pass was traced for every batch size it will see (``service/inference.py
 and one prediction ran through its batcher (``service/batching.py``), so a request
 never meets a cold or broken model; a failed load leaves the cache as it was, and the
 version answers the same error for ``load_failure_seconds`` without another try. Each
-loaded model owns one batcher thread, stopped when the model leaves the cache or the
-app shuts down. Keras is imported on the first load, which keeps importing the
-service (and forking workers from it) free of TensorFlow.
+loaded model owns its batch threads (``DACIAVISION_BATCH_THREADS``), stopped when the
+model leaves the cache or the app shuts down. Keras is imported on the first load,
+which keeps importing the service (and forking workers from it) free of TensorFlow.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class ModelCache:
 
     At most ``capacity`` models, whose weights take at most ``max_bytes`` together
     (None: no byte bound). A model's size is the bytes of its weights, measured when it
-    loads: the memory that grows with the model (traced graphs and its batcher thread
+    loads: the memory that grows with the model (traced graphs and its batch threads
     are not counted). A model larger than ``max_bytes`` on its own still loads and
     serves, but it is then the only model kept: the others are evicted when it enters,
     and it is evicted when the next model enters.

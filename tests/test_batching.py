@@ -77,7 +77,9 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 
 def test_queued_requests_run_as_one_batch_and_get_their_own_rows() -> None:
     held = HeldCalls(row_sums)
-    batcher = Batcher(held, BatchingOptions(max_batch_size=8, max_wait_seconds=0), "test")
+    batcher = Batcher(
+        held, BatchingOptions(max_batch_size=8, max_wait_seconds=0, threads=1), "test"
+    )
     try:
         first = batcher.submit(images(1, seed=0))
         assert held.entered.wait(timeout=30)
@@ -98,7 +100,9 @@ def test_queued_requests_run_as_one_batch_and_get_their_own_rows() -> None:
 
 def test_batches_respect_the_maximum_and_large_requests_run_alone() -> None:
     held = HeldCalls(row_sums)
-    batcher = Batcher(held, BatchingOptions(max_batch_size=4, max_wait_seconds=0), "test")
+    batcher = Batcher(
+        held, BatchingOptions(max_batch_size=4, max_wait_seconds=0, threads=1), "test"
+    )
     try:
         batcher.submit(images(1, seed=0))
         assert held.entered.wait(timeout=30)
@@ -117,7 +121,7 @@ def test_batches_respect_the_maximum_and_large_requests_run_alone() -> None:
 
 def test_without_batching_each_request_is_its_own_call() -> None:
     held = HeldCalls(row_sums)
-    batcher = Batcher(held, BatchingOptions(enabled=False), "test")
+    batcher = Batcher(held, BatchingOptions(enabled=False, threads=1), "test")
     try:
         batcher.submit(images(1, seed=0))
         assert held.entered.wait(timeout=30)
@@ -142,6 +146,73 @@ def test_a_lone_request_on_an_idle_server_does_not_wait_for_a_batch() -> None:
             assert time.monotonic() - started < 2.5, "an idle batcher waited to fill a batch"
         assert batcher.stats().batches == 3
     finally:
+        batcher.close()
+
+
+def test_two_batch_threads_run_two_model_calls_at_once() -> None:
+    both_inside = threading.Barrier(2, timeout=30)
+
+    def meet_then_sum(batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        both_inside.wait()  # passes only if the second call starts before the first ends
+        return row_sums(batch)
+
+    # A batch holds one request: two requests are two calls, whenever they arrive.
+    options = BatchingOptions(max_batch_size=2, max_wait_seconds=0, threads=2)
+    batcher = Batcher(meet_then_sum, options, "test")
+    try:
+        inputs = [images(2, seed=0), images(2, seed=1)]
+        futures = [batcher.submit(batch) for batch in inputs]
+        for future, batch in zip(futures, inputs, strict=True):
+            np.testing.assert_array_equal(future.result(timeout=30), row_sums(batch))
+        assert batcher.stats().batches == 2
+    finally:
+        batcher.close()
+
+
+def test_a_full_batch_runs_beside_the_running_call() -> None:
+    held = HeldCalls(row_sums)
+    options = BatchingOptions(max_batch_size=4, max_wait_seconds=30, threads=2)
+    batcher = Batcher(held, options, "test")
+    try:
+        first = batcher.submit(images(1, seed=0))
+        assert held.entered.wait(timeout=30)
+        inputs = [images(1, seed) for seed in range(1, 5)]
+        futures = []
+        for batch in inputs:
+            futures.append(batcher.submit(batch))
+            time.sleep(0.01)  # one at a time, as separate clients' requests arrive
+        for future, batch in zip(futures, inputs, strict=True):
+            np.testing.assert_array_equal(future.result(timeout=15), row_sums(batch))
+        stats = batcher.stats()
+        assert (stats.batches, stats.largest_batch, stats.running_batches) == (1, 4, 1)
+        held.release()
+        assert first.result(timeout=30).shape == (1, 1)
+        assert batcher.stats().running_batches == 0
+    finally:
+        held.release()
+        batcher.close()
+
+
+def test_a_part_filled_batch_waits_for_the_running_call_not_beside_it() -> None:
+    held = HeldCalls(row_sums)
+    options = BatchingOptions(max_batch_size=4, max_wait_seconds=0, threads=2)
+    batcher = Batcher(held, options, "test")
+    try:
+        first = batcher.submit(images(1, seed=0))
+        assert held.entered.wait(timeout=30)
+        inputs = [images(1, seed) for seed in (1, 2)]
+        futures = [batcher.submit(batch) for batch in inputs]
+        time.sleep(0.3)  # time enough for the idle second thread to run them, wrongly
+        assert not any(future.done() for future in futures)
+        assert batcher.stats().queued_requests == 2
+        held.release()
+        for future, batch in zip(futures, inputs, strict=True):
+            np.testing.assert_array_equal(future.result(timeout=30), row_sums(batch))
+        assert first.result(timeout=30).shape == (1, 1)
+        stats = batcher.stats()
+        assert (stats.batches, stats.largest_batch) == (2, 2)  # the held call, then both
+    finally:
+        held.release()
         batcher.close()
 
 
@@ -257,7 +328,8 @@ def probabilities(body: dict[str, Any]) -> list[list[float]]:
 def test_concurrent_requests_are_batched_and_answer_as_unbatched_ones(
     home: Path, hold_model_calls: Callable[[], HeldCalls]
 ) -> None:
-    batched = make_client(home, max_batch_wait_seconds=0)
+    # One batch thread: the requests then queue behind the held call.
+    batched = make_client(home, max_batch_wait_seconds=0, batch_threads=1)
     unbatched = make_client(home, batching=False)
     for client in (batched, unbatched):
         cache_of(client).preload(MODEL, 1)

@@ -78,6 +78,13 @@ class Settings(BaseSettings):
         description="Longest a request waits for its batch to fill; only under load, never "
         "on an idle server.",
     )
+    batch_threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Model calls of one model that may run at once, each on a thread taking "
+        "batches from the model's one queue (TF Serving's num_batch_threads).",
+    )
     predict_max_pending: int = Field(
         128, ge=1, description="Prediction requests in progress before new ones get a 503."
     )
