@@ -362,6 +362,30 @@ def test_concurrent_requests_are_batched_and_answer_as_unbatched_ones(
     assert cache_of(unbatched).get(MODEL, 1).batcher.stats().largest_batch == 1
 
 
+def test_model_calls_side_by_side_answer_as_calls_one_at_a_time(home: Path) -> None:
+    # Two batch threads (the default) run full batches at once through one traced graph.
+    client = make_client(home, max_batch_size=2, max_batch_wait_seconds=0)
+    alone = make_client(home, batching=False, batch_threads=1)
+    for each in (client, alone):
+        cache_of(each).preload(MODEL, 1)
+    params = {"model_name": MODEL, "top_k": str(len(CLASSES))}
+    bodies = [
+        {"instances": np.random.default_rng(seed).integers(0, 256, (2, *INPUT_SHAPE)).tolist()}
+        for seed in range(24)
+    ]
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda b: client.post("/predict", params=params, json=b), bodies))
+    stats = cache_of(client).get(MODEL, 1).batcher.stats()
+    assert stats.largest_batch == 2 and stats.running_batches == 0
+    for body, response in zip(bodies, responses, strict=True):
+        assert response.status_code == 200
+        expected = alone.post("/predict", params=params, json=body).json()
+        assert ranking(response.json()) == ranking(expected)
+        np.testing.assert_allclose(
+            probabilities(response.json()), probabilities(expected), rtol=0, atol=1e-6
+        )
+
+
 def test_an_idle_server_answers_without_waiting_for_a_batch(home: Path) -> None:
     client = make_client(home, max_batch_wait_seconds=5)
     cache_of(client).preload(MODEL, 1)
