@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,13 @@ class HeldCalls:
         self.released.set()
 
 
+def assert_each_gets_its_rows(
+    futures: list[Future[NDArray[np.float32]]], inputs: list[NDArray[np.float32]]
+) -> None:
+    for future, batch in zip(futures, inputs, strict=True):
+        np.testing.assert_array_equal(future.result(timeout=30), row_sums(batch))
+
+
 def wait_for(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + 30
     while not condition():
@@ -87,8 +94,7 @@ def test_queued_requests_run_as_one_batch_and_get_their_own_rows() -> None:
         queued = [batcher.submit(batch) for batch in inputs]
         wait_for(lambda: batcher.stats().queued_requests == 3, "three queued requests")
         held.release()
-        for future, batch in zip(queued, inputs, strict=True):
-            np.testing.assert_array_equal(future.result(timeout=30), row_sums(batch))
+        assert_each_gets_its_rows(queued, inputs)
         assert first.result(timeout=30).shape == (1, 1)
         stats = batcher.stats()
         assert (stats.batches, stats.requests, stats.images) == (2, 4, 7)
@@ -110,8 +116,7 @@ def test_batches_respect_the_maximum_and_large_requests_run_alone() -> None:
         futures = [batcher.submit(batch) for batch in inputs]
         wait_for(lambda: batcher.stats().queued_requests == 4, "four queued requests")
         held.release()
-        for future, batch in zip(futures, inputs, strict=True):
-            np.testing.assert_array_equal(future.result(timeout=30), row_sums(batch))
+        assert_each_gets_its_rows(futures, inputs)
         # 1, then 2+2, then 2 (a third would pass 4), then the 9-image request alone.
         assert batcher.stats().batches == 4
     finally:
@@ -162,8 +167,7 @@ def test_two_batch_threads_run_two_model_calls_at_once() -> None:
     try:
         inputs = [images(2, seed=0), images(2, seed=1)]
         futures = [batcher.submit(batch) for batch in inputs]
-        for future, batch in zip(futures, inputs, strict=True):
-            np.testing.assert_array_equal(future.result(timeout=30), row_sums(batch))
+        assert_each_gets_its_rows(futures, inputs)
         assert batcher.stats().batches == 2
     finally:
         batcher.close()
@@ -181,8 +185,7 @@ def test_a_full_batch_runs_beside_the_running_call() -> None:
         for batch in inputs:
             futures.append(batcher.submit(batch))
             time.sleep(0.01)  # one at a time, as separate clients' requests arrive
-        for future, batch in zip(futures, inputs, strict=True):
-            np.testing.assert_array_equal(future.result(timeout=15), row_sums(batch))
+        assert_each_gets_its_rows(futures, inputs)
         stats = batcher.stats()
         assert (stats.batches, stats.largest_batch, stats.running_batches) == (1, 4, 1)
         held.release()
@@ -206,8 +209,7 @@ def test_a_part_filled_batch_waits_for_the_running_call_not_beside_it() -> None:
         assert not any(future.done() for future in futures)
         assert batcher.stats().queued_requests == 2
         held.release()
-        for future, batch in zip(futures, inputs, strict=True):
-            np.testing.assert_array_equal(future.result(timeout=30), row_sums(batch))
+        assert_each_gets_its_rows(futures, inputs)
         assert first.result(timeout=30).shape == (1, 1)
         stats = batcher.stats()
         assert (stats.batches, stats.largest_batch) == (2, 2)  # the held call, then both
