@@ -6,8 +6,10 @@ import json
 from html import escape
 from typing import Literal
 
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 
+from service.compression import html_page
 from service.plot_render import plotly_div, plotly_js
 from service.plots import Figure, slug, study_figures
 from trainer.errors import DaciaVisionError
@@ -199,9 +201,9 @@ def to_markdown(report: StudyReport, plot_url: str = "") -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def render_report(report: StudyReport, format: ReportFormat) -> Response:
+def render_report(report: StudyReport, format: ReportFormat, request: Request) -> Response:
     if format == "html":
-        return HTMLResponse(to_html(report))
+        return html_page(request, to_html(report))
     if format == "markdown":
         text = to_markdown(report, f"/studies/{report.study_id}/plots/")
         return Response(text, media_type="text/markdown; charset=utf-8")

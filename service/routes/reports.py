@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from html import escape
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
+from service.compression import html_page
 from service.deps import PathModelVersionDep, RegistryDep
 from service.errors import error_responses
 from service.plot_render import plotly_div, plotly_js, to_image
@@ -20,7 +21,9 @@ router = APIRouter(prefix="/models", tags=["models"])
     summary="One version's report as an offline HTML page",
     responses={**error_responses(404, 422), 200: {"content": {"text/html": {}}}},
 )
-def version_report(registry: RegistryDep, model: PathModelVersionDep) -> HTMLResponse:
+def version_report(
+    request: Request, registry: RegistryDep, model: PathModelVersionDep
+) -> HTMLResponse:
     """Headline figures, loss and accuracy curves, the confusion matrix and per-class F1."""
     card = registry.get_card(model.model_name, model.version)
     test = card.metrics.test
@@ -31,10 +34,11 @@ def version_report(registry: RegistryDep, model: PathModelVersionDep) -> HTMLRes
         f"{card.timings.fit_seconds:.1f} s for {card.timings.epochs_run} epochs.</p>"
     )
     plots = "".join(plotly_div(figure, f"plot-{figure.name}") for figure in card_figures(card))
-    return HTMLResponse(
+    return html_page(
+        request,
         f"<!doctype html><html><head><meta charset=utf-8><title>{escape(card.model_name)} "
         f"v{card.version}</title><script>{plotly_js()}</script></head><body>"
-        f"<h1>{escape(card.model_name)} version {card.version}</h1>{facts}{plots}</body></html>"
+        f"<h1>{escape(card.model_name)} version {card.version}</h1>{facts}{plots}</body></html>",
     )
 
 

@@ -121,7 +121,7 @@ def get_report(
     studies.get(study_id)  # 404 for an unknown study
     report = load_report(settings, study_id)
     chosen = format or negotiate(request.headers.get("accept", ""))
-    return render_report(report, chosen)
+    return render_report(report, chosen, request)
 
 
 @router.get(
