@@ -37,6 +37,7 @@ from bench.harness import (
     run_context,
     side_by_side_arguments,
 )
+from trainer import batch_norm, whitening  # noqa: F401  (registers layers saved models hold)
 from trainer.data import prepare
 from trainer.datasets import dataset_info
 from trainer.registry import FileModelRegistry

@@ -232,8 +232,9 @@ class ModelCache:
     def _load_and_warm(self, model_name: str, version: int) -> LoadedModel:
         import keras  # deferred: TensorFlow loads only in the process that serves models
 
-        # Registers the custom layers saved models may hold (test-time views, whitening).
-        from trainer import test_time, whitening  # noqa: F401
+        # Registers the custom layers saved models may hold (test-time views, whitening,
+        # fused batch norm).
+        from trainer import batch_norm, test_time, whitening  # noqa: F401
 
         self.registry.verify_checksum(model_name, version)
         card = self.registry.get_card(model_name, version)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -69,7 +70,7 @@ def test_custom_cnn_options_add_blocks_and_batch_norm() -> None:
 def test_resnet_has_residual_connections_and_batch_norm() -> None:
     model = build_model("resnet", ResNetHyperparameters(), CIFAR10, 10)
     assert any(layer.__class__.__name__ == "Add" for layer in model.layers)
-    assert any(layer.__class__.__name__ == "BatchNormalization" for layer in model.layers)
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
 
 
 def test_spec_validates_hyperparameters_against_the_architecture() -> None:
@@ -162,6 +163,25 @@ def test_whitened_cnn_starts_with_a_whitening_layer_fitted_by_adapt() -> None:
     # The other architectures learn everything from training.
     others = [name for name in ARCHITECTURES if name != "whitened_cnn"]
     assert all(ARCHITECTURES[name].adapt is None for name in others)
+
+
+@pytest.mark.parametrize("architecture", ["resnet", "resnet_small", "whitened_cnn"])
+def test_recipes_train_their_batch_norms_through_the_fused_kernel(architecture: str) -> None:
+    hyperparameters = ARCHITECTURES[architecture].hyperparameters()
+    model = build_model(architecture, hyperparameters, CIFAR10, 10)
+    norms = [layer for layer in model.layers if "BatchNormalization" in type(layer).__name__]
+    assert norms, "the recipe's network normalizes its batches"
+    assert {type(layer).__name__ for layer in norms} == {"FusedBatchNormalization"}
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_whitened_cnn_activation_is_a_hyperparameter(activation: str) -> None:
+    hyperparameters = WhitenedCnnHyperparameters(activation=activation)
+    model = build_model("whitened_cnn", hyperparameters, CIFAR10, 10)
+    activations = [layer for layer in model.layers if type(layer).__name__ == "Activation"]
+    hidden = [layer for layer in activations if layer.name != "probabilities"]
+    assert len(hidden) == 7  # after the whitening and after each of the six batch norms
+    assert {layer.get_config()["activation"] for layer in hidden} == {activation}
 
 
 @pytest.mark.parametrize(

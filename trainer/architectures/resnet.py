@@ -137,15 +137,15 @@ def _resnet_conv(
 ) -> Any:
     from keras import layers
 
+    from trainer.batch_norm import FusedBatchNormalization
+
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, dtype=dtype, name=name)(x)
     if pool:
         # Pool before batch norm: nearly the same function (max-pooling commutes with
         # a rising per-channel map) for a quarter of the normalization work, and
         # batch norm is about a quarter of this network's CPU time.
         x = layers.MaxPooling2D(dtype=dtype, name=f"{name}_pool")(x)
-    x = layers.BatchNormalization(momentum=hp.batch_norm_momentum, dtype=dtype, name=f"{name}_bn")(
-        x
-    )
+    x = FusedBatchNormalization(momentum=hp.batch_norm_momentum, dtype=dtype, name=f"{name}_bn")(x)
     return layers.Activation("relu", dtype=dtype, name=f"{name}_relu")(x)
 
 
