@@ -165,10 +165,21 @@ def test_whitened_cnn_starts_with_a_whitening_layer_fitted_by_adapt() -> None:
     assert all(ARCHITECTURES[name].adapt is None for name in others)
 
 
-@pytest.mark.parametrize("architecture", ["resnet", "resnet_small", "whitened_cnn"])
-def test_recipes_train_their_batch_norms_through_the_fused_kernel(architecture: str) -> None:
-    hyperparameters = ARCHITECTURES[architecture].hyperparameters()
-    model = build_model(architecture, hyperparameters, CIFAR10, 10)
+@pytest.mark.parametrize(
+    ("architecture", "hyperparameters"),
+    [
+        ("custom_cnn", {"batch_norm": True}),
+        ("alexnet", {"batch_norm": True}),
+        ("resnet", {}),
+        ("resnet_small", {}),
+        ("whitened_cnn", {}),
+    ],
+)
+def test_batch_norms_train_through_the_fused_kernel(
+    architecture: str, hyperparameters: dict[str, object]
+) -> None:
+    typed = ARCHITECTURES[architecture].hyperparameters.model_validate(hyperparameters)
+    model = build_model(architecture, typed, CIFAR10, 10)
     norms = [layer for layer in model.layers if "BatchNormalization" in type(layer).__name__]
     assert norms, "the recipe's network normalizes its batches"
     assert {type(layer).__name__ for layer in norms} == {"FusedBatchNormalization"}

@@ -153,6 +153,8 @@ def conv_block(
     """Conv2D + ReLU, or Conv2D (no bias) + BatchNorm + ReLU: the lab models' unit."""
     from keras import layers
 
+    from trainer.batch_norm import FusedBatchNormalization
+
     if not batch_norm:
         return layers.Conv2D(
             filters, kernel_size, padding="same", activation="relu", dtype=dtype, name=name
@@ -160,7 +162,7 @@ def conv_block(
     x = layers.Conv2D(filters, kernel_size, padding="same", use_bias=False, dtype=dtype, name=name)(
         x
     )
-    x = layers.BatchNormalization(dtype=dtype, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(dtype=dtype, name=f"{name}_bn")(x)
     return layers.Activation("relu", dtype=dtype, name=f"{name}_relu")(x)
 
 
