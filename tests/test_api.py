@@ -187,6 +187,8 @@ def test_create_job_queues_the_spec_with_defaults_filled_in(
          "less than or equal to 0.75"),
         ({"test_time_augmentation": "flip"}, "body",
          {"dataset": "digits", "test_time_augmentation": "flip"}, "use 'shifts' or 'none'"),
+        ({"architecture": "whitened_cnn", "hyperparameters": {"activation": "tanh"}},
+         "body.hyperparameters.activation", "tanh", "'gelu' or 'relu'"),
     ],
 )  # fmt: skip
 def test_create_job_rejects_invalid_specs_naming_the_field(
