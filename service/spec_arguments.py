@@ -81,8 +81,16 @@ def add_training_spec_arguments(parser: argparse.ArgumentParser) -> None:
     for name, field in TrainingSpecBase.model_fields.items():
         if name in _SPECIAL_FIELDS:
             continue
-        value_type, choices = _scalar_type(field.annotation)
         description = (field.description or name.replace("_", " ")).rstrip(".")
+        if field.annotation is bool:
+            parser.add_argument(
+                _flag(name),
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{description} ({_defaults_text(name, field)})",
+            )
+            continue
+        value_type, choices = _scalar_type(field.annotation)
         parser.add_argument(
             _flag(name),
             type=value_type,

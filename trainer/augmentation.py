@@ -19,11 +19,18 @@ from trainer.datasets import DatasetDefinition
 from trainer.spec_base import AugmentationSpec
 
 
+def flips(spec: AugmentationSpec, info: DatasetDefinition) -> bool:
+    """Whether training flips images left-right: as asked, else where it keeps the class."""
+    return info.flip_safe if spec.horizontal_flip is None else spec.horizontal_flip
+
+
 def build_augmenter(spec: AugmentationSpec, info: DatasetDefinition, seed: int) -> keras.Sequential:
-    """The random transforms of ``spec`` as one Keras model (applied with training=True)."""
-    flip = info.flip_safe if spec.horizontal_flip is None else spec.horizontal_flip
+    """The random transforms of ``spec`` as one Keras model (applied with training=True).
+
+    Alternating flips are not random, so the training input pipeline applies them.
+    """
     transforms: list[layers.Layer] = []
-    if flip:
+    if flips(spec, info) and not spec.alternating_flip:
         transforms.append(layers.RandomFlip("horizontal", seed=seed))
     if spec.rotation_degrees:
         transforms.append(

@@ -29,7 +29,19 @@ class FusedBatchNormalization(layers.BatchNormalization):  # type: ignore[misc]
     The moving variance is updated with the unbiased batch variance (``n / (n - 1)``
     times Keras' biased one), as TensorFlow's fused kernel and Keras 2 did: with
     ``n`` the images times the pixels of a batch, a difference under 0.01% here.
+
+    ``bias_gradient_scale`` multiplies the gradient that reaches ``beta`` in training.
+    With SGD that is a learning rate ``bias_gradient_scale`` times the others' for the
+    biases alone, which Keras' optimizers cannot give one variable: airbench's 64× cut
+    its epochs to 94% from 18 to 13.5. The forward pass and a saved model are unchanged.
     """
+
+    def __init__(self, *args: Any, bias_gradient_scale: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bias_gradient_scale = bias_gradient_scale
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "bias_gradient_scale": self.bias_gradient_scale}
 
     def _fused_applies(self, inputs: Any, training: bool | None, mask: Any) -> bool:
         return bool(
@@ -46,7 +58,11 @@ class FusedBatchNormalization(layers.BatchNormalization):  # type: ignore[misc]
         if not self._fused_applies(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
         # The kernel takes bfloat16 or float32 activations with float32 statistics.
-        offset = self.beta if self.center else tf.zeros_like(self.moving_mean)
+        offset = (
+            _with_scaled_gradient(self.beta, self.bias_gradient_scale)
+            if self.center
+            else tf.zeros_like(self.moving_mean)
+        )
         scale = self.gamma if self.scale else tf.ones_like(self.moving_mean)
         outputs, moving_mean, moving_variance, *_ = tf.raw_ops.FusedBatchNormV3(
             x=inputs,
@@ -63,3 +79,16 @@ class FusedBatchNormalization(layers.BatchNormalization):  # type: ignore[misc]
         self.moving_mean.assign(moving_mean)
         self.moving_variance.assign(moving_variance)
         return tf.cast(outputs, self.compute_dtype)
+
+
+def _with_scaled_gradient(variable: Any, factor: float) -> tf.Tensor:
+    """``variable``'s value, through which the gradient flows multiplied by ``factor``."""
+    value = tf.convert_to_tensor(variable)
+    if factor == 1.0:
+        return value
+
+    @tf.custom_gradient  # type: ignore[untyped-decorator]
+    def identity(tensor: tf.Tensor) -> Any:
+        return tf.identity(tensor), lambda upstream: upstream * factor
+
+    return identity(value)

@@ -75,6 +75,12 @@ class AugmentationSpec(BaseModel):
         description="Random left-right flips; empty means on for natural images and off for "
         "digit datasets, where a flip changes the meaning.",
     )
+    alternating_flip: bool = Field(
+        False,
+        description="Where images are flipped, flip a random half in the first epoch and then "
+        "each image the other way from its previous epoch (airbench), so that every two "
+        "epochs see both mirrors of every image.",
+    )
     target_classes: (
         Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=MAX_TARGET_CLASSES)]
         | Literal["weak"]
@@ -132,6 +138,11 @@ class TrainingSpecBase(BaseModel):
         "constant", description="Learning-rate schedule over all training steps."
     )
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    lookahead: bool = Field(
+        False,
+        description="Average the weights towards a slow copy every few steps, more strongly "
+        "as training ends, and keep the slow weights (hlb-cifar10's and airbench's lookahead).",
+    )
     validation_fraction: float = Field(
         0.1, gt=0, lt=1, description="Stratified share of the sampled training data held out."
     )

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from trainer.architectures import architecture, build_model
-from trainer.augmentation import build_augmenter, oversample
+from trainer.augmentation import build_augmenter, flips, oversample
 from trainer.data import PreparedData, prepare
 from trainer.errors import InvalidInputError, TrainingCancelledError
+from trainer.lookahead import Lookahead
 from trainer.progress import EpochProgress
 from trainer.spec import AnyTrainingSpec
 from trainer.test_time import with_test_time_augmentation
@@ -136,10 +138,27 @@ def _optimizer(spec: AnyTrainingSpec, total_steps: int) -> keras.optimizers.Opti
     return keras.optimizers.Adam(learning_rate)
 
 
+class _EpochCounter(keras.callbacks.Callback):
+    """Tells the input pipeline which epoch it is feeding, for alternating flips.
+
+    Keras starts each epoch's pass over the dataset after ``on_epoch_begin``.
+    """
+
+    def __init__(self, epoch: tf.Variable) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch.assign(epoch)
+
+
 def _training_dataset(
-    spec: AnyTrainingSpec, data: PreparedData, target_classes: list[str]
+    spec: AnyTrainingSpec, data: PreparedData, target_classes: list[str], epoch: tf.Variable
 ) -> tf.data.Dataset:
-    """Shuffled, batched, augmented and prefetched training batches."""
+    """Shuffled, batched, augmented and prefetched training batches.
+
+    ``epoch`` is the epoch being fed (see _EpochCounter): alternating flips depend on it.
+    """
     target_indices = [data.info.class_names.index(name) for name in target_classes]
     images, labels, augment_flags = oversample(
         data.train.x,
@@ -151,12 +170,16 @@ def _training_dataset(
     images_tensor = tf.constant(images)
     labels_tensor = tf.constant(labels)
     flags_tensor = tf.constant(augment_flags)
+    # Which images the first epoch flips; later epochs alternate from there.
+    first_flips = tf.constant(np.random.default_rng(spec.seed).random(len(labels)) < 0.5)
 
-    def gather(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def gather(indices: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        flipped = tf.math.logical_xor(tf.gather(first_flips, indices), epoch % 2 == 1)
         return (
             tf.gather(images_tensor, indices),
             tf.gather(labels_tensor, indices),
             tf.gather(flags_tensor, indices),
+            flipped,
         )
 
     dataset = (
@@ -167,14 +190,23 @@ def _training_dataset(
     )
     if spec.augmentation.active:
         augmenter = build_augmenter(spec.augmentation, data.info, seed=spec.seed)
+        alternate = spec.augmentation.alternating_flip and flips(spec.augmentation, data.info)
 
-        def augment(x: tf.Tensor, y: tf.Tensor, flags: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            augmented = augmenter(x, training=True)
+        def augment(
+            x: tf.Tensor, y: tf.Tensor, flags: tf.Tensor, flipped: tf.Tensor
+        ) -> tuple[tf.Tensor, tf.Tensor]:
+            # An augmenter with nothing random left (alternating flips only) cannot run.
+            augmented = augmenter(x, training=True) if augmenter.layers else x
+            if alternate:
+                mirrored = tf.reverse(augmented, axis=[2])
+                augmented = tf.where(
+                    flipped[:, tf.newaxis, tf.newaxis, tf.newaxis], mirrored, augmented
+                )
             return tf.where(flags[:, tf.newaxis, tf.newaxis, tf.newaxis], augmented, x), y
 
         dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        dataset = dataset.map(lambda x, y, flags: (x, y))
+        dataset = dataset.map(lambda x, y, flags, flipped: (x, y))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -219,7 +251,8 @@ def train(
     model = build_model(
         spec.architecture, spec.hyperparameters, data.info.input_shape, data.info.num_classes
     )
-    train_batches = _training_dataset(spec, data, list(target_classes))
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    train_batches = _training_dataset(spec, data, list(target_classes), epoch)
     steps_per_epoch = int(train_batches.cardinality().numpy())
     model.compile(
         optimizer=_optimizer(spec, steps_per_epoch * spec.epochs),
@@ -237,9 +270,11 @@ def train(
         validation_labels = data.validation.y
 
     progress_callback = _ProgressCallback(spec.epochs, progress)
-    callbacks: list[keras.callbacks.Callback] = [progress_callback]
+    callbacks: list[keras.callbacks.Callback] = [_EpochCounter(epoch), progress_callback]
     if should_cancel is not None:
         callbacks.append(_CancelCallback(should_cancel))
+    if spec.lookahead:
+        callbacks.append(Lookahead(total_steps=steps_per_epoch * spec.epochs))
     early_stopping = None
     if spec.early_stopping_patience:
         early_stopping = keras.callbacks.EarlyStopping(

@@ -60,6 +60,19 @@ class WhitenedCnnHyperparameters(BaseModel):
         "in airbench, or ReLU, which trains faster where bfloat16's element-wise "
         "operations are slow (AMX Xeons).",
     )
+    identity_init: bool = Field(
+        False,
+        description="Start each convolution's first filters, one per input channel, as the "
+        "identity (airbench's dirac initialization), so the untrained network passes the "
+        "whitened image through; the other filters start random.",
+    )
+    bias_gradient_scale: float = Field(
+        1.0,
+        ge=1.0,
+        le=1000.0,
+        description="Multiplies the gradient of each batch-norm bias: with SGD, a learning "
+        "rate that many times the weights' for the biases (airbench's 64).",
+    )
     bfloat16: bool | None = Field(None, description=BFLOAT16_DESCRIPTION)
 
 
@@ -112,7 +125,11 @@ def _conv(
         x = layers.MaxPooling2D(dtype=dtype, name=f"{name}_pool")(x)
     # No scale: a per-channel gain before GELU adds nothing SGD needs here (as airbench).
     x = FusedBatchNormalization(
-        momentum=hp.batch_norm_momentum, scale=False, dtype=dtype, name=f"{name}_bn"
+        momentum=hp.batch_norm_momentum,
+        scale=False,
+        bias_gradient_scale=hp.bias_gradient_scale,
+        dtype=dtype,
+        name=f"{name}_bn",
     )(x)
     return layers.Activation(hp.activation, dtype=dtype, name=f"{name}_{hp.activation}")(x)
 
@@ -137,7 +154,23 @@ def build(hyperparameters: WhitenedCnnHyperparameters, input_shape: Shape, num_c
     x = layers.Dense(num_classes, use_bias=False, dtype="float32", name="logits")(x)
     x = layers.Rescaling(hp.logit_scale, dtype="float32", name="logit_scale")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="whitened_cnn")
+    model = keras.Model(inputs, outputs, name="whitened_cnn")
+    if hp.identity_init:
+        for group in range(1, len(hp.group_filters) + 1):
+            for conv in ("conv1", "conv2"):
+                _start_as_identity(model.get_layer(f"group{group}_{conv}"))
+    return model
+
+
+def _start_as_identity(conv: Any) -> None:
+    """Make the first of ``conv``'s filters copy one input channel each (dirac filters)."""
+    kernel = conv.kernel.numpy()
+    height, width, in_channels, out_channels = kernel.shape
+    copied = min(in_channels, out_channels)
+    kernel[:, :, :, :copied] = 0.0
+    channels = np.arange(copied)
+    kernel[height // 2, width // 2, channels, channels] = 1.0
+    conv.kernel.assign(kernel)
 
 
 def adapt(model: Any, training_images: NDArray[np.float32]) -> None:
