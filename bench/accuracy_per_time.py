@@ -16,11 +16,14 @@ process (TensorFlow fixes its kernels when it loads):
 
 Each model's test accuracy is measured once, after training. On a slow CPU, where
 all five runs take over an hour, ``--runs`` picks which of ours run beside the
-lab's (which always runs: it is the yardstick).
+lab's (which always runs: it is the yardstick). ``--float32`` trains ours in float32
+on a CPU that would choose bfloat16, to measure the recipe as AVX2-only CPUs run it.
 
     flock /tmp/daciavision-bench.lock .venv/bin/python -m bench.accuracy_per_time
     flock /tmp/daciavision-bench.lock .venv/bin/python -m bench.accuracy_per_time \
         --runs whitened_cnn
+    flock /tmp/daciavision-bench.lock .venv/bin/python -m bench.accuracy_per_time \
+        --runs whitened_cnn --float32
 """
 
 from __future__ import annotations
@@ -69,13 +72,16 @@ class Outcome:
     parameters: int
 
 
-def lab_spec() -> CustomCnnSpec:
+def lab_spec(float32: bool = False) -> CustomCnnSpec:
+    hyperparameters = dict(VARIATIONS)["64/128/256"]
+    if float32:
+        hyperparameters = hyperparameters.model_copy(update={"bfloat16": False})
     return CustomCnnSpec(
         dataset="cifar10",
         sample_fraction=LAB_FRACTION,
         seed=42,
         epochs=LAB_EPOCHS,
-        hyperparameters=dict(VARIATIONS)["64/128/256"],
+        hyperparameters=hyperparameters,
     )
 
 
@@ -121,14 +127,22 @@ def main(argv: list[str] | None = None) -> None:
         help="Which of our runs to make beside the lab's (default: all; 'pipeline' is the "
         "lab's recipe through our pipeline, target 4).",
     )
+    parser.add_argument(
+        "--float32",
+        action="store_true",
+        help="Train our runs in float32 even where this CPU trains bfloat16 faster: what "
+        "an AVX2-only CPU computes in (the lab's run is float32 always).",
+    )
     args = parser.parse_args(argv)
     command = locked_command("bench.accuracy_per_time", argv)
     data = lab_sample(args.data_dir)
     lab_kernels, our_kernels = tensorflow_default_environment(), training_environment()
     busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
     started = time.perf_counter()
-    common = {"dataset": "cifar10", "sample_fraction": LAB_FRACTION, "seed": 42}
-    precision = "bfloat16" if bfloat16_trains_faster() else "float32"
+    common: dict[str, Any] = {"dataset": "cifar10", "sample_fraction": LAB_FRACTION, "seed": 42}
+    precision = "bfloat16" if not args.float32 and bfloat16_trains_faster() else "float32"
+    if args.float32:
+        common["hyperparameters"] = {"bfloat16": False}
 
     def report(outcome: Outcome) -> Outcome:
         print(
@@ -145,15 +159,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     # Labels from the specs, so a recipe's new defaults cannot leave a stale label.
     candidates: dict[str, tuple[str, Any]] = {
-        "pipeline": (f"The same recipe through our pipeline ({precision})", lab_spec()),
+        "pipeline": (
+            f"The same recipe through our pipeline ({precision})",
+            lab_spec(float32=args.float32),
+        ),
         "whitened_cnn": (
             f"`whitened_cnn`, its recipe ({whitened.epochs} epochs, mirror and shifts at "
-            "test time)",
+            f"test time; {precision})",
             whitened,
         ),
-        "resnet": (f"`resnet`, its recipe ({resnet.epochs} epochs, mirror at test time)", resnet),
+        "resnet": (
+            f"`resnet`, its recipe ({resnet.epochs} epochs, mirror at test time; {precision})",
+            resnet,
+        ),
         "resnet_small": (
-            f"`resnet_small`, its recipe ({small.epochs} epochs, mirror at test time)",
+            f"`resnet_small`, its recipe ({small.epochs} epochs, mirror at test time; {precision})",
             small,
         ),
     }
@@ -203,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
 - **Protocol:** the 25% CIFAR-10 sample ({len(data.train):,} training images, seed 42),
   one run after another, each in a fresh process; test accuracy on {len(data.test):,} test
   images, measured once after training; fit seconds are `model.fit` alone (for
-  `whitened_cnn` with the fitting of its whitening layer, about 1.5 s).
+  `whitened_cnn` with the fitting of its whitening layer, about 1.5 s). Our runs in
+  {precision}{" (`--float32`: as an AVX2-only CPU would train them)" if args.float32 else ""}.
 
 | Run | Test accuracy | Fit seconds | Time vs the lab's run | Parameters |
 |---|---|---|---|---|
