@@ -141,11 +141,14 @@ def test_resnet_mirrors_at_test_time_only_where_a_mirror_keeps_the_class() -> No
 def test_whitened_cnn_defaults_are_its_benchmarked_recipe() -> None:
     spec = parse_training_spec({"dataset": "cifar10", "architecture": "whitened_cnn"})
     assert (spec.optimizer, spec.learning_rate, spec.lr_schedule) == ("sgd", 0.2, "one_cycle")
-    assert (spec.epochs, spec.batch_size, spec.label_smoothing) == (13, 128, 0.2)
+    assert (spec.epochs, spec.batch_size, spec.label_smoothing) == (10, 128, 0.2)
     assert spec.augmentation.enabled and spec.augmentation.width_shift == 0.0625
+    assert spec.lookahead and spec.augmentation.alternating_flip
     assert spec.test_time_augmentation == "flip_and_shifts"
     assert isinstance(spec.hyperparameters, WhitenedCnnHyperparameters)
     assert spec.hyperparameters.group_filters == [64, 256, 256]
+    assert spec.hyperparameters.identity_init and spec.hyperparameters.bias_gradient_scale == 64
+    assert not spec.hyperparameters.train_whitening_bias
     # Digits keep their orientation: no mirrored copies unless asked.
     digits = parse_training_spec({"dataset": "digits", "architecture": "whitened_cnn"})
     assert digits.test_time_augmentation == "none"

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import CARD_0_1_0, make_record
+from trainer.architectures.whitened_cnn import WhitenedCnnHyperparameters
 from trainer.card import CARD_SCHEMA_VERSION, ModelCard
 from trainer.errors import (
     AliasNotFoundError,
@@ -171,7 +172,8 @@ def test_cards_written_by_release_0_1_0_still_load(registry: FileModelRegistry) 
         **raw["spec"],
         "hyperparameters": float32,
         "test_time_augmentation": "none",
-        "augmentation": {**raw["spec"]["augmentation"], "cutout": 0.0},
+        "lookahead": False,
+        "augmentation": {**raw["spec"]["augmentation"], "cutout": 0.0, "alternating_flip": False},
     }
     assert card.metrics.test.accuracy == raw["metrics"]["test"]["accuracy"]
     assert (
@@ -202,6 +204,35 @@ def test_an_older_resnet_card_says_its_model_had_no_test_time_views(
 
     assert card.spec.test_time_augmentation == "none"
     assert parse_training_spec(spec).test_time_augmentation == "flip"
+
+
+def test_an_older_whitened_cnn_card_keeps_the_recipe_its_model_trained_with(
+    registry: FileModelRegistry,
+) -> None:
+    # A version 3 card of a whitened_cnn: its spec predates airbench's short-schedule
+    # settings, which its recipe now turns on.
+    raw = json.loads(CARD_0_1_0.read_text())
+    spec = {
+        **raw["spec"],
+        "architecture": "whitened_cnn",
+        "dataset": "cifar10",
+        "hyperparameters": {"group_filters": [64, 256, 256]},
+    }
+    version_dir = registry.root / "whitened-card" / "1"
+    version_dir.mkdir(parents=True)
+    older = {**raw, "schema_version": 3, "architecture": "whitened_cnn", "spec": spec}
+    (version_dir / "card.json").write_text(json.dumps(older))
+
+    card = registry.get_card("whitened-card", 1)
+
+    assert card.spec.lookahead is False and card.spec.augmentation.alternating_flip is False
+    hyperparameters = card.spec.hyperparameters
+    assert isinstance(hyperparameters, WhitenedCnnHyperparameters)
+    assert (hyperparameters.identity_init, hyperparameters.bias_gradient_scale) == (False, 1.0)
+    assert hyperparameters.train_whitening_bias is True
+    today = parse_training_spec(spec)
+    assert isinstance(today.hyperparameters, WhitenedCnnHyperparameters)
+    assert today.lookahead and today.hyperparameters.identity_init
 
 
 def test_a_card_that_is_not_a_training_record_is_refused_before_anything_is_written(

@@ -199,8 +199,25 @@ def test_identity_init_starts_each_convolution_as_a_copy_of_its_inputs() -> None
     np.testing.assert_array_equal(widening[1, 1, :, :8], np.eye(8, dtype=np.float32))
     assert np.abs(widening[:, :, :, 8:]).max() > 0
 
-    random_start = build_model(
-        "whitened_cnn", WhitenedCnnHyperparameters(group_filters=[8, 16], bfloat16=False),
-        (32, 32, 3), 10,
-    )  # fmt: skip
+    random = WhitenedCnnHyperparameters(group_filters=[8, 16], identity_init=False, bfloat16=False)
+    random_start = build_model("whitened_cnn", random, (32, 32, 3), 10)
     assert not np.array_equal(random_start.get_layer("group1_conv1").kernel.numpy(), expected)
+
+
+def test_a_fixed_whitening_bias_is_left_out_of_training() -> None:
+    trained = build_model(
+        "whitened_cnn",
+        WhitenedCnnHyperparameters(group_filters=[8], train_whitening_bias=True, bfloat16=False),
+        (8, 8, 3),
+        10,
+    )
+    fixed = build_model(
+        "whitened_cnn",
+        WhitenedCnnHyperparameters(group_filters=[8], train_whitening_bias=False, bfloat16=False),
+        (8, 8, 3),
+        10,
+    )
+    bias_path = fixed.get_layer("whitening").bias.path
+    assert bias_path in [variable.path for variable in trained.trainable_variables]
+    assert bias_path not in [variable.path for variable in fixed.trainable_variables]
+    assert len(fixed.trainable_variables) == len(trained.trainable_variables) - 1

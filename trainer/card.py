@@ -22,7 +22,7 @@ from trainer.progress import EpochProgress
 from trainer.spec import parse_training_spec
 from trainer.spec_base import TrainingSpecBase
 
-CARD_SCHEMA_VERSION = 3
+CARD_SCHEMA_VERSION = 4
 
 
 def _parse_spec(value: Any) -> Any:
@@ -160,11 +160,29 @@ def _from_2(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "schema_version": 3}
 
 
+def _from_3(raw: dict[str, Any]) -> dict[str, Any]:
+    # Before version 4 no model trained with lookahead or alternating flips, and
+    # whitened_cnn trained its whitening bias from random convolution filters with one
+    # learning rate; its recipe now does the opposite, so an older card says what was.
+    spec = raw.get("spec")
+    if not isinstance(spec, dict):
+        return {**raw, "schema_version": 4}
+    augmentation = spec.get("augmentation")
+    spec = {"lookahead": False, **spec}
+    if isinstance(augmentation, dict):
+        spec["augmentation"] = {"alternating_flip": False, **augmentation}
+    if spec.get("architecture") == "whitened_cnn":
+        before = {"identity_init": False, "bias_gradient_scale": 1.0, "train_whitening_bias": True}
+        spec["hyperparameters"] = {**before, **spec.get("hyperparameters", {})}
+    return {**raw, "spec": spec, "schema_version": 4}
+
+
 # schema_version found in the file → the step that upgrades it by one.
 _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     0: _from_0_1_0,
     1: _from_1,
     2: _from_2,
+    3: _from_3,
 }
 
 
