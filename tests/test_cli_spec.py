@@ -71,6 +71,18 @@ def test_train_with_resnet_keeps_resnets_recipe() -> None:
     assert spec["augmentation"]["enabled"] is True
 
 
+def test_boolean_fields_have_on_and_off_flags_and_refuse_a_value(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    whitened = ["--dataset", "cifar10", "--architecture", "whitened_cnn"]
+    assert cli_spec(*whitened)["lookahead"] is True  # the recipe's default
+    assert cli_spec(*whitened, "--no-lookahead")["lookahead"] is False
+    assert cli_spec("--dataset", "digits", "--lookahead")["lookahead"] is True
+    with pytest.raises(SystemExit):
+        cli_spec("--dataset", "digits", "--lookahead=yes")
+    assert "ignored explicit argument" in capsys.readouterr().err
+
+
 def test_spec_file_values_survive_unless_a_flag_names_them(tmp_path: Path) -> None:
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(
