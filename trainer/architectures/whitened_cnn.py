@@ -104,9 +104,9 @@ class WhitenedCnnSpec(ResNetRecipe):
     batch-norm biases at 64× the learning rate, lookahead weights, stronger label
     smoothing, alternating flips and 2-pixel shifts, and the mirror and one-pixel shifts
     at test time. Those airbench tricks took the recipe from 13 epochs to 10: in
-    float32 on 25% of CIFAR-10, 0.872 test accuracy in 1.19× the wall time of the lab's
-    30-epoch run beside it, and 0.868 in 0.78× at 9 epochs, where 13 epochs without
-    them took about twice the lab's time (docs/benchmarks.md).
+    float32 on 25% of CIFAR-10 on two AVX2-only cores, 0.871 test accuracy in 0.92×
+    the wall time of the lab's 30-epoch run beside it, where 13 epochs without them
+    took 1.50×; over three seeds the 10 epochs average 0.867 (docs/benchmarks.md).
     """
 
     architecture: Literal["whitened_cnn"] = "whitened_cnn"
