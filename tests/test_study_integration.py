@@ -83,7 +83,7 @@ def test_a_quick_study_completes_without_the_api_and_reports_card_figures(
     port = free_port()
     api = _start_api(deployment, port, "api-1")
     url = f"http://127.0.0.1:{port}"
-    body = {"preset": "cnn-lab", "quick": True, "include_reference": False, "epochs": 3,
+    body = {"preset": "cnn-lab", "quick": True, "include_reference": False, "epochs": 2,
             "name": "quick-lab"}  # fmt: skip
     response = httpx.post(f"{url}/studies", json=body, timeout=30)
     assert response.status_code == 202, response.text

@@ -56,6 +56,8 @@ def test_alexnet_learns_digits_with_one_cycle_and_augmentation(digits) -> None: 
             "batch_size": 32,
             "lr_schedule": "one_cycle",
             "learning_rate": 2e-3,
+            # Half the lab's widths: the same layers in 18 s instead of 44 on two cores.
+            "hyperparameters": {"conv_filters": [16, 32, 64, 64, 32], "dense_units": [128, 64]},
             "augmentation": {"target_classes": ["8", "9"], "oversample_factor": 2},
         }
     )
