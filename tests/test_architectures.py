@@ -144,6 +144,7 @@ def test_whitened_cnn_defaults_are_its_benchmarked_recipe() -> None:
     assert (spec.epochs, spec.batch_size, spec.label_smoothing) == (10, 128, 0.2)
     assert spec.augmentation.enabled and spec.augmentation.width_shift == 0.0625
     assert spec.lookahead and spec.augmentation.alternating_flip
+    assert spec.augmentation.whole_pixel_shifts
     assert spec.test_time_augmentation == "flip_and_shifts"
     assert isinstance(spec.hyperparameters, WhitenedCnnHyperparameters)
     assert spec.hyperparameters.group_filters == [64, 256, 256]

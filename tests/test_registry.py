@@ -173,7 +173,12 @@ def test_cards_written_by_release_0_1_0_still_load(registry: FileModelRegistry) 
         "hyperparameters": float32,
         "test_time_augmentation": "none",
         "lookahead": False,
-        "augmentation": {**raw["spec"]["augmentation"], "cutout": 0.0, "alternating_flip": False},
+        "augmentation": {
+            **raw["spec"]["augmentation"],
+            "cutout": 0.0,
+            "alternating_flip": False,
+            "whole_pixel_shifts": False,
+        },
     }
     assert card.metrics.test.accuracy == raw["metrics"]["test"]["accuracy"]
     assert (
@@ -226,6 +231,7 @@ def test_an_older_whitened_cnn_card_keeps_the_recipe_its_model_trained_with(
     card = registry.get_card("whitened-card", 1)
 
     assert card.spec.lookahead is False and card.spec.augmentation.alternating_flip is False
+    assert card.spec.augmentation.whole_pixel_shifts is False  # it trained on bilinear shifts
     hyperparameters = card.spec.hyperparameters
     assert isinstance(hyperparameters, WhitenedCnnHyperparameters)
     assert (hyperparameters.identity_init, hyperparameters.bias_gradient_scale) == (False, 1.0)

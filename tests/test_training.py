@@ -168,3 +168,37 @@ def test_augmenter_changes_images_but_keeps_shape() -> None:
     augmented = np.asarray(augmenter(batch, training=True))
     assert augmented.shape == batch.shape
     assert not np.allclose(augmented, batch)
+
+
+def _shifted(image: np.ndarray, down: int, right: int, pad: int) -> np.ndarray:
+    """``image`` moved by whole pixels over a mirrored border (Keras' 'reflect')."""
+    height, width = image.shape[:2]
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+    return padded[pad - down : pad - down + height, pad - right : pad - right + width]
+
+
+def test_whole_pixel_shifts_move_images_by_whole_pixels_without_blurring() -> None:
+    spec = AugmentationSpec(
+        enabled=True,
+        rotation_degrees=0,
+        zoom=0,
+        width_shift=2 / 32,
+        height_shift=2 / 32,
+        horizontal_flip=False,
+        whole_pixel_shifts=True,
+    )
+    augmenter = build_augmenter(spec, DATASETS["cifar10"], seed=5)
+    batch = np.random.default_rng(1).random((64, 32, 32, 3)).astype(np.float32)
+    augmented = np.asarray(augmenter(batch, training=True))
+    shifts = [(down, right) for down in range(-2, 3) for right in range(-2, 3)]
+    seen = set()
+    for before, after in zip(batch, augmented, strict=True):
+        matches = [s for s in shifts if np.array_equal(after, _shifted(before, *s, pad=2))]
+        assert matches, "every image is its original moved by whole pixels, values untouched"
+        seen.add(matches[0])
+    assert len(seen) >= 9, seen  # shifts of up to 2 pixels, both ways, on both axes
+    # The lab's fractional shifts interpolate: most images hold values no pixel had.
+    fractional = spec.model_copy(update={"whole_pixel_shifts": False})
+    blurred = np.asarray(build_augmenter(fractional, DATASETS["cifar10"], 5)(batch, training=True))
+    pairs = zip(batch, blurred, strict=True)
+    assert sum(not np.isin(after, before).all() for before, after in pairs) > 32

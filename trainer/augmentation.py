@@ -37,9 +37,16 @@ def build_augmenter(spec: AugmentationSpec, info: DatasetDefinition, seed: int) 
             layers.RandomRotation(spec.rotation_degrees / 360.0, fill_mode="nearest", seed=seed)
         )
     if spec.width_shift or spec.height_shift:
+        # Nearest-pixel sampling rounds each random shift to whole pixels: the image stays
+        # sharp, as at test time, where a bilinear shift would blur it.
+        whole = spec.whole_pixel_shifts
         transforms.append(
             layers.RandomTranslation(
-                spec.height_shift, spec.width_shift, fill_mode="nearest", seed=seed
+                spec.height_shift,
+                spec.width_shift,
+                fill_mode="reflect" if whole else "nearest",
+                interpolation="nearest" if whole else "bilinear",
+                seed=seed,
             )
         )
     if spec.zoom:

@@ -75,6 +75,12 @@ class AugmentationSpec(BaseModel):
         description="Random left-right flips; empty means on for natural images and off for "
         "digit datasets, where a flip changes the meaning.",
     )
+    whole_pixel_shifts: bool = Field(
+        False,
+        description="Shift by whole pixels over a mirrored border, as airbench's random "
+        "crops, instead of the lab's fractional shifts, which interpolate (blur) the image "
+        "and repeat its edge pixels.",
+    )
     alternating_flip: bool = Field(
         False,
         description="Where images are flipped, flip a random half in the first epoch and then "
