@@ -1,30 +1,42 @@
-"""Issue 9, target 1 over several seeds: ``whitened_cnn``'s recipe on the lab's 25% CIFAR-10.
+"""Issue 9, target 1 over several seeds: ``whitened_cnn``'s recipe beside the lab's run.
 
 ``bench/accuracy_per_time.py`` measures one training beside the lab's run; its
 margin over 0.87 was about a tenth of a point, less than one seed's spread. So this
 trains the recipe once per training seed — initial weights, shuffling and
 augmentation — on the protocol's fixed sample (seed 42, as the lab's), each in a
-fresh process set up as a worker is, and judges the accuracy on the mean. Fit
-seconds are comparable with that script's only when both ran on the same machine.
+fresh process set up as a worker is, and judges the accuracy on the mean. The lab's
+30-epoch run (float32, plain ``fit``, TensorFlow's default kernels) runs first in the
+same script, so accuracy and time come from one run: target 1 is met when the mean
+accuracy reaches 0.87 and the mean fit time is no more than the lab's. ``--epochs``
+trains another length than the recipe's; ``--float32`` trains in float32 where the
+CPU would choose bfloat16, as an AVX2-only CPU does.
 
     flock /tmp/daciavision-bench.lock .venv/bin/python -m bench.whitened_seeds [--seeds 42 43 44]
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.accuracy_per_time import LAB_EPOCHS, lab_run, lab_spec
 from bench.harness import (
+    busy_cpu_seconds,
+    in_fresh_process,
     locked_command,
     mean_and_spread,
+    measure_cpu_use,
+    own_cpu_seconds,
     publish,
     run_context,
-    runs_per_seed,
     side_by_side_arguments,
 )
 from bench.lab_pipeline import lab_sample, test_accuracy
 from trainer.architectures.whitened_cnn import WhitenedCnnSpec
+from trainer.kernels import tensorflow_default_environment, training_environment
+from trainer.precision import bfloat16_trains_faster
 from trainer.study_presets import LAB_FRACTION
 from trainer.train import train
 
@@ -39,9 +51,12 @@ class SeedRun:
     fit_seconds: float
 
 
-def train_one(seed: int, data_dir: Path) -> SeedRun:
+def train_one(seed: int, data_dir: Path, epochs: int | None, float32: bool) -> SeedRun:
     data = lab_sample(data_dir)
-    spec = WhitenedCnnSpec(dataset="cifar10", sample_fraction=LAB_FRACTION, seed=seed)
+    settings: dict[str, object] = {} if epochs is None else {"epochs": epochs}
+    if float32:
+        settings["hyperparameters"] = {"bfloat16": False}
+    spec = WhitenedCnnSpec(dataset="cifar10", sample_fraction=LAB_FRACTION, seed=seed, **settings)
     result = train(spec, None, data=data)
     return SeedRun(seed, test_accuracy(result.model, data.test), result.fit_seconds)
 
@@ -49,36 +64,66 @@ def train_one(seed: int, data_dir: Path) -> SeedRun:
 def main(argv: list[str] | None = None) -> None:
     parser = side_by_side_arguments(__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--epochs", type=int, help="Epochs instead of the recipe's.")
+    parser.add_argument(
+        "--float32", action="store_true", help="Train in float32 even where bfloat16 is faster."
+    )
     args = parser.parse_args(argv)
     command = locked_command("bench.whitened_seeds", argv)
-    runs, cpu = runs_per_seed(train_one, args.seeds, args.data_dir)
-    for run in runs:
-        print(
-            f"seed {run.seed}: test accuracy {run.test_accuracy:.4f}, fit {run.fit_seconds:.0f} s"
+    busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
+    started = time.perf_counter()
+    lab = in_fresh_process(
+        lab_run, lab_spec(), args.data_dir, environment=tensorflow_default_environment()
+    )
+    print(f"{lab.label}: test accuracy {lab.test_accuracy:.4f}, fit {lab.fit_seconds:.0f} s")
+    runs = []
+    for seed in args.seeds:
+        run = in_fresh_process(
+            train_one,
+            seed,
+            args.data_dir,
+            args.epochs,
+            args.float32,
+            environment=training_environment(),
         )
+        print(f"seed {seed}: test accuracy {run.test_accuracy:.4f}, fit {run.fit_seconds:.0f} s")
+        runs.append(run)
+    cpu = measure_cpu_use(busy_before, own_before, time.perf_counter() - started)
+
     accuracies = [run.test_accuracy for run in runs]
     mean, spread = mean_and_spread(accuracies)
+    mean_seconds = statistics.mean(run.fit_seconds for run in runs)
     rows = "\n".join(
-        f"| {run.seed} | {run.test_accuracy:.4f} | {run.fit_seconds:,.0f} |" for run in runs
+        f"| seed {run.seed} | {run.test_accuracy:.4f} | {run.fit_seconds:,.0f} "
+        f"| {run.fit_seconds / lab.fit_seconds:.2f}× |"
+        for run in runs
     )
-    verdict = "**met**" if mean >= GOAL else f"**missed** by {GOAL - mean:.4f}"
-    epochs = WhitenedCnnSpec.model_fields["epochs"].default
-    body = f"""## CIFAR-10 25% over {len(runs)} training seeds: whitened_cnn's recipe (target 1)
+    accurate, in_time = mean >= GOAL, mean_seconds <= lab.fit_seconds
+    shortfalls = ([] if accurate else [f"accuracy short by {GOAL - mean:.4f}"]) + (
+        [] if in_time else [f"time over by {mean_seconds / lab.fit_seconds - 1:.0%}"]
+    )
+    verdict = "**met**" if not shortfalls else f"**missed**: {'; '.join(shortfalls)}"
+    epochs = args.epochs or WhitenedCnnSpec.model_fields["epochs"].default
+    precision = "bfloat16" if not args.float32 and bfloat16_trains_faster() else "float32"
+    body = f"""## CIFAR-10 25%: whitened_cnn over {len(runs)} seeds beside the lab's run (target 1)
 
 {run_context(cpu)}
-- **Protocol:** the lab's 25% CIFAR-10 sample (seed 42), `whitened_cnn` with its own
-  recipe ({epochs} epochs, mirror and shifts at test time); each training seed sets the
-  initial weights, shuffling and augmentation; each run in a fresh process set up as
-  a worker is. Test accuracy on the 2,500 test images, once per run.
+- **Protocol:** the lab's 25% CIFAR-10 sample (seed 42). The lab's run first: `custom_cnn`
+  64/128/256, {LAB_EPOCHS} epochs, plain `fit` on NumPy arrays in float32 with TensorFlow's
+  default kernels. Then `whitened_cnn` with its own recipe ({epochs} epochs, mirror and
+  shifts at test time; {precision}) once per training seed, which sets the initial
+  weights, shuffling and augmentation. Each run in a fresh process; test accuracy on
+  the 2,500 test images, once per run.
 
-| Training seed | Test accuracy | Fit seconds |
-|---|---|---|
+| Run | Test accuracy | Fit seconds | Time vs the lab's run |
+|---|---|---|---|
+| The lab's run | {lab.test_accuracy:.4f} | {lab.fit_seconds:,.0f} | 1.00× |
 {rows}
 
-- **Mean ± standard deviation:** {mean:.4f} ± {spread:.4f}; {sum(a >= GOAL for a in accuracies)}
-  of {len(runs)} runs reached {GOAL}.
-- **Target 1's accuracy** (≥ {GOAL}, on the mean): {verdict}. Its time is
-  `bench/accuracy_per_time.py`'s.
+- **whitened_cnn, mean ± standard deviation:** {mean:.4f} ± {spread:.4f} test accuracy
+  ({sum(a >= GOAL for a in accuracies)} of {len(runs)} runs reached {GOAL}), in
+  {mean_seconds / lab.fit_seconds:.2f}× the lab's time on the mean.
+- **Target 1** (≥ {GOAL} on the mean, in no more time than the lab's run): {verdict}.
 """
     publish(KEY, body, command, args)
 
