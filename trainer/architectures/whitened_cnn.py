@@ -105,11 +105,11 @@ class WhitenedCnnSpec(ResNetRecipe):
     convolutions (64, 256 and 256 filters) that start as the identity, with max-pooling
     and batch norm, trained with resnet's optimizer and schedule (SGD one-cycle),
     batch-norm biases at 64× the learning rate, lookahead weights, stronger label
-    smoothing, alternating flips and 2-pixel shifts, and the mirror and one-pixel shifts
-    at test time. Those airbench tricks took the recipe from 13 epochs to 10: in
-    float32 on 25% of CIFAR-10 on two AVX2-only cores, 0.871 test accuracy in 0.92×
-    the wall time of the lab's 30-epoch run beside it, where 13 epochs without them
-    took 1.50×; over three seeds the 10 epochs average 0.867 (docs/benchmarks.md).
+    smoothing, alternating flips and whole-pixel shifts of up to 2 pixels, and the mirror
+    and one-pixel shifts at test time. Those airbench tricks took the recipe from 13
+    epochs to 10: in float32 on 25% of CIFAR-10 on two AVX2-only cores, over three
+    seeds, 0.877 ± 0.004 test accuracy in 0.90× the wall time of the lab's 30-epoch run
+    beside them, where 13 epochs without them took 1.50× (docs/benchmarks.md).
     """
 
     architecture: Literal["whitened_cnn"] = "whitened_cnn"
