@@ -74,7 +74,7 @@ def test_resnet_small_learns_digits_with_its_own_recipe(digits) -> None:  # type
     # Only the epochs and batch size are scaled to 1,600 tiny images: the optimizer,
     # schedule, smoothing and augmentation are the architecture's defaults.
     spec = parse_training_spec(
-        {"dataset": "digits", "architecture": "resnet_small", "epochs": 6, "batch_size": 32}
+        {"dataset": "digits", "architecture": "resnet_small", "epochs": 4, "batch_size": 32}
     )
     assert (spec.optimizer, spec.lr_schedule) == ("sgd", "one_cycle")
     result = train(spec, None, data=digits)
