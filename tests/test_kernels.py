@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,15 +29,20 @@ def _load_tensorflow_after(statement: str, **variables: str) -> subprocess.Compl
     )  # fmt: skip
 
 
-def test_a_worker_trains_with_onednn_kernels() -> None:
-    # `celery -A worker.app worker` loads worker.tasks before its pool imports TensorFlow.
-    loaded = _load_tensorflow_after("import worker.tasks")
+# What `celery -A worker.app worker` does before its pool forks the children that train.
+WORKER_START = "import worker.app, celery\ncelery.signals.worker_init.send(sender=None)"
+
+
+def test_a_worker_trains_with_onednn_kernels(tmp_path: Path) -> None:
+    loaded = _load_tensorflow_after(WORKER_START, DACIAVISION_HOME=str(tmp_path))
     assert "variable: 1" in loaded.stdout
     assert ONEDNN_ON in loaded.stderr
 
 
-def test_the_users_choice_of_kernels_wins() -> None:
-    loaded = _load_tensorflow_after("import worker.tasks", **{ONEDNN_VARIABLE: "0"})
+def test_the_users_choice_of_kernels_wins(tmp_path: Path) -> None:
+    loaded = _load_tensorflow_after(
+        WORKER_START, DACIAVISION_HOME=str(tmp_path), **{ONEDNN_VARIABLE: "0"}
+    )
     assert "variable: 0" in loaded.stdout
     assert ONEDNN_ON not in loaded.stderr
 

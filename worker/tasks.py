@@ -1,7 +1,7 @@
 """Celery tasks: thin and idempotent, keyed by job_id.
 
-TensorFlow is imported inside the task body, i.e. only in the forked child
-that runs one job, never in the worker's main process before a fork.
+The worker's main process imports TensorFlow before it forks (``worker.app``)
+but never runs it: each job trains in a child forked for it alone.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from typing import Any
 
 from celery import signals
 
-from trainer.kernels import use_training_kernels
 from trainer.registry import FileModelRegistry
 from worker.app import TRAIN_TASK, app
 from worker.jobstore import open_job_store
@@ -20,9 +19,6 @@ from worker.settings import get_settings
 from worker.studies.runtime import advance_after_job
 
 logger = logging.getLogger(__name__)
-
-# Before any task imports TensorFlow: the pool's children inherit this environment.
-use_training_kernels()
 
 
 @app.task(name=TRAIN_TASK, acks_late=True, ignore_result=True)
