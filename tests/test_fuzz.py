@@ -104,8 +104,9 @@ FUZZ_SETTINGS = settings(
     database=None,  # nothing written into the checkout
     suppress_health_check=list(HealthCheck),
 )
-# The documented examples (seven training specs for POST /jobs alone) run once, in
-# the keyed run: the open server takes the same paths, and without a key each is a 401.
+# The explicit phase (the documented examples, seven training specs for POST /jobs
+# alone) and Schemathesis' boundary cases run once, in the keyed run: the open server
+# takes the same paths, and without a key each is a 401.
 QUICK_FUZZ_SETTINGS = settings(
     FUZZ_SETTINGS, max_examples=QUICK_EXAMPLES_PER_OPERATION, phases=[Phase.generate]
 )
