@@ -115,7 +115,7 @@ def test_the_card_records_the_precision_the_model_trained_in(
             "hyperparameters": {
                 "filters1": 16, "filters2": 32, "dense_units": 64, "bfloat16": bfloat16
             },
-            "epochs": 6,
+            "epochs": 4,
             "batch_size": 32,
             "model_name": "digits-precision",
         }

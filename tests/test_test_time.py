@@ -56,7 +56,7 @@ def test_a_model_trained_with_shifts_is_registered_and_served_wrapped(tmp_path: 
         {
             "dataset": "digits",
             "hyperparameters": {"filters1": 16, "filters2": 32, "dense_units": 64},
-            "epochs": 12,
+            "epochs": 6,
             "batch_size": 32,
             "test_time_augmentation": "shifts",
             "model_name": "digits-shifts",

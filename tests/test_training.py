@@ -52,7 +52,7 @@ def test_alexnet_learns_digits_with_one_cycle_and_augmentation(digits) -> None: 
         {
             "dataset": "digits",
             "architecture": "alexnet",
-            "epochs": 10,
+            "epochs": 6,
             "batch_size": 32,
             "lr_schedule": "one_cycle",
             "learning_rate": 2e-3,
