@@ -69,6 +69,11 @@ def _average(entry: dict[str, float]) -> AverageMetrics:
     )
 
 
+def import_metrics_library() -> None:
+    """Import scikit-learn's metrics now, in a process whose forked children will evaluate."""
+    import sklearn.metrics  # noqa: F401
+
+
 def evaluate_predictions(
     y_true: NDArray[np.integer[Any]],
     probabilities: NDArray[np.floating[Any]],

@@ -110,6 +110,7 @@ def _import_training_libraries(**_: Any) -> None:
     # device context or thread pool for the fork to break; the kernels' variable
     # must be set first because TensorFlow reads it when it loads.
     use_training_kernels()
-    import sklearn.metrics  # noqa: F401
+    import trainer.run  # noqa: F401 - TensorFlow and Keras
+    from trainer.evaluate import import_metrics_library
 
-    import worker.runner  # noqa: F401
+    import_metrics_library()
