@@ -34,11 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    busy_cpu_seconds,
+    CpuMeter,
     in_fresh_process,
     locked_command,
-    measure_cpu_use,
-    own_cpu_seconds,
     publish,
     run_context,
     side_by_side_arguments,
@@ -137,8 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     command = locked_command("bench.accuracy_per_time", argv)
     data = lab_sample(args.data_dir)
     lab_kernels, our_kernels = tensorflow_default_environment(), training_environment()
-    busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
-    started = time.perf_counter()
+    meter = CpuMeter()
     common: dict[str, Any] = {"dataset": "cifar10", "sample_fraction": LAB_FRACTION, "seed": 42}
     precision = "bfloat16" if not args.float32 and bfloat16_trains_faster() else "float32"
     if args.float32:
@@ -186,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         outcomes.append(
             report(in_fresh_process(our_run, label, spec, args.data_dir, environment=our_kernels))
         )
-    cpu = measure_cpu_use(busy_before, own_before, time.perf_counter() - started)
+    cpu = meter.stop()
 
     lab = outcomes[0]
     by_name = dict(zip(chosen, outcomes[1:], strict=True))

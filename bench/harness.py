@@ -105,11 +105,39 @@ class CpuUse:
     own: float
 
 
-def measure_cpu_use(busy_before: float, own_before: float, wall_seconds: float) -> CpuUse:
-    capacity = wall_seconds * nproc()
-    own = own_cpu_seconds() - own_before
-    others = max(0.0, busy_cpu_seconds() - busy_before - own)
-    return CpuUse(others=others / capacity, own=own / capacity)
+class CpuMeter:
+    """How much of the machine this run used, and how much other processes took from it.
+
+    Starts when created; ``stop`` (or leaving a ``with`` block) sets ``use``. Every
+    figure's paragraph in docs/benchmarks.md says how busy the machine was, because a
+    shared host that lends its cores elsewhere slows the run without saying so.
+    ``extra_own_seconds`` counts processes this one has not waited for yet as its own,
+    such as a server still running.
+    """
+
+    def __init__(self, extra_own_seconds: Callable[[], float] | None = None) -> None:
+        self._extra_own_seconds = extra_own_seconds
+        self._started = time.perf_counter()
+        self._busy_before = busy_cpu_seconds()
+        self._own_before = self._own_seconds()
+        self.use = CpuUse(others=0.0, own=0.0)
+
+    def __enter__(self) -> CpuMeter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> CpuUse:
+        capacity = (time.perf_counter() - self._started) * nproc()
+        own = self._own_seconds() - self._own_before
+        others = max(0.0, busy_cpu_seconds() - self._busy_before - own)
+        self.use = CpuUse(others=others / capacity, own=own / capacity)
+        return self.use
+
+    def _own_seconds(self) -> float:
+        extra = self._extra_own_seconds() if self._extra_own_seconds else 0.0
+        return own_cpu_seconds() + extra
 
 
 def epoch_seconds(card: ModelCard) -> list[float]:
@@ -285,15 +313,14 @@ def run_benchmark(
     print(f"{title}\nspec: {spec.model_dump_json()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-registry-") as scratch:
         registry_dir = args.registry_dir or Path(scratch)
-        busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
-        started = time.perf_counter()
+        meter = CpuMeter()
         registered = train_and_register(
             spec,
             data_dir=args.data_dir,
             registry=FileModelRegistry(registry_dir),
             progress=[print_epoch],
         )
-        cpu = measure_cpu_use(busy_before, own_before, time.perf_counter() - started)
+        cpu = meter.stop()
     card = registered.card
     print(f"\nregistered {registered.model_name} v{registered.version} in {registry_dir}")
     for label, value in figures(card):
@@ -370,13 +397,12 @@ def runs_per_seed(
 ) -> tuple[list[Result], CpuUse]:
     """``train_one(seed, data_dir)`` for each seed, each in a fresh process set up as a
     worker is; the results and the machine's CPU use meanwhile."""
-    busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
-    started = time.perf_counter()
+    meter = CpuMeter()
     results = [
         in_fresh_process(train_one, seed, data_dir, environment=training_environment())
         for seed in seeds
     ]
-    return results, measure_cpu_use(busy_before, own_before, time.perf_counter() - started)
+    return results, meter.stop()
 
 
 def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:

@@ -31,11 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    busy_cpu_seconds,
+    CpuMeter,
     in_fresh_process,
     locked_command,
-    measure_cpu_use,
-    own_cpu_seconds,
     publish,
     run_context,
     side_by_side_arguments,
@@ -131,8 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = locked_command("bench.lab_throughput", argv)
     lab_kernels, our_kernels = tensorflow_default_environment(), training_environment()
-    busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
-    started = time.perf_counter()
+    meter = CpuMeter()
     rows = []
     for label, _ in lab_specs(args.epochs):
         run = (label, args.epochs, args.data_dir)
@@ -152,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {plain_onednn.images_per_second:,.0f} | {ours.images_per_second:,.0f} "
             f"| {ratio:.2f}× | {plain.val_accuracy:.3f} / {ours.val_accuracy:.3f} | {met} |"
         )
-    cpu = measure_cpu_use(busy_before, own_before, time.perf_counter() - started)
+    cpu = meter.stop()
     verdict = precision_verdict()
     # The reason has a parenthesis of its own; inside ours it reads better unnested.
     reason = verdict.reason.replace(" (", ", ").rstrip(")")

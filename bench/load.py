@@ -31,12 +31,10 @@ from pathlib import Path
 from bench.harness import (
     DEFAULT_DATA_DIR,
     DEFAULT_DOC,
-    busy_cpu_seconds,
+    CpuMeter,
     cpu_flags,
     cpu_model,
-    measure_cpu_use,
     nproc,
-    own_cpu_seconds,
     package_versions,
     require_hey,
     update_doc,
@@ -279,8 +277,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if Settings().data_dir is not None:  # the data came from DATA_DIR: say so
         command = f"DATA_DIR={shlex.quote(str(Settings().data_dir))} {command}"
     started = datetime.now(UTC)
-    busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
-    clock = time.monotonic()
+    meter = CpuMeter()
     with tempfile.TemporaryDirectory(prefix="bench-load-") as scratch:
         home = Path(scratch)
         with redis_database(args.redis_url, home / "redis") as redis_url:
@@ -296,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 job_timeout=1800,
             )
             result = run_scenario(config, hey_driver, log=lambda line: print(line, flush=True))
-    cpu = measure_cpu_use(busy_before, own_before, time.monotonic() - clock)
+    cpu = meter.stop()
     verdict = (
         "**busy: other processes competed for the cores, the figures are pessimistic**"
         if cpu.others >= BUSY_SHARE

@@ -50,6 +50,7 @@ import numpy as np
 from bench.harness import (
     DEFAULT_DATA_DIR,
     DEFAULT_DOC,
+    CpuMeter,
     cpu_model,
     nproc,
     require_hey,
@@ -153,11 +154,6 @@ def prepare_bodies(cache_dir: Path, data_dir: Path) -> Bodies:
 # -- CPU accounting: how much of the machine others used ---------------------------------
 
 
-def _busy_seconds() -> float:
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def _tree_seconds(root: int) -> float:
     """CPU seconds of a live contender: its session and every descendant of ``root``.
 
@@ -180,34 +176,6 @@ def _tree_seconds(root: int) -> float:
         members |= found
         growing = bool(found)
     return sum(ticks.get(pid, 0) for pid in members) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_seconds() -> float:
-    times = os.times()  # this process and its reaped children (hey, the raw measurement)
-    return times.user + times.system + times.children_user + times.children_system
-
-
-@dataclass
-class CpuMeter:
-    """Share of the machine (cores × wall time) used by others during a measurement."""
-
-    session: int | None = None
-    _start: tuple[float, float, float] = (0.0, 0.0, 0.0)
-
-    def __enter__(self) -> CpuMeter:
-        self._start = (time.perf_counter(), _busy_seconds(), self._ours())
-        self.others = self.ours = 0.0
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        wall = time.perf_counter() - self._start[0]
-        capacity = wall * nproc()
-        ours = self._ours() - self._start[2]
-        self.ours = ours / capacity
-        self.others = max(0.0, _busy_seconds() - self._start[1] - ours) / capacity
-
-    def _ours(self) -> float:
-        return _own_seconds() + (_tree_seconds(self.session) if self.session else 0.0)
 
 
 # -- load generation --------------------------------------------------------------------
@@ -276,10 +244,12 @@ def run_hey(
 ) -> LoadResult:
     command = ["hey", "-m", "POST", "-T", content_type, "-D", str(body), "-c", str(concurrency)]
     command += ["-z", f"{seconds}s"] if seconds else ["-n", str(requests)]
-    with CpuMeter(session) as meter:
+    # The contender's processes are still running, so their CPU seconds count as ours here.
+    contender_seconds = (lambda: _tree_seconds(session)) if session else None
+    with CpuMeter(contender_seconds) as meter:
         output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
     result = parse_hey(output)
-    result.others_cpu, result.own_cpu = meter.others, meter.ours
+    result.others_cpu, result.own_cpu = meter.use.others, meter.use.own
     return result
 
 
@@ -687,7 +657,7 @@ def verdicts(m: Measured) -> list[Verdict]:
                 "≥ 50%",
                 ratio >= 0.5,
                 f"{0.5 - ratio:.0%} short; {_others(batch)} during this measurement, "
-                f"{m.raw_meter.others:.0%} during the raw one",
+                f"{m.raw_meter.use.others:.0%} during the raw one",
             )
         )
     if (idle := ours.get("idle")) is not None:
@@ -773,10 +743,10 @@ def section(m: Measured, command: str) -> str:
         f"{labels[name]} {seconds:.1f} s" for name, seconds in m.cold_start_seconds.items()
     )
     missed = "\n".join(notes) or "- none"
-    busy = m.whole_run.others
+    busy = m.whole_run.use.others
     load = (
         f"other processes used {busy:.0%} of the machine's CPU time during the whole run "
-        f"and this benchmark (driver, hey, the contender) {m.whole_run.ours:.0%}"
+        f"and this benchmark (driver, hey, the contender) {m.whole_run.use.own:.0%}"
     )
     if busy >= 0.05:
         load = f"**busy: {load}; the timings are pessimistic**"
@@ -817,7 +787,7 @@ CPU shares are of the machine's capacity (cores × wall time) during that measur
 The raw limit of target 6 is the faster of the two at batch {BATCH_IMAGES}. It was measured
 in a process of its own right before the JSON run it is compared with (our server idle
 meanwhile), so that both meet the same machine; other processes used
-{m.raw_meter.others:.0%} of the CPU while it was measured.
+{m.raw_meter.use.others:.0%} of the CPU while it was measured.
 
 | Also recorded | Value |
 |---|---|

@@ -21,7 +21,6 @@ then::
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,10 +28,8 @@ import keras
 import numpy as np
 
 from bench.harness import (
-    busy_cpu_seconds,
+    CpuMeter,
     locked_command,
-    measure_cpu_use,
-    own_cpu_seconds,
     publish,
     run_context,
     side_by_side_arguments,
@@ -86,9 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = locked_command("bench.test_time_views", argv)
     registry = FileModelRegistry(args.registry_dir)
-    busy_before, own_before, started = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
+    meter = CpuMeter()
     rows = [row for reference in args.model for row in _rows(registry, reference, args.data_dir)]
-    cpu = measure_cpu_use(busy_before, own_before, time.perf_counter() - started)
+    cpu = meter.stop()
     body = f"""## Which test-time views pay
 
 {run_context(cpu)}

@@ -30,11 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    busy_cpu_seconds,
+    CpuMeter,
     in_fresh_process,
     locked_command,
-    measure_cpu_use,
-    own_cpu_seconds,
     publish,
     run_context,
     side_by_side_arguments,
@@ -153,8 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = locked_command("bench.time_to_lab_best", argv)
     data = lab_sample(args.data_dir)
-    busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
-    started = time.perf_counter()
+    meter = CpuMeter()
     # Each contender in a fresh process: ours set up as a worker is (trainer.kernels),
     # the lab's with TensorFlow's default kernels for this CPU, as the lab ran.
     ours = in_fresh_process(our_run, args.epochs, args.data_dir, environment=training_environment())
@@ -167,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     lab = in_fresh_process(
         lab_pipeline, args.lab_epochs, args.data_dir, environment=tensorflow_default_environment()
     )
-    cpu = measure_cpu_use(busy_before, own_before, time.perf_counter() - started)
+    cpu = meter.stop()
 
     lab_total = sum(lab.epoch_seconds)
     lab_to_best = lab.seconds_to(LAB_BEST)

@@ -20,10 +20,8 @@ import time
 from pathlib import Path
 
 from bench.harness import (
-    busy_cpu_seconds,
+    CpuMeter,
     locked_command,
-    measure_cpu_use,
-    own_cpu_seconds,
     publish,
     run_context,
     side_by_side_arguments,
@@ -79,15 +77,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per run (default 2)")
     args = parser.parse_args(argv)
     command = locked_command("bench.training_memory", argv)
-    busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
-    started = time.perf_counter()
+    meter = CpuMeter()
     rows = []
     for label, body in specs(args.epochs):
         peak, seconds = peak_rss_mib(body, args.data_dir)
         print(f"{label}: peak RSS {peak:,.0f} MiB ({seconds:.0f} s)", flush=True)
         batch_size = parse_training_spec(body).batch_size
         rows.append(f"| {label} | {batch_size} | {peak:,.0f} |")
-    cpu = measure_cpu_use(busy_before, own_before, time.perf_counter() - started)
+    cpu = meter.stop()
     body_text = f"""## Memory of a training process, per architecture
 
 {run_context(cpu)}

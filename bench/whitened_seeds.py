@@ -17,18 +17,15 @@ CPU would choose bfloat16, as an AVX2-only CPU does.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.accuracy_per_time import LAB_EPOCHS, lab_run, lab_spec
 from bench.harness import (
-    busy_cpu_seconds,
+    CpuMeter,
     in_fresh_process,
     locked_command,
     mean_and_spread,
-    measure_cpu_use,
-    own_cpu_seconds,
     publish,
     run_context,
     side_by_side_arguments,
@@ -70,8 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     command = locked_command("bench.whitened_seeds", argv)
-    busy_before, own_before = busy_cpu_seconds(), own_cpu_seconds()
-    started = time.perf_counter()
+    meter = CpuMeter()
     lab = in_fresh_process(
         lab_run, lab_spec(), args.data_dir, environment=tensorflow_default_environment()
     )
@@ -88,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"seed {seed}: test accuracy {run.test_accuracy:.4f}, fit {run.fit_seconds:.0f} s")
         runs.append(run)
-    cpu = measure_cpu_use(busy_before, own_before, time.perf_counter() - started)
+    cpu = meter.stop()
 
     accuracies = [run.test_accuracy for run in runs]
     mean, spread = mean_and_spread(accuracies)
