@@ -110,6 +110,7 @@ class Services:
             max_bytes=settings.model_cache_max_bytes,
             batching=batching,
             jit_compile=settings.inference_jit_compile,
+            intra_op_threads=settings.inference_intra_op_threads,
             load_failure_seconds=settings.model_load_failure_seconds,
         )
 

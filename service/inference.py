@@ -13,16 +13,46 @@ On the 2-core AVX2 machine the benchmarks ran on, the traced graph without XLA
 was the fastest overall (``docs/benchmarks.md``): about 5× faster than the eager
 call for one image and 1.5–3× for 64; XLA (``jit_compile``) was faster for a
 single image but slower for batches of 4 and more, so it is a setting.
+
+Each model call runs on one TensorFlow intra-op thread by default
+(``limit_intra_op_threads``): on 2 cores a call split over both threads took 2.4× as
+long for one image and 1.8–2.8× for 2 to 8, and only 13% less for 64 (AMD EPYC,
+``docs/benchmarks.md``). The batcher's threads run calls side by side instead, so the
+cores stay busy under load while a lone small request pays no synchronisation.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 Batch = NDArray[np.float32]
+
+logger = logging.getLogger(__name__)
+
+
+def limit_intra_op_threads(threads: int) -> None:
+    """Let each TensorFlow op of this process use at most ``threads`` threads (0: all cores).
+
+    Process-wide, and fixed once TensorFlow has run its first op: call it before the
+    first model loads. Not through ``TF_NUM_INTRAOP_THREADS``, which the workers a
+    serving process starts would inherit and train on one core.
+    """
+    import tensorflow as tf
+
+    if threads == 0 or tf.config.threading.get_intra_op_parallelism_threads() == threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already ran in this process, e.g. it trained here
+        logger.warning(
+            "TensorFlow is already running with %d intra-op threads; keeping them, not %d",
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            threads,
+        )
 
 
 def bucket_sizes(max_batch_size: int) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from service.batching import Batcher, BatchingOptions
 from service.errors import ModelLoadError
-from service.inference import CompiledModel
+from service.inference import CompiledModel, limit_intra_op_threads
 from trainer.card import ModelCard
 from trainer.errors import CorruptModelError, DaciaVisionError, NotFoundError
 from trainer.registry import FileModelRegistry
@@ -89,6 +89,7 @@ class ModelCache:
         batching: BatchingOptions | None = None,
         *,
         jit_compile: bool = False,
+        intra_op_threads: int = 0,
         max_bytes: int | None = None,
         load_failure_seconds: float = 5.0,
     ) -> None:
@@ -104,6 +105,7 @@ class ModelCache:
         self._bytes = 0
         self.batching = batching or BatchingOptions()
         self.jit_compile = jit_compile
+        self.intra_op_threads = intra_op_threads
         self.load_failure_seconds = load_failure_seconds
         # A version that failed to load, until when that failure is answered again without
         # trying: a corrupt 100 MB file is not hashed again on every request.
@@ -236,6 +238,7 @@ class ModelCache:
         # fused batch norm).
         from trainer import batch_norm, test_time, whitening  # noqa: F401
 
+        limit_intra_op_threads(self.intra_op_threads)
         self.registry.verify_checksum(model_name, version)
         card = self.registry.get_card(model_name, version)
         path = self.registry.model_path(model_name, version)

@@ -7,6 +7,8 @@ service would find them.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -123,3 +125,30 @@ def test_the_setting_bounds_the_apps_cache(make_client: ClientFactory) -> None:
 def test_a_byte_bound_below_one_is_refused(registry: FileModelRegistry) -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         ModelCache(registry, capacity=1, max_bytes=0)
+
+
+def test_the_setting_sets_the_apps_intra_op_threads(make_client: ClientFactory) -> None:
+    client: TestClient = make_client(inference_intra_op_threads=3)
+    cache: ModelCache = client.app.state.services.model_cache  # type: ignore[attr-defined]
+    assert cache.intra_op_threads == 3
+
+
+def test_a_serving_process_runs_each_op_on_the_threads_set(registry: FileModelRegistry) -> None:
+    # A fresh process: TensorFlow fixes its threads when it runs its first op, which in
+    # this one an earlier test may have done.
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "from pathlib import Path\n"
+        "from service.model_cache import ModelCache\n"
+        "from trainer.registry import FileModelRegistry\n"
+        "cache = ModelCache(FileModelRegistry(Path(sys.argv[1])), capacity=1, intra_op_threads=1)\n"
+        "loaded = cache.get('a', 1)\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),\n"
+        "      loaded.predict(np.zeros((2, 28, 28, 1), np.float32)).shape)\n"
+        "cache.close()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(registry.root)],
+        capture_output=True, text=True, check=True, timeout=180,
+    )  # fmt: skip
+    assert result.stdout.split("\n")[-2] == "1 (2, 10)"

@@ -97,6 +97,15 @@ class Settings(BaseSettings):
         "the models it serves. One per core lets JSON batches decode beside inference "
         "without waiting for one Python interpreter lock.",
     )
+    inference_intra_op_threads: int = Field(
+        1,
+        ge=0,
+        le=1024,
+        description="Threads each TensorFlow op of a model call may use in an API process "
+        "(TF Serving's tensorflow_intra_op_parallelism); 0 lets TensorFlow use every core. "
+        "One is fastest for the small batches of live traffic; the batch threads keep the "
+        "other cores busy.",
+    )
     inference_jit_compile: bool = Field(
         False, description="Compile the forward pass with XLA (faster for single images here)."
     )
