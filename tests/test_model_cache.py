@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from service.model_cache import ModelCache
 from tests.conftest import ClientFactory, make_record
 from trainer.architectures import build_model
 from trainer.architectures.custom_cnn import CustomCnnHyperparameters
 from trainer.registry import FileModelRegistry
+from worker.settings import Settings
 
 SMALL = CustomCnnHyperparameters(filters1=8, filters2=8, dense_units=16)
 WIDE = CustomCnnHyperparameters(filters1=8, filters2=8, dense_units=256)
@@ -152,3 +154,8 @@ def test_a_serving_process_runs_each_op_on_the_threads_set(registry: FileModelRe
         capture_output=True, text=True, check=True, timeout=180,
     )  # fmt: skip
     assert result.stdout.split("\n")[-2] == "1 (2, 10)"
+
+
+def test_a_negative_thread_count_is_refused_with_its_bounds() -> None:
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        Settings(inference_intra_op_threads=-1)
