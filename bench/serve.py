@@ -368,12 +368,10 @@ def measure_raw(model_path: Path, images_path: Path, intra_op_threads: int = 0) 
     ``intra_op_threads`` (as the service sets them) only the traced pass is measured.
     """
     import keras
-    import tensorflow as tf
 
-    from service.inference import CompiledModel
+    from service.inference import CompiledModel, limit_intra_op_threads
 
-    if intra_op_threads:
-        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+    limit_intra_op_threads(intra_op_threads)
     model = keras.saving.load_model(model_path, compile=False)
     images = np.load(images_path)
     forward = CompiledModel(model, images.shape[1:], max_batch_size=256)

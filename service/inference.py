@@ -23,6 +23,7 @@ cores stay busy under load while a lone small request pays no synchronisation.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -34,12 +35,15 @@ Batch = NDArray[np.float32]
 logger = logging.getLogger(__name__)
 
 
+@functools.cache
 def limit_intra_op_threads(threads: int) -> None:
     """Let each TensorFlow op of this process use at most ``threads`` threads (0: all cores).
 
     Process-wide, and fixed once TensorFlow has run its first op: call it before the
-    first model loads. Not through ``TF_NUM_INTRAOP_THREADS``, which the workers a
-    serving process starts would inherit and train on one core.
+    first model loads. Cached: the outcome is fixed after the first call, so later
+    loads neither check again nor repeat the warning. Not through
+    ``TF_NUM_INTRAOP_THREADS``, which the workers a serving process starts would
+    inherit and train on one core.
     """
     import tensorflow as tf
 
