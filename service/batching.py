@@ -25,6 +25,11 @@ less per image, and handing a batch to another thread costs a scheduler wake-up
 (single-image requests ran 5% slower). The traced graph is safe to run from several
 threads: it only reads the model's weights. With batching off, each request is its
 own full batch.
+
+A request larger than ``max_batch_size`` is split into batches of that size, queued
+together, so that with two batch threads a lone large request runs on both cores
+rather than in chunks one after the other on one thread (each call runs on one
+intra-op thread); its answer is its parts' rows in order.
 """
 
 from __future__ import annotations
@@ -35,9 +40,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 
@@ -46,7 +50,6 @@ from service.inference import Batch
 logger = logging.getLogger(__name__)
 
 InferenceFunction = Callable[[Batch], Batch]
-ExtraT = TypeVar("ExtraT")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class _Request:
     images: Batch
     future: Future[Batch]
     enqueued_at: float
+    # A large request's parts count as one request in the stats: only its first part.
+    counted: bool = True
 
 
 class Batcher:
@@ -109,20 +114,25 @@ class Batcher:
 
     def submit(self, images: Batch) -> Future[Batch]:
         """Queue a float32 batch (N, H, W, C); the future holds its probabilities (N, classes)."""
-        future: Future[Batch] = Future()
+        now = time.monotonic()
+        parts = [
+            _Request(part, Future(), now, counted=index == 0)
+            for index, part in enumerate(self._split(images))
+        ]
         with self._condition:
             if not self._closed:
-                self._queue.append(_Request(images, future, time.monotonic()))
+                self._queue.extend(parts)
                 self._queued_images += len(images)
                 if self._gathering:
                     self._more_arrived.notify()
                 elif self._may_start_a_batch():
-                    self._condition.notify()
-                return future
+                    self._condition.notify(len(parts))
+                return _joined([part.future for part in parts])
         # Closed (the model was evicted) after this request took it from the cache: the
         # request is still answered, in the caller's thread, rather than failed.
-        self._run([_Request(images, future, time.monotonic())])
-        return future
+        request = _Request(images, Future(), now)
+        self._run([request])
+        return request.future
 
     async def predict(self, images: Batch) -> Batch:
         """Probabilities for a batch, awaited without blocking the event loop."""
@@ -131,6 +141,13 @@ class Batcher:
     def predict_blocking(self, images: Batch) -> Batch:
         """Probabilities for a batch, for callers in worker threads."""
         return self.submit(images).result()
+
+    def _split(self, images: Batch) -> list[Batch]:
+        """A request's images as the batches to queue: one, or full batches and the rest."""
+        limit = self.options.max_batch_size
+        if not self.options.enabled or self.options.threads == 1 or len(images) <= limit:
+            return [images]  # one thread runs a large request in chunks as fast
+        return [images[start : start + limit] for start in range(0, len(images), limit)]
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Answer what is queued, then stop the threads; later submits run in their caller."""
@@ -243,7 +260,7 @@ class Batcher:
                 self._running_batches -= 1
                 self._more_arrived.notify()  # a part-filled batch may have waited for this
             if outcome is not None and not isinstance(outcome, Exception):
-                self._requests += len(batch)
+                self._requests += sum(request.counted for request in batch)
                 self._images += len(images)
                 self._batches += 1
                 self._largest_batch = max(self._largest_batch, len(images))
@@ -260,43 +277,38 @@ class Batcher:
             start = end
 
 
-async def prepare_and_predict(
-    executor: Executor, prepare: Callable[[], tuple[Batch, ExtraT]], batcher: Batcher
-) -> tuple[Batch, ExtraT]:
-    """Run ``prepare`` (decoding) on ``executor``, its batch on ``batcher``; await both.
+def _joined(parts: list[Future[Batch]]) -> Future[Batch]:
+    """One future for a request's parts: their rows in order, or the first failure.
 
-    The decoding thread hands its batch straight to the batcher, so the event loop
-    wakes once, when the probabilities are ready: each hand-over between threads
-    costs a scheduler wake-up, milliseconds on a machine whose cores are all busy.
-    Returns the probabilities and whatever else ``prepare`` returned beside the batch.
+    Cancelling it (the client went away) cancels the parts not yet running.
     """
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[tuple[Batch, ExtraT]] = loop.create_future()
+    if len(parts) == 1:
+        return parts[0]
+    whole: Future[Batch] = Future()
+    pending = len(parts)
+    lock = threading.Lock()
 
-    def fail(error: BaseException) -> None:
-        if not answer.done():  # the request may have been cancelled meanwhile
-            answer.set_exception(error)
-
-    def succeed(result: tuple[Batch, ExtraT]) -> None:
-        if not answer.done():
-            answer.set_result(result)
-
-    def prepare_then_submit() -> None:
-        try:
-            images, extra = prepare()
-        except Exception as error:  # noqa: BLE001 - raised again in the awaiting request
-            loop.call_soon_threadsafe(fail, error)
+    def settle(part: Future[Batch]) -> None:
+        nonlocal pending
+        with lock:
+            pending -= 1
+            finished = pending == 0
+        if whole.done() or part.cancelled():
             return
+        try:
+            if (error := part.exception()) is not None:
+                whole.set_exception(error)
+            elif finished:
+                whole.set_result(np.concatenate([done.result() for done in parts]))
+        except InvalidStateError:  # cancelled or failed meanwhile, from another thread
+            pass
 
-        def deliver(inference: Future[Batch]) -> None:
-            if inference.cancelled():
-                return
-            if (error := inference.exception()) is not None:
-                loop.call_soon_threadsafe(fail, error)
-            else:
-                loop.call_soon_threadsafe(succeed, (inference.result(), extra))
+    def cancel_parts(future: Future[Batch]) -> None:
+        if future.cancelled():
+            for part in parts:
+                part.cancel()
 
-        batcher.submit(images).add_done_callback(deliver)
-
-    executor.submit(prepare_then_submit)
-    return await answer
+    for part in parts:
+        part.add_done_callback(settle)
+    whole.add_done_callback(cancel_parts)
+    return whole

@@ -6,14 +6,16 @@ threads and batch on the same model thread.
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from concurrent.futures import Executor
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
-from service.batching import prepare_and_predict
+from service.batching import Batcher
 from service.bodies import Instances, PredictInputs, Uploads
 from service.images import Batch, InputShape, decode_image, instances_to_batch
 from service.model_cache import LoadedModel, ModelCache
@@ -24,6 +26,7 @@ DEFAULT_TOP_K = 3
 # Uploads with at most this many pixels in all are decoded on the event loop: a 32×32
 # PNG decodes in tens of microseconds, less than a hop to a decoding thread and back.
 INLINE_DECODE_MAX_PIXELS = 4 * 64 * 64
+ExtraT = TypeVar("ExtraT")
 
 
 async def loaded_model(cache: ModelCache, model_name: str, version: int) -> LoadedModel:
@@ -132,3 +135,45 @@ def _prediction(
     if filename is not None:  # response_model_exclude_none, as the schema says
         prediction["filename"] = filename
     return prediction
+
+
+async def prepare_and_predict(
+    executor: Executor, prepare: Callable[[], tuple[Batch, ExtraT]], batcher: Batcher
+) -> tuple[Batch, ExtraT]:
+    """Run ``prepare`` (decoding) on ``executor``, its batch on ``batcher``; await both.
+
+    The decoding thread hands its batch straight to the batcher, so the event loop
+    wakes once, when the probabilities are ready: each hand-over between threads
+    costs a scheduler wake-up, milliseconds on a machine whose cores are all busy.
+    Returns the probabilities and whatever else ``prepare`` returned beside the batch.
+    """
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[tuple[Batch, ExtraT]] = loop.create_future()
+
+    def fail(error: BaseException) -> None:
+        if not answer.done():  # the request may have been cancelled meanwhile
+            answer.set_exception(error)
+
+    def succeed(result: tuple[Batch, ExtraT]) -> None:
+        if not answer.done():
+            answer.set_result(result)
+
+    def prepare_then_submit() -> None:
+        try:
+            images, extra = prepare()
+        except Exception as error:  # noqa: BLE001 - raised again in the awaiting request
+            loop.call_soon_threadsafe(fail, error)
+            return
+
+        def deliver(inference: Future[Batch]) -> None:
+            if inference.cancelled():
+                return
+            if (error := inference.exception()) is not None:
+                loop.call_soon_threadsafe(fail, error)
+            else:
+                loop.call_soon_threadsafe(succeed, (inference.result(), extra))
+
+        batcher.submit(images).add_done_callback(deliver)
+
+    executor.submit(prepare_then_submit)
+    return await answer

@@ -46,17 +46,18 @@ def images(count: int, seed: int) -> NDArray[np.float32]:
 
 
 class HeldCalls:
-    """Wraps a model function so that its next call blocks until ``release``."""
+    """Wraps a model function so that its first ``held`` calls block until ``release``."""
 
-    def __init__(self, function: Callable[[Any], Any]) -> None:
+    def __init__(self, function: Callable[[Any], Any], held: int = 1) -> None:
         self.function = function
+        self.held = held
         self.entered = threading.Event()
         self.released = threading.Event()
         self.calls = 0
 
     def __call__(self, *args: Any) -> Any:
         self.calls += 1
-        if self.calls == 1:
+        if self.calls <= self.held:
             self.entered.set()
             assert self.released.wait(timeout=30)
         return self.function(*args)
@@ -213,6 +214,83 @@ def test_a_part_filled_batch_waits_for_the_running_call_not_beside_it() -> None:
         assert first.result(timeout=30).shape == (1, 1)
         stats = batcher.stats()
         assert (stats.batches, stats.largest_batch) == (2, 2)  # the held call, then both
+    finally:
+        held.release()
+        batcher.close()
+
+
+def test_a_lone_large_request_runs_its_full_batches_side_by_side() -> None:
+    both_inside = threading.Barrier(2, timeout=30)
+    shapes: list[int] = []
+
+    def meet_then_sum(batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        shapes.append(len(batch))
+        both_inside.wait()  # passes only if the two halves run at once
+        return row_sums(batch)
+
+    options = BatchingOptions(max_batch_size=4, max_wait_seconds=0, threads=2)
+    batcher = Batcher(meet_then_sum, options, "test")
+    try:
+        batch = images(8, seed=0)
+        np.testing.assert_array_equal(batcher.predict_blocking(batch), row_sums(batch))
+        stats = batcher.stats()
+        assert sorted(shapes) == [4, 4]
+        assert (stats.requests, stats.images, stats.batches) == (1, 8, 2)
+    finally:
+        batcher.close()
+
+
+def test_a_large_request_keeps_its_rows_in_order_across_its_parts() -> None:
+    options = BatchingOptions(max_batch_size=4, max_wait_seconds=0, threads=2)
+    batcher = Batcher(row_sums, options, "test")
+    try:
+        for count in (5, 9, 13):  # full batches and a remainder
+            batch = images(count, seed=count)
+            np.testing.assert_array_equal(batcher.predict_blocking(batch), row_sums(batch))
+        assert batcher.stats().requests == 3
+    finally:
+        batcher.close()
+
+
+def test_a_failing_part_fails_the_large_request_and_the_rest_still_runs() -> None:
+    def broken_on_the_second_half(batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        if batch[0, 0, 0, 0] < 0:
+            raise RuntimeError("model exploded")
+        return row_sums(batch)
+
+    options = BatchingOptions(max_batch_size=4, max_wait_seconds=0, threads=2)
+    batcher = Batcher(broken_on_the_second_half, options, "test")
+    try:
+        batch = images(8, seed=0)
+        batch[4:] *= -1
+        with pytest.raises(RuntimeError, match="model exploded"):
+            batcher.predict_blocking(batch)
+        healthy = images(8, seed=1)
+        np.testing.assert_array_equal(batcher.predict_blocking(healthy), row_sums(healthy))
+    finally:
+        batcher.close()
+
+
+def test_cancelling_a_large_request_skips_its_parts_not_yet_running() -> None:
+    held = HeldCalls(row_sums, held=2)
+    options = BatchingOptions(max_batch_size=4, max_wait_seconds=0, threads=2)
+    batcher = Batcher(held, options, "test")
+    try:
+        first = batcher.submit(images(4, seed=0))  # holds one batch thread
+        assert held.entered.wait(timeout=30)
+        # Four parts: the other thread takes one and is held too, three wait in the queue.
+        large = batcher.submit(images(16, seed=1))
+        wait_for(
+            lambda: (batcher.stats().running_batches, batcher.stats().queued_requests) == (2, 3),
+            "two held calls and three queued parts",
+        )
+        assert large.cancel()
+        held.release()
+        assert first.result(timeout=30).shape == (4, 1)
+        wait_for(lambda: batcher.stats().running_batches == 0, "the running calls to end")
+        stats = batcher.stats()
+        assert stats.queued_requests == 0
+        assert stats.images == 4 + 4  # the held call and the part already running
     finally:
         held.release()
         batcher.close()
