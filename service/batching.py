@@ -14,12 +14,12 @@ to batch:
 
 ``threads`` batch threads (TF Serving's ``num_batch_threads``) share the one queue, so
 that many model calls of a model may run at once, but only with full batches. A
-model call is the traced graph (which releases the interpreter lock and uses every
-core through TensorFlow's intra-op threads) wrapped in Python that holds the lock to
-pad the batch, convert it and hand the rows back, and that often waits for the lock
-after the graph. With one thread the cores stood idle through that part; with two,
-one call's graph runs while the other's Python does: on 2 cores, +12% images/s under
-64-image JSON requests. Part-filled batches still run one after the other, on the
+model call is the traced graph (which releases the interpreter lock) wrapped in
+Python that holds the lock to pad the batch, convert it and hand the rows back, and
+that often waits for the lock after the graph. With one thread the cores stood idle
+through that part; with two, one call's graph runs while the other's Python does: on
+2 cores, +12% images/s under 64-image JSON requests (and each call now runs on one
+intra-op thread, so two calls are what keeps both cores busy). Part-filled batches still run one after the other, on the
 thread that just finished, as with one thread: two of them side by side computed
 less per image, and handing a batch to another thread costs a scheduler wake-up
 (single-image requests ran 5% slower). The traced graph is safe to run from several
