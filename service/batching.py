@@ -19,12 +19,12 @@ Python that holds the lock to pad the batch, convert it and hand the rows back, 
 that often waits for the lock after the graph. With one thread the cores stood idle
 through that part; with two, one call's graph runs while the other's Python does: on
 2 cores, +12% images/s under 64-image JSON requests (and each call now runs on one
-intra-op thread, so two calls are what keeps both cores busy). Part-filled batches still run one after the other, on the
-thread that just finished, as with one thread: two of them side by side computed
-less per image, and handing a batch to another thread costs a scheduler wake-up
-(single-image requests ran 5% slower). The traced graph is safe to run from several
-threads: it only reads the model's weights. With batching off, each request is its
-own full batch.
+intra-op thread, so two calls are what keeps both cores busy). Part-filled batches
+still run one after the other, on the thread that just finished, as with one thread:
+two of them side by side computed less per image, and handing a batch to another
+thread costs a scheduler wake-up (single-image requests ran 5% slower). The traced
+graph is safe to run from several threads: it only reads the model's weights. With
+batching off, each request is its own full batch.
 
 A request larger than ``max_batch_size`` is split into batches of that size, queued
 together, so that with two batch threads a lone large request runs on both cores
