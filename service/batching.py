@@ -68,7 +68,7 @@ class BatchStats:
     images: int
     batches: int
     largest_batch: int
-    queued_requests: int
+    queued_requests: int  # a large request's queued parts count one by one
     running_batches: int
     running: bool
 
