@@ -62,7 +62,11 @@ class BatchingOptions:
 
 @dataclass(frozen=True)
 class BatchStats:
-    """What the batcher has done since it started; ``largest_batch`` counts images."""
+    """What the batcher has done since it started; ``largest_batch`` counts images.
+
+    ``requests`` counts submissions: a large request submitted whole counts once, one
+    decoded in parts (``part_slices``) once per part.
+    """
 
     requests: int
     images: int
@@ -142,12 +146,19 @@ class Batcher:
         """Probabilities for a batch, for callers in worker threads."""
         return self.submit(images).result()
 
-    def _split(self, images: Batch) -> list[Batch]:
-        """A request's images as the batches to queue: one, or full batches and the rest."""
+    def part_slices(self, count: int) -> list[slice]:
+        """The rows of a request of ``count`` images that queue as separate batches.
+
+        All of them as one, or full batches and the rest: callers that decode a large
+        request can decode its parts side by side too, and submit each as it is ready.
+        """
         limit = self.options.max_batch_size
-        if not self.options.enabled or self.options.threads == 1 or len(images) <= limit:
-            return [images]  # one thread runs a large request in chunks as fast
-        return [images[start : start + limit] for start in range(0, len(images), limit)]
+        if not self.options.enabled or self.options.threads == 1 or count <= limit:
+            return [slice(0, count)]  # one thread runs a large request in chunks as fast
+        return [slice(start, min(start + limit, count)) for start in range(0, count, limit)]
+
+    def _split(self, images: Batch) -> list[Batch]:
+        return [images[rows] for rows in self.part_slices(len(images))]
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Answer what is queued, then stop the threads; later submits run in their caller."""

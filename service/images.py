@@ -265,20 +265,25 @@ def instances_to_batch(
     files: dict[int, bytes],
     input_shape: InputShape,
     pixel_range: PixelRange,
+    rows: slice | None = None,
 ) -> Batch:
-    """JSON instances → one batch: ``files`` (from ``instance_files``) or pixel arrays."""
-    if len(files) == len(instances):
+    """JSON instances → one batch: ``files`` (from ``instance_files``) or pixel arrays.
+
+    ``rows``: only those instances (errors still name their index in the request).
+    """
+    first, stop = (0, len(instances)) if rows is None else (rows.start, rows.stop)
+    if all(index in files for index in range(first, stop)):
         # Plain PNGs of the model's size: one compiled call without the GIL, the same pixels.
-        batch = decode_plain_pngs(list(files.values()), input_shape)
+        batch = decode_plain_pngs([files[index] for index in range(first, stop)], input_shape)
         if batch is not None:
             return batch
     arrays = []
-    for index, instance in enumerate(instances):
+    for index in range(first, stop):
         if index in files:
             description = f"instances[{index}]"
             arrays.append(decode_image(files[index], input_shape, description=description))
         else:
-            arrays.append(pixels_to_array(instance, index, input_shape, pixel_range))
+            arrays.append(pixels_to_array(instances[index], index, input_shape, pixel_range))
     return np.stack(arrays) if arrays else np.zeros((0, *input_shape), dtype=np.float32)
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
@@ -26,7 +27,6 @@ DEFAULT_TOP_K = 3
 # Uploads with at most this many pixels in all are decoded on the event loop: a 32×32
 # PNG decodes in tens of microseconds, less than a hop to a decoding thread and back.
 INLINE_DECODE_MAX_PIXELS = 4 * 64 * 64
-ExtraT = TypeVar("ExtraT")
 
 
 async def loaded_model(cache: ModelCache, model_name: str, version: int) -> LoadedModel:
@@ -37,16 +37,37 @@ async def loaded_model(cache: ModelCache, model_name: str, version: int) -> Load
     return loaded
 
 
-def decode_inputs(inputs: PredictInputs, input_shape: InputShape) -> tuple[Batch, list[str | None]]:
-    """The inputs as one float32 batch, and the uploaded file names (None for JSON)."""
+def decode_inputs(inputs: PredictInputs, input_shape: InputShape, rows: slice) -> Batch:
+    """The inputs' ``rows`` as one float32 batch."""
     if isinstance(inputs, Instances):
-        batch = instances_to_batch(inputs.instances, inputs.files, input_shape, inputs.pixel_range)
-        return batch, [None] * len(batch)
+        return instances_to_batch(
+            inputs.instances, inputs.files, input_shape, inputs.pixel_range, rows
+        )
     arrays = [
         decode_image(upload.data, input_shape, description=f"file {upload.filename!r}")
-        for upload in inputs.files
+        for upload in inputs.files[rows]
     ]
-    return np.stack(arrays), [upload.filename for upload in inputs.files]
+    return np.stack(arrays)
+
+
+def _count(inputs: PredictInputs) -> int:
+    return len(inputs.instances) if isinstance(inputs, Instances) else len(inputs.files)
+
+
+async def _decode_and_predict(
+    inputs: PredictInputs, loaded: LoadedModel, decode_pool: Executor
+) -> Batch:
+    """Probabilities for every input, decoded in the parts the batcher runs as batches."""
+    if isinstance(inputs, Uploads) and inputs.pixels <= INLINE_DECODE_MAX_PIXELS:
+        images = decode_inputs(inputs, loaded.input_shape, slice(0, len(inputs.files)))
+        return await loaded.batcher.predict(images)
+    # Decoding is CPU-bound: its own threads, while the batcher's threads run the model
+    # on other requests' images. Pillow and service/png_kernel.py release the GIL.
+    decoders = [
+        functools.partial(decode_inputs, inputs, loaded.input_shape, rows)
+        for rows in loaded.batcher.part_slices(_count(inputs))
+    ]
+    return await prepare_and_predict(decode_pool, decoders, loaded.batcher)
 
 
 async def predict_inputs(
@@ -64,15 +85,13 @@ async def predict_inputs(
     """
     loaded = await loaded_model(cache, model_name, version)
     k = _check_top_k(top_k, loaded)
-    decode = functools.partial(decode_inputs, inputs, loaded.input_shape)
-    if isinstance(inputs, Uploads) and inputs.pixels <= INLINE_DECODE_MAX_PIXELS:
-        images, filenames = decode()
-        probabilities = await loaded.batcher.predict(images)
-    else:
-        # Decoding is CPU-bound: its own threads, while the batcher's thread runs the model
-        # on other requests' images. Pillow and service/png_kernel.py release the GIL.
-        probabilities, filenames = await prepare_and_predict(decode_pool, decode, loaded.batcher)
+    probabilities = await _decode_and_predict(inputs, loaded, decode_pool)
     check_finite(probabilities, loaded.model_name, loaded.version)
+    filenames: list[str | None] = (
+        [None] * len(probabilities)
+        if isinstance(inputs, Instances)
+        else [upload.filename for upload in inputs.files]
+    )
     # Ranked and converted for all rows at once: per-row NumPy calls cost more than the
     # model call for a 64-image batch. Stable sort: ties keep class order, every time.
     ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :k].tolist()
@@ -95,14 +114,7 @@ async def predict_probabilities(
 ) -> list[list[float]]:
     """Probabilities per instance (pixels or b64 files), as TF Serving answers."""
     loaded = await loaded_model(cache, model_name, version)
-
-    def decode() -> tuple[Batch, None]:
-        batch = instances_to_batch(
-            inputs.instances, inputs.files, loaded.input_shape, inputs.pixel_range
-        )
-        return batch, None
-
-    probabilities, _ = await prepare_and_predict(decode_pool, decode, loaded.batcher)
+    probabilities = await _decode_and_predict(inputs, loaded, decode_pool)
     check_finite(probabilities, loaded.model_name, loaded.version)
     rows: list[list[float]] = probabilities.tolist()
     return rows
@@ -138,42 +150,58 @@ def _prediction(
 
 
 async def prepare_and_predict(
-    executor: Executor, prepare: Callable[[], tuple[Batch, ExtraT]], batcher: Batcher
-) -> tuple[Batch, ExtraT]:
-    """Run ``prepare`` (decoding) on ``executor``, its batch on ``batcher``; await both.
+    executor: Executor, decoders: Sequence[Callable[[], Batch]], batcher: Batcher
+) -> Batch:
+    """Run each decoder on ``executor``, its batch on ``batcher``; their rows in order.
 
-    The decoding thread hands its batch straight to the batcher, so the event loop
-    wakes once, when the probabilities are ready: each hand-over between threads
-    costs a scheduler wake-up, milliseconds on a machine whose cores are all busy.
-    Returns the probabilities and whatever else ``prepare`` returned beside the batch.
+    Each decoding thread hands its batch straight to the batcher, so a large request's
+    first part computes while the next decodes, and the event loop wakes once, when
+    every part is answered: each hand-over between threads costs a scheduler wake-up,
+    milliseconds on a machine whose cores are all busy. Where parts fail, the error is
+    the first failing part's by position, whichever failed first in time.
     """
     loop = asyncio.get_running_loop()
-    answer: asyncio.Future[tuple[Batch, ExtraT]] = loop.create_future()
+    answer: asyncio.Future[Batch] = loop.create_future()
+    outcomes: list[Batch | BaseException | None] = [None] * len(decoders)
+    pending = len(decoders)
+    lock = threading.Lock()
 
-    def fail(error: BaseException) -> None:
-        if not answer.done():  # the request may have been cancelled meanwhile
-            answer.set_exception(error)
+    def finish() -> None:
+        if answer.done():  # the request was cancelled meanwhile
+            return
+        batches = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                answer.set_exception(outcome)
+                return
+            if outcome is not None:
+                batches.append(outcome)
+        answer.set_result(batches[0] if len(batches) == 1 else np.concatenate(batches))
 
-    def succeed(result: tuple[Batch, ExtraT]) -> None:
-        if not answer.done():
-            answer.set_result(result)
+    def settle(index: int, outcome: Batch | BaseException) -> None:
+        nonlocal pending
+        with lock:
+            outcomes[index] = outcome
+            pending -= 1
+            if pending:
+                return
+        loop.call_soon_threadsafe(finish)
 
-    def prepare_then_submit() -> None:
+    def decode_then_submit(index: int, decode: Callable[[], Batch]) -> None:
         try:
-            images, extra = prepare()
+            images = decode()
         except Exception as error:  # noqa: BLE001 - raised again in the awaiting request
-            loop.call_soon_threadsafe(fail, error)
+            settle(index, error)
             return
 
         def deliver(inference: Future[Batch]) -> None:
-            if inference.cancelled():
-                return
-            if (error := inference.exception()) is not None:
-                loop.call_soon_threadsafe(fail, error)
-            else:
-                loop.call_soon_threadsafe(succeed, (inference.result(), extra))
+            try:
+                settle(index, inference.result())
+            except BaseException as error:  # noqa: BLE001 - raised again in the request
+                settle(index, error)
 
         batcher.submit(images).add_done_callback(deliver)
 
-    executor.submit(prepare_then_submit)
+    for index, decode in enumerate(decoders):
+        executor.submit(decode_then_submit, index, decode)
     return await answer

@@ -7,6 +7,8 @@ lets requests queue behind it, then releases it and counts the model calls.
 
 from __future__ import annotations
 
+import base64
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from numpy.typing import NDArray
+from PIL import Image
 
 from service.app import create_app
 from service.batching import Batcher, BatchingOptions
@@ -464,6 +467,64 @@ def test_model_calls_side_by_side_answer_as_calls_one_at_a_time(home: Path) -> N
         np.testing.assert_allclose(
             probabilities(response.json()), probabilities(expected), rtol=0, atol=1e-6
         )
+
+
+def png(pixels: NDArray[np.uint8]) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_large_request_runs_in_parts_and_answers_in_order(home: Path) -> None:
+    # Seven images with batches of two: four parts, decoded and run side by side.
+    client = make_client(home, max_batch_size=2, max_batch_wait_seconds=0)
+    alone = make_client(home, batching=False, batch_threads=1)
+    for each in (client, alone):
+        cache_of(each).preload(MODEL, 1)
+    params = {"model_name": MODEL, "top_k": str(len(CLASSES))}
+    pixels = np.random.default_rng(7).integers(0, 256, (7, *INPUT_SHAPE), dtype=np.uint8)
+    pngs = [png(image) for image in pixels]
+    b64_body = {"instances": [{"b64": base64.b64encode(data).decode()} for data in pngs]}
+    expected = alone.post("/predict", params=params, json=b64_body).json()
+    before = cache_of(client).get(MODEL, 1).batcher.stats()
+    responses = {
+        "b64": client.post("/predict", params=params, json=b64_body),
+        "pixels": client.post("/predict", params=params, json={"instances": pixels.tolist()}),
+        "uploads": client.post(
+            "/predict",
+            params=params,
+            files=[("files", (f"{index}.png", data)) for index, data in enumerate(pngs)],
+        ),
+    }
+    for kind, response in responses.items():
+        assert response.status_code == 200, (kind, response.text)
+        assert ranking(response.json()) == ranking(expected), kind
+        np.testing.assert_allclose(
+            probabilities(response.json()), probabilities(expected), rtol=0, atol=1e-6
+        )
+    filenames = [row["filename"] for row in responses["uploads"].json()["predictions"]]
+    assert filenames == [f"{index}.png" for index in range(7)]
+    stats = cache_of(client).get(MODEL, 1).batcher.stats()
+    # Each request's seven images ran as four batches of at most two, not as one call.
+    assert (stats.batches - before.batches, stats.largest_batch) == (3 * 4, 2)
+
+
+def test_a_large_request_names_its_first_bad_instance_whichever_part_fails_first(
+    home: Path,
+) -> None:
+    client = make_client(home, max_batch_size=2)
+    cache_of(client).preload(MODEL, 1)
+    good = np.zeros(INPUT_SHAPE, dtype=np.uint8).tolist()
+    wrong_shape = np.zeros((11, 12, 3), dtype=np.uint8).tolist()
+    instances = [good] * 7
+    instances[5] = wrong_shape  # in the third part
+    response = client.post("/predict", params={"model_name": MODEL}, json={"instances": instances})
+    assert response.status_code == 422, response.text
+    assert "instances[5] has shape [11, 12, 3]" in response.json()["detail"]["message"]
+    instances[1] = wrong_shape  # in the first part as well: the first by position wins
+    response = client.post("/predict", params={"model_name": MODEL}, json={"instances": instances})
+    assert response.status_code == 422, response.text
+    assert "instances[1] has shape [11, 12, 3]" in response.json()["detail"]["message"]
 
 
 def test_an_idle_server_answers_without_waiting_for_a_batch(home: Path) -> None:
