@@ -408,6 +408,22 @@ def probabilities(body: dict[str, Any]) -> list[list[float]]:
     return [[entry["probability"] for entry in row["top_k"]] for row in body["predictions"]]
 
 
+def assert_same_answers(body: dict[str, Any], expected: dict[str, Any]) -> None:
+    # The same classes in the same order; the probabilities agree to float32 rounding
+    # (batches of different sizes may use differently blocked CPU kernels).
+    assert ranking(body) == ranking(expected)
+    np.testing.assert_allclose(probabilities(body), probabilities(expected), rtol=0, atol=1e-6)
+
+
+def batched_by_two_and_alone(home: Path) -> tuple[TestClient, TestClient]:
+    """A client whose model runs batches of at most two, and one without batching."""
+    client = make_client(home, max_batch_size=2, max_batch_wait_seconds=0)
+    alone = make_client(home, batching=False, batch_threads=1)
+    for each in (client, alone):
+        cache_of(each).preload(MODEL, 1)
+    return client, alone
+
+
 def test_concurrent_requests_are_batched_and_answer_as_unbatched_ones(
     home: Path, hold_model_calls: Callable[[], HeldCalls]
 ) -> None:
@@ -436,21 +452,13 @@ def test_concurrent_requests_are_batched_and_answer_as_unbatched_ones(
     for body, response in zip(bodies, responses, strict=True):
         assert response.status_code == 200
         alone = unbatched.post("/predict", params=params, json=body).json()
-        # The same classes in the same order; the probabilities agree to float32 rounding
-        # (a batch of 4 and a batch of 1 may use differently blocked CPU kernels).
-        assert ranking(response.json()) == ranking(alone)
-        np.testing.assert_allclose(
-            probabilities(response.json()), probabilities(alone), rtol=0, atol=1e-6
-        )
+        assert_same_answers(response.json(), alone)
     assert cache_of(unbatched).get(MODEL, 1).batcher.stats().largest_batch == 1
 
 
 def test_model_calls_side_by_side_answer_as_calls_one_at_a_time(home: Path) -> None:
     # Two batch threads (the default) run full batches at once through one traced graph.
-    client = make_client(home, max_batch_size=2, max_batch_wait_seconds=0)
-    alone = make_client(home, batching=False, batch_threads=1)
-    for each in (client, alone):
-        cache_of(each).preload(MODEL, 1)
+    client, alone = batched_by_two_and_alone(home)
     params = {"model_name": MODEL, "top_k": str(len(CLASSES))}
     bodies = [
         {"instances": np.random.default_rng(seed).integers(0, 256, (2, *INPUT_SHAPE)).tolist()}
@@ -463,10 +471,7 @@ def test_model_calls_side_by_side_answer_as_calls_one_at_a_time(home: Path) -> N
     for body, response in zip(bodies, responses, strict=True):
         assert response.status_code == 200
         expected = alone.post("/predict", params=params, json=body).json()
-        assert ranking(response.json()) == ranking(expected)
-        np.testing.assert_allclose(
-            probabilities(response.json()), probabilities(expected), rtol=0, atol=1e-6
-        )
+        assert_same_answers(response.json(), expected)
 
 
 def png(pixels: NDArray[np.uint8]) -> bytes:
@@ -477,10 +482,7 @@ def png(pixels: NDArray[np.uint8]) -> bytes:
 
 def test_a_large_request_runs_in_parts_and_answers_in_order(home: Path) -> None:
     # Seven images with batches of two: four parts, decoded and run side by side.
-    client = make_client(home, max_batch_size=2, max_batch_wait_seconds=0)
-    alone = make_client(home, batching=False, batch_threads=1)
-    for each in (client, alone):
-        cache_of(each).preload(MODEL, 1)
+    client, alone = batched_by_two_and_alone(home)
     params = {"model_name": MODEL, "top_k": str(len(CLASSES))}
     pixels = np.random.default_rng(7).integers(0, 256, (7, *INPUT_SHAPE), dtype=np.uint8)
     pngs = [png(image) for image in pixels]
@@ -498,10 +500,7 @@ def test_a_large_request_runs_in_parts_and_answers_in_order(home: Path) -> None:
     }
     for kind, response in responses.items():
         assert response.status_code == 200, (kind, response.text)
-        assert ranking(response.json()) == ranking(expected), kind
-        np.testing.assert_allclose(
-            probabilities(response.json()), probabilities(expected), rtol=0, atol=1e-6
-        )
+        assert_same_answers(response.json(), expected)
     filenames = [row["filename"] for row in responses["uploads"].json()["predictions"]]
     assert filenames == [f"{index}.png" for index in range(7)]
     stats = cache_of(client).get(MODEL, 1).batcher.stats()
