@@ -40,7 +40,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,7 +131,7 @@ class Batcher:
                     self._more_arrived.notify()
                 elif self._may_start_a_batch():
                     self._condition.notify(len(parts))
-                return _joined([part.future for part in parts])
+                return joined([part.future for part in parts])
         # Closed (the model was evicted) after this request took it from the cache: the
         # request is still answered, in the caller's thread, rather than failed.
         request = _Request(images, Future(), now)
@@ -288,10 +288,12 @@ class Batcher:
             start = end
 
 
-def _joined(parts: list[Future[Batch]]) -> Future[Batch]:
-    """One future for a request's parts: their rows in order, or the first failure.
+def joined(parts: list[Future[Batch]]) -> Future[Batch]:
+    """One future for a request's parts: their rows in order once all are done.
 
-    Cancelling it (the client went away) cancels the parts not yet running.
+    Where parts failed, it fails with the first failing part's error by position,
+    whichever failed first in time. Cancelling it (the client went away) cancels the
+    parts not yet running.
     """
     if len(parts) == 1:
         return parts[0]
@@ -299,19 +301,19 @@ def _joined(parts: list[Future[Batch]]) -> Future[Batch]:
     pending = len(parts)
     lock = threading.Lock()
 
-    def settle(part: Future[Batch]) -> None:
+    def settle(_: Future[Batch]) -> None:
         nonlocal pending
         with lock:
             pending -= 1
-            finished = pending == 0
-        if whole.done() or part.cancelled():
-            return
+            if pending:
+                return
         try:
-            if (error := part.exception()) is not None:
-                whole.set_exception(error)
-            elif finished:
-                whole.set_result(np.concatenate([done.result() for done in parts]))
-        except InvalidStateError:  # cancelled or failed meanwhile, from another thread
+            for part in parts:
+                if (error := part.exception()) is not None:
+                    whole.set_exception(error)
+                    return
+            whole.set_result(np.concatenate([part.result() for part in parts]))
+        except (CancelledError, InvalidStateError):  # the whole was cancelled meanwhile
             pass
 
     def cancel_parts(future: Future[Batch]) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
-from service.batching import Batcher
+from service.batching import Batcher, joined
 from service.bodies import Instances, PredictInputs, Uploads
 from service.images import Batch, InputShape, decode_image, instances_to_batch
 from service.model_cache import LoadedModel, ModelCache
@@ -157,51 +156,30 @@ async def prepare_and_predict(
     Each decoding thread hands its batch straight to the batcher, so a large request's
     first part computes while the next decodes, and the event loop wakes once, when
     every part is answered: each hand-over between threads costs a scheduler wake-up,
-    milliseconds on a machine whose cores are all busy. Where parts fail, the error is
-    the first failing part's by position, whichever failed first in time.
+    milliseconds on a machine whose cores are all busy. The parts are joined as the
+    batcher joins a large request's (``joined``): the first failing part's error by
+    position.
     """
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[Batch] = loop.create_future()
-    outcomes: list[Batch | BaseException | None] = [None] * len(decoders)
-    pending = len(decoders)
-    lock = threading.Lock()
+    parts: list[Future[Batch]] = [Future() for _ in decoders]
 
-    def finish() -> None:
-        if answer.done():  # the request was cancelled meanwhile
-            return
-        batches = []
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                answer.set_exception(outcome)
-                return
-            if outcome is not None:
-                batches.append(outcome)
-        answer.set_result(batches[0] if len(batches) == 1 else np.concatenate(batches))
-
-    def settle(index: int, outcome: Batch | BaseException) -> None:
-        nonlocal pending
-        with lock:
-            outcomes[index] = outcome
-            pending -= 1
-            if pending:
-                return
-        loop.call_soon_threadsafe(finish)
-
-    def decode_then_submit(index: int, decode: Callable[[], Batch]) -> None:
+    def decode_then_submit(decode: Callable[[], Batch], part: Future[Batch]) -> None:
+        if not part.set_running_or_notify_cancel():
+            return  # the request was cancelled before this part was decoded
         try:
             images = decode()
         except Exception as error:  # noqa: BLE001 - raised again in the awaiting request
-            settle(index, error)
+            part.set_exception(error)
             return
+        batcher.submit(images).add_done_callback(functools.partial(_pass_on, part))
 
-        def deliver(inference: Future[Batch]) -> None:
-            try:
-                settle(index, inference.result())
-            except BaseException as error:  # noqa: BLE001 - raised again in the request
-                settle(index, error)
+    for decode, part in zip(decoders, parts, strict=True):
+        executor.submit(decode_then_submit, decode, part)
+    return await asyncio.wrap_future(joined(parts))
 
-        batcher.submit(images).add_done_callback(deliver)
 
-    for index, decode in enumerate(decoders):
-        executor.submit(decode_then_submit, index, decode)
-    return await answer
+def _pass_on(part: Future[Batch], inference: Future[Batch]) -> None:
+    """Settle a running ``part`` as its model call settled."""
+    if (error := inference.exception()) is not None:
+        part.set_exception(error)
+    else:
+        part.set_result(inference.result())
