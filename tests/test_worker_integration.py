@@ -247,4 +247,9 @@ def test_a_starting_worker_sweeps_staging_folders_left_by_crashes(
     worker = deployment.start_worker("sweeper")
     wait_until(lambda: not old.exists(), timeout=120, what="the old staging folder to go")
     assert fresh.is_dir(), "a registration that may still be writing is left alone"
-    assert "removed 1 staging folder" in worker.log()
+    # The folder goes before the worker's log line reaches its file: wait for the line.
+    wait_until(
+        lambda: "removed 1 staging folder" in worker.log(),
+        timeout=30,
+        what="the worker to log that it removed 1 staging folder",
+    )
