@@ -9,13 +9,15 @@ fresh process set up as a worker is, and judges the accuracy on the mean. The la
 same script, so accuracy and time come from one run: target 1 is met when the mean
 accuracy reaches 0.87 and the mean fit time is no more than the lab's. ``--epochs``
 trains another length than the recipe's; ``--float32`` trains in float32 where the
-CPU would choose bfloat16, as an AVX2-only CPU does.
+CPU would choose bfloat16, as an AVX2-only CPU does; ``-p NAME=JSON`` sets one of the
+architecture's hyperparameters (repeatable), as the CLI's ``-p`` does.
 
     flock /tmp/daciavision-bench.lock .venv/bin/python -m bench.whitened_seeds [--seeds 42 43 44]
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +50,13 @@ class SeedRun:
     fit_seconds: float
 
 
-def train_one(seed: int, data_dir: Path, epochs: int | None, float32: bool) -> SeedRun:
+def train_one(
+    seed: int, data_dir: Path, epochs: int | None, hyperparameters: dict[str, object]
+) -> SeedRun:
     data = lab_sample(data_dir)
-    settings: dict[str, object] = {} if epochs is None else {"epochs": epochs}
-    if float32:
-        settings["hyperparameters"] = {"bfloat16": False}
+    settings: dict[str, object] = {"hyperparameters": hyperparameters}
+    if epochs is not None:
+        settings["epochs"] = epochs
     spec = WhitenedCnnSpec(dataset="cifar10", sample_fraction=LAB_FRACTION, seed=seed, **settings)
     result = train(spec, None, data=data)
     return SeedRun(seed, test_accuracy(result.model, data.test), result.fit_seconds)
@@ -65,7 +69,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--float32", action="store_true", help="Train in float32 even where bfloat16 is faster."
     )
+    parser.add_argument(
+        "--hyperparameters",
+        "-p",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="A hyperparameter of whitened_cnn instead of the recipe's (repeatable).",
+    )
     args = parser.parse_args(argv)
+    hyperparameters = {
+        name: json.loads(value)
+        for name, _, value in (assignment.partition("=") for assignment in args.hyperparameters)
+    }
+    if args.float32:
+        hyperparameters["bfloat16"] = False
     command = locked_command("bench.whitened_seeds", argv)
     meter = CpuMeter()
     lab = in_fresh_process(
@@ -79,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             seed,
             args.data_dir,
             args.epochs,
-            args.float32,
+            hyperparameters,
             environment=training_environment(),
         )
         print(f"seed {seed}: test accuracy {run.test_accuracy:.4f}, fit {run.fit_seconds:.0f} s")
@@ -101,13 +119,19 @@ def main(argv: list[str] | None = None) -> None:
     verdict = "**met**" if not shortfalls else f"**missed**: {'; '.join(shortfalls)}"
     epochs = args.epochs or WhitenedCnnSpec.model_fields["epochs"].default
     precision = "bfloat16" if not args.float32 and bfloat16_trains_faster() else "float32"
+    changed = ", ".join(
+        f"`{name}={json.dumps(value)}`"
+        for name, value in hyperparameters.items()
+        if name != "bfloat16"
+    )
+    recipe = f"its own recipe with {changed}" if changed else "its own recipe"
     # One heading whatever the number of seeds: other sections link to it.
     body = f"""## CIFAR-10 25%: whitened_cnn by training seed beside the lab's run (target 1)
 
 {run_context(cpu)}
 - **Protocol:** the lab's 25% CIFAR-10 sample (seed 42). The lab's run first: `custom_cnn`
   64/128/256, {LAB_EPOCHS} epochs, plain `fit` on NumPy arrays in float32 with TensorFlow's
-  default kernels. Then `whitened_cnn` with its own recipe ({epochs} epochs, mirror and
+  default kernels. Then `whitened_cnn` with {recipe} ({epochs} epochs, mirror and
   shifts at test time; {precision}) once per training seed, which sets the initial
   weights, shuffling and augmentation. Each run in a fresh process; test accuracy on
   the 2,500 test images, once per run.
