@@ -9,7 +9,7 @@ fresh process set up as a worker is, and judges the accuracy on the mean. The la
 same script, so accuracy and time come from one run: target 1 is met when the mean
 accuracy reaches 0.87 and the mean fit time is no more than the lab's. ``--epochs``
 trains another length than the recipe's; ``--float32`` trains in float32 where the
-CPU would choose bfloat16, as an AVX2-only CPU does; ``-p NAME=JSON`` sets one of the
+CPU would choose bfloat16, as an AVX2-only CPU does; ``-p NAME=VALUE`` sets one of the
 architecture's hyperparameters (repeatable), as the CLI's ``-p`` does.
 
     flock /tmp/daciavision-bench.lock .venv/bin/python -m bench.whitened_seeds [--seeds 42 43 44]
@@ -33,6 +33,7 @@ from bench.harness import (
     side_by_side_arguments,
 )
 from bench.lab_pipeline import lab_sample, test_accuracy
+from service.spec_arguments import parse_hyperparameters
 from trainer.architectures.whitened_cnn import WhitenedCnnSpec
 from trainer.kernels import tensorflow_default_environment, training_environment
 from trainer.precision import bfloat16_trains_faster
@@ -74,14 +75,12 @@ def main(argv: list[str] | None = None) -> None:
         "-p",
         action="append",
         default=[],
-        metavar="NAME=JSON",
-        help="A hyperparameter of whitened_cnn instead of the recipe's (repeatable).",
+        metavar="NAME=VALUE",
+        help="A hyperparameter of whitened_cnn instead of the recipe's, as NAME=JSON "
+        "(repeatable), e.g. -p activation=relu.",
     )
     args = parser.parse_args(argv)
-    hyperparameters = {
-        name: json.loads(value)
-        for name, _, value in (assignment.partition("=") for assignment in args.hyperparameters)
-    }
+    hyperparameters = parse_hyperparameters(args.hyperparameters)
     if args.float32:
         hyperparameters["bfloat16"] = False
     command = locked_command("bench.whitened_seeds", argv)

@@ -127,6 +127,17 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def parse_hyperparameters(assignments: list[str]) -> dict[str, Any]:
+    """``-p NAME=VALUE`` assignments as a dict; a VALUE that is not JSON stays text."""
+    hyperparameters = {}
+    for assignment in assignments:
+        name, separator, value = assignment.partition("=")
+        if not separator:
+            raise InvalidInputError(f"hyperparameter {assignment!r} must look like NAME=VALUE")
+        hyperparameters[name] = _parse_value(value)
+    return hyperparameters
+
+
 def read_spec_file(path: str) -> dict[str, Any]:
     """A JSON training spec from a file, or from standard input for '-'."""
     try:
@@ -147,13 +158,10 @@ def spec_from_arguments(arguments: argparse.Namespace) -> dict[str, Any]:
         if name not in _SPECIAL_FIELDS - {"dataset", "architecture"} and name in given:
             spec[name] = given[name]
     if "hyperparameters" in given:
-        hyperparameters = dict(spec.get("hyperparameters", {}))
-        for assignment in given["hyperparameters"]:
-            name, separator, value = assignment.partition("=")
-            if not separator:
-                raise InvalidInputError(f"hyperparameter {assignment!r} must look like NAME=VALUE")
-            hyperparameters[name] = _parse_value(value)
-        spec["hyperparameters"] = hyperparameters
+        spec["hyperparameters"] = {
+            **spec.get("hyperparameters", {}),
+            **parse_hyperparameters(given["hyperparameters"]),
+        }
     augmentation = dict(spec.get("augmentation", {}))
     if given.get("augment"):
         augmentation["enabled"] = True

@@ -11,9 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.cli import build_parser
-from service.spec_arguments import spec_from_arguments
+from service.spec_arguments import parse_hyperparameters, spec_from_arguments
 from trainer.architectures import ARCHITECTURES
 from trainer.datasets import DATASET_NAMES
+from trainer.errors import InvalidInputError
 from trainer.spec import parse_training_spec
 from trainer.spec_base import TrainingSpecBase
 
@@ -126,3 +127,15 @@ def test_flags_and_choices_come_from_the_definitions(command: list[str]) -> None
     for option in ("--epochs", "--optimizer", "--batch-size"):
         assert options[option].default is argparse.SUPPRESS, "a default would override recipes"
     assert options["--optimizer"].choices == ["adam", "adamw", "sgd"]
+
+
+def test_hyperparameter_values_are_json_or_else_text() -> None:
+    assert parse_hyperparameters(
+        ["group_filters=[16, 32]", "activation=relu", "bfloat16=false"]
+    ) == {
+        "group_filters": [16, 32],
+        "activation": "relu",
+        "bfloat16": False,
+    }
+    with pytest.raises(InvalidInputError, match="'activation' must look like NAME=VALUE"):
+        parse_hyperparameters(["activation"])
