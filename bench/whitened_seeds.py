@@ -117,7 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     verdict = "**met**" if not shortfalls else f"**missed**: {'; '.join(shortfalls)}"
     epochs = args.epochs or WhitenedCnnSpec.model_fields["epochs"].default
-    precision = "bfloat16" if not args.float32 and bfloat16_trains_faster() else "float32"
+    # -p bfloat16=... (or --float32) names the precision; otherwise the CPU's choice.
+    bfloat16 = hyperparameters.get("bfloat16")
+    if bfloat16 is None:
+        bfloat16 = bfloat16_trains_faster()
+    precision = "bfloat16" if bfloat16 else "float32"
     changed = ", ".join(
         f"`{name}={json.dumps(value)}`"
         for name, value in hyperparameters.items()
