@@ -34,7 +34,11 @@ from bench.harness import (
 )
 from bench.lab_pipeline import lab_sample, test_accuracy
 from service.spec_arguments import parse_hyperparameters
-from trainer.architectures.whitened_cnn import WhitenedCnnSpec
+from trainer.architectures.whitened_cnn import (
+    WhitenedCnnHyperparameters,
+    WhitenedCnnSpec,
+    group_filters_for,
+)
 from trainer.kernels import tensorflow_default_environment, training_environment
 from trainer.precision import bfloat16_trains_faster
 from trainer.study_presets import LAB_FRACTION
@@ -122,6 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     if bfloat16 is None:
         bfloat16 = bfloat16_trains_faster()
     precision = "bfloat16" if bfloat16 else "float32"
+    widths = "/".join(
+        str(width)
+        for width in group_filters_for(
+            WhitenedCnnHyperparameters(**hyperparameters), "mixed_bfloat16" if bfloat16 else None
+        )
+    )
     changed = ", ".join(
         f"`{name}={json.dumps(value)}`"
         for name, value in hyperparameters.items()
@@ -134,10 +144,10 @@ def main(argv: list[str] | None = None) -> None:
 {run_context(cpu)}
 - **Protocol:** the lab's 25% CIFAR-10 sample (seed 42). The lab's run first: `custom_cnn`
   64/128/256, {LAB_EPOCHS} epochs, plain `fit` on NumPy arrays in float32 with TensorFlow's
-  default kernels. Then `whitened_cnn` with {recipe} ({epochs} epochs, mirror and
-  shifts at test time; {precision}) once per training seed, which sets the initial
-  weights, shuffling and augmentation. Each run in a fresh process; test accuracy on
-  the 2,500 test images, once per run.
+  default kernels. Then `whitened_cnn` with {recipe} ({epochs} epochs, groups of
+  {widths} filters, mirror and shifts at test time; {precision}) once per training
+  seed, which sets the initial weights, shuffling and augmentation. Each run in a
+  fresh process; test accuracy on the 2,500 test images, once per run.
 
 | Run | Test accuracy | Fit seconds | Time vs the lab's run |
 |---|---|---|---|

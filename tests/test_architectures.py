@@ -147,12 +147,35 @@ def test_whitened_cnn_defaults_are_its_benchmarked_recipe() -> None:
     assert spec.augmentation.whole_pixel_shifts
     assert spec.test_time_augmentation == "flip_and_shifts"
     assert isinstance(spec.hyperparameters, WhitenedCnnHyperparameters)
-    assert spec.hyperparameters.group_filters == [64, 256, 256]
+    # Empty: the widths follow the precision the layers compute in (next test).
+    assert spec.hyperparameters.group_filters is None
     assert spec.hyperparameters.identity_init and spec.hyperparameters.bias_gradient_scale == 64
     assert not spec.hyperparameters.train_whitening_bias
     # Digits keep their orientation: no mirrored copies unless asked.
     digits = parse_training_spec({"dataset": "digits", "architecture": "whitened_cnn"})
     assert digits.test_time_augmentation == "none"
+
+
+@pytest.mark.parametrize(("bfloat16", "widths"), [(True, [64, 256, 256]), (False, [64, 192, 256])])
+def test_whitened_cnn_default_widths_follow_the_precision(
+    bfloat16: bool, widths: list[int]
+) -> None:
+    hyperparameters = WhitenedCnnHyperparameters(bfloat16=bfloat16)
+    model = build_model("whitened_cnn", hyperparameters, CIFAR10, 10)
+    assert model_widths(model) == widths
+    # Given widths are kept in either precision.
+    given = WhitenedCnnHyperparameters(bfloat16=bfloat16, group_filters=[16, 32])
+    assert model_widths(build_model("whitened_cnn", given, CIFAR10, 10)) == [16, 32]
+    # The cost, estimated without knowing the precision, is that of the wider default.
+    wide = WhitenedCnnHyperparameters(group_filters=[64, 256, 256])
+    assert estimate_cost("whitened_cnn", hyperparameters, CIFAR10, 10) == estimate_cost(
+        "whitened_cnn", wide, CIFAR10, 10
+    )
+
+
+def model_widths(model: keras.Model) -> list[int]:
+    convs = [layer for layer in model.layers if layer.name.endswith("_conv2")]
+    return [layer.filters for layer in convs]
 
 
 def test_whitened_cnn_starts_with_a_whitening_layer_fitted_by_adapt() -> None:
@@ -213,8 +236,10 @@ def test_bfloat16_switch_sets_the_compute_dtype_but_keeps_float32_output(
     architecture: str, first_layer: str
 ) -> None:
     hyperparameters = ARCHITECTURES[architecture].hyperparameters
-    on = build_model(architecture, hyperparameters(bfloat16=True), CIFAR10, 10)
-    off = build_model(architecture, hyperparameters(bfloat16=False), CIFAR10, 10)
+    # whitened_cnn's default widths follow the precision (tested above): fix them here.
+    widths = {"group_filters": [16, 32]} if architecture == "whitened_cnn" else {}
+    on = build_model(architecture, hyperparameters(bfloat16=True, **widths), CIFAR10, 10)
+    off = build_model(architecture, hyperparameters(bfloat16=False, **widths), CIFAR10, 10)
     assert on.get_layer(first_layer).compute_dtype == "bfloat16"
     assert off.get_layer(first_layer).compute_dtype == "float32"
     assert on.output.dtype == off.output.dtype == "float32"
