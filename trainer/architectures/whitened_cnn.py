@@ -114,14 +114,14 @@ class WhitenedCnnSpec(ResNetRecipe):
     After Keller Jordan's airbench, the fastest known CIFAR-10 training: a first layer
     fixed to whiten 2×2 patches of the training images, then three groups of two
     convolutions (64, 256 and 256 filters in bfloat16, 64, 192 and 256 in float32) that
-    start as the identity, with max-pooling
-    and batch norm, trained with resnet's optimizer and schedule (SGD one-cycle),
-    batch-norm biases at 64× the learning rate, lookahead weights, stronger label
-    smoothing, alternating flips and whole-pixel shifts of up to 2 pixels, and the mirror
-    and one-pixel shifts at test time. Those airbench tricks took the recipe from 13
-    epochs to 10: in float32 on 25% of CIFAR-10 on two AVX2-only cores, over three
-    seeds, 0.877 ± 0.004 test accuracy in 0.90× the wall time of the lab's 30-epoch run
-    beside them, where 13 epochs without them took 1.50× (docs/benchmarks.md).
+    start as the identity, with max-pooling and batch norm, trained with resnet's
+    optimizer and schedule (SGD one-cycle), batch-norm biases at 64× the learning rate,
+    lookahead weights, stronger label smoothing, alternating flips and whole-pixel shifts
+    of up to 2 pixels, and the mirror and one-pixel shifts at test time. Those airbench
+    tricks took the recipe from 13 epochs to 10: with 64/256/256 in float32 on 25% of
+    CIFAR-10 on two AVX2-only cores, over three seeds, 0.877 ± 0.004 test accuracy in
+    0.90× the wall time of the lab's 30-epoch run beside them, where 13 epochs without
+    them took 1.50× (docs/benchmarks.md).
     """
 
     architecture: Literal["whitened_cnn"] = "whitened_cnn"
