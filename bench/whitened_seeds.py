@@ -34,13 +34,13 @@ from bench.harness import (
 )
 from bench.lab_pipeline import lab_sample, test_accuracy
 from service.spec_arguments import parse_hyperparameters
+from trainer.architectures.base import compute_dtype
 from trainer.architectures.whitened_cnn import (
     WhitenedCnnHyperparameters,
     WhitenedCnnSpec,
     group_filters_for,
 )
 from trainer.kernels import tensorflow_default_environment, training_environment
-from trainer.precision import bfloat16_trains_faster
 from trainer.study_presets import LAB_FRACTION
 from trainer.train import train
 
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="A hyperparameter of whitened_cnn instead of the recipe's, as NAME=JSON "
-        "(repeatable), e.g. -p activation=relu.",
+        help="A hyperparameter of whitened_cnn instead of the recipe's (repeatable): VALUE "
+        "as JSON, else as text, e.g. -p 'group_filters=[64,192,256]' -p activation=relu.",
     )
     args = parser.parse_args(argv)
     hyperparameters = parse_hyperparameters(args.hyperparameters)
@@ -121,17 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     verdict = "**met**" if not shortfalls else f"**missed**: {'; '.join(shortfalls)}"
     epochs = args.epochs or WhitenedCnnSpec.model_fields["epochs"].default
-    # -p bfloat16=... (or --float32) names the precision; otherwise the CPU's choice.
-    bfloat16 = hyperparameters.get("bfloat16")
-    if bfloat16 is None:
-        bfloat16 = bfloat16_trains_faster()
-    precision = "bfloat16" if bfloat16 else "float32"
-    widths = "/".join(
-        str(width)
-        for width in group_filters_for(
-            WhitenedCnnHyperparameters(**hyperparameters), "mixed_bfloat16" if bfloat16 else None
-        )
-    )
+    # The precision and widths the runs built: -p bfloat16=... (or --float32), else the
+    # CPU's choice, resolved as the architecture resolves them.
+    trained = WhitenedCnnHyperparameters(**hyperparameters)
+    dtype = compute_dtype(trained.bfloat16)
+    precision = "bfloat16" if dtype else "float32"
+    widths = "/".join(str(width) for width in group_filters_for(trained, dtype))
     changed = ", ".join(
         f"`{name}={json.dumps(value)}`"
         for name, value in hyperparameters.items()
