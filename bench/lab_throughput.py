@@ -11,7 +11,8 @@ batch 64, Adam at 1e-3, no augmentation) on the lab's 25% CIFAR-10 sample, in tu
 - **ours**: ``trainer.train``, the path every job and study takes, in a process set
   up as a worker is (``trainer.kernels``: oneDNN on): a ``tf.data`` input and, where
   the CPU computes bfloat16 natively, mixed bfloat16 (the architectures'
-  ``bfloat16`` default).
+  ``bfloat16`` default); with ``--float32``, float32 as a CPU without fast bfloat16
+  trains (an AVX2-only one, or C of ``docs/benchmarks.md``).
 
 Each run is a fresh process, since TensorFlow fixes its kernels when it loads.
 
@@ -19,7 +20,8 @@ Images per second come from the epochs after the first (which also traces the
 graph). A few epochs measure speed, not the final accuracy; the validation accuracy
 after the last epoch is printed beside it as a check that both learn alike.
 
-    flock /tmp/daciavision-bench.lock .venv/bin/python -m bench.lab_throughput [--epochs 3]
+    flock /tmp/daciavision-bench.lock .venv/bin/python -m bench.lab_throughput [--epochs 3] \
+        [--float32]
 """
 
 from __future__ import annotations
@@ -66,27 +68,39 @@ class Pace:
     val_accuracy: float
 
 
-def lab_specs(epochs: int) -> list[tuple[str, Any]]:
-    """The lab's models by label, each with its lab recipe."""
+def lab_specs(epochs: int, float32: bool = False) -> list[tuple[str, Any]]:
+    """The lab's models by label, each with its lab recipe; ``float32`` forces that precision.
+
+    Otherwise the architectures' own choice: bfloat16 where it measured faster.
+    """
     common = {"dataset": "cifar10", "sample_fraction": LAB_FRACTION, "seed": 42, "epochs": epochs}
+    precision = {"bfloat16": False} if float32 else {}
     specs: list[tuple[str, Any]] = [
-        (f"custom_cnn {label}", CustomCnnSpec(hyperparameters=hp, **common))
+        (
+            f"custom_cnn {label}",
+            CustomCnnSpec(hyperparameters=hp.model_copy(update=precision), **common),
+        )
         for label, hp in VARIATIONS
     ]
-    specs.append(("alexnet", AlexNetSpec(**common)))
+    specs.append(("alexnet", AlexNetSpec(hyperparameters=precision, **common)))
     return specs
 
 
-def _spec_and_data(label: str, epochs: int, data_dir: Path) -> tuple[Any, PreparedData]:
-    spec = dict(lab_specs(epochs))[label]
+def _spec_and_data(
+    label: str, epochs: int, data_dir: Path, float32: bool
+) -> tuple[Any, PreparedData]:
+    spec = dict(lab_specs(epochs, float32))[label]
     return spec, lab_sample(data_dir)
 
 
-def plain_fit(label: str, epochs: int, data_dir: Path) -> Pace:
-    """The lab's pipeline: the same model compiled as the lab did, fit on NumPy arrays."""
+def plain_fit(label: str, epochs: int, data_dir: Path, float32: bool) -> Pace:
+    """The lab's pipeline: the same model compiled as the lab did, fit on NumPy arrays.
+
+    Always float32, as the lab ran (``float32_model``), whatever ``float32`` says.
+    """
     import keras
 
-    spec, data = _spec_and_data(label, epochs, data_dir)
+    spec, data = _spec_and_data(label, epochs, data_dir, float32)
     keras.utils.set_random_seed(spec.seed)
     model = float32_model(spec.architecture, spec.hyperparameters, data)
     compile_as_the_lab(model, spec.learning_rate)
@@ -111,8 +125,8 @@ def plain_fit(label: str, epochs: int, data_dir: Path) -> Pace:
     return Pace(_rate(len(data.train), seconds), float(history.history["val_accuracy"][-1]))
 
 
-def our_fit(label: str, epochs: int, data_dir: Path) -> Pace:
-    spec, data = _spec_and_data(label, epochs, data_dir)
+def our_fit(label: str, epochs: int, data_dir: Path, float32: bool) -> Pace:
+    spec, data = _spec_and_data(label, epochs, data_dir, float32)
     result = train(spec, None, data=data)
     seconds = [record.seconds for record in result.history]
     return Pace(_rate(len(data.train), seconds), float(result.history[-1].val_accuracy or 0.0))
@@ -126,13 +140,16 @@ def _rate(images: int, epoch_seconds: list[float]) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = side_by_side_arguments(__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
+    parser.add_argument(
+        "--float32", action="store_true", help="Ours in float32 even where bfloat16 is faster."
+    )
     args = parser.parse_args(argv)
     command = locked_command("bench.lab_throughput", argv)
     lab_kernels, our_kernels = tensorflow_default_environment(), training_environment()
     meter = CpuMeter()
     rows = []
     for label, _ in lab_specs(args.epochs):
-        run = (label, args.epochs, args.data_dir)
+        run = (label, args.epochs, args.data_dir, args.float32)
         plain = in_fresh_process(plain_fit, *run, environment=lab_kernels)
         plain_onednn = in_fresh_process(plain_fit, *run, environment=our_kernels)
         ours = in_fresh_process(our_fit, *run, environment=our_kernels)
@@ -153,12 +170,21 @@ def main(argv: list[str] | None = None) -> None:
     verdict = precision_verdict()
     # The reason has a parenthesis of its own; inside ours it reads better unnested.
     reason = verdict.reason.replace(" (", ", ").rstrip(")")
-    precision = (
-        "runs the layers in mixed bfloat16 (weights and the softmax stay float32), which "
-        f"measured faster here ({reason}); plain `fit` runs float32 as the lab did"
-        if verdict.use_bfloat16
-        else f"computes in float32 like plain `fit`: bfloat16 measured slower here ({reason})"
-    )
+    own_choice = "bfloat16" if verdict.use_bfloat16 else "float32"
+    if args.float32:
+        precision = (
+            "computes in float32 like plain `fit`, as asked (`--float32`), as a CPU without "
+            f"fast bfloat16 trains; this CPU's own choice would be {own_choice} ({reason})"
+        )
+    elif verdict.use_bfloat16:
+        precision = (
+            "runs the layers in mixed bfloat16 (weights and the softmax stay float32), which "
+            f"measured faster here ({reason}); plain `fit` runs float32 as the lab did"
+        )
+    else:
+        precision = (
+            f"computes in float32 like plain `fit`: bfloat16 measured slower here ({reason})"
+        )
     default_kernels = (
         "oneDNN, which TensorFlow enables by default on this CPU, so the first two columns "
         "run alike"
