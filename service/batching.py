@@ -29,7 +29,10 @@ batching off, each request is its own full batch.
 A request larger than ``max_batch_size`` is split into batches of that size, queued
 together, so that with two batch threads a lone large request runs on both cores
 rather than in chunks one after the other on one thread (each call runs on one
-intra-op thread); its answer is its parts' rows in order.
+intra-op thread); its answer is its parts' rows in order. Its last, part-filled part
+starts on a free thread at once, beside the full parts, rather than waiting for the
+running call as other part-filled batches do: no other request's images could join
+it, since the next request's first part would not fit.
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ class _Request:
     enqueued_at: float
     # A large request's parts count as one request in the stats: only its first part.
     counted: bool = True
+    # One of a large request's parts: starts on a free thread without waiting for company.
+    part: bool = False
 
 
 class Batcher:
@@ -116,12 +121,17 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, images: Batch) -> Future[Batch]:
-        """Queue a float32 batch (N, H, W, C); the future holds its probabilities (N, classes)."""
+    def submit(self, images: Batch, *, part: bool = False) -> Future[Batch]:
+        """Queue a float32 batch (N, H, W, C); the future holds its probabilities (N, classes).
+
+        ``part``: the images are one of the ``part_slices`` of a larger request, submitted
+        by a caller that decodes such requests in parts.
+        """
         now = time.monotonic()
+        split = self._split(images)
         parts = [
-            _Request(part, Future(), now, counted=index == 0)
-            for index, part in enumerate(self._split(images))
+            _Request(rows, Future(), now, counted=index == 0, part=part or len(split) > 1)
+            for index, rows in enumerate(split)
         ]
         with self._condition:
             if not self._closed:
@@ -199,7 +209,7 @@ class Batcher:
             # server busy, so another batch thread lets it gather company too.
             self._running_batches += 1
             batch, size = self._take([], 0)
-            if not batch or was_idle or not self.options.enabled:
+            if not batch or was_idle or not self.options.enabled or batch[0].part:
                 return batch
             # Requests are arriving: let the batch fill until its oldest request has
             # waited max_wait_seconds in all. A part-filled batch then still waits while
@@ -227,7 +237,7 @@ class Batcher:
         """Whether a waiting batch thread should take from the queue now (lock held)."""
         if not self._queue or self._gathering:
             return False
-        if self._closed or self._running_batches == 0:
+        if self._closed or self._running_batches == 0 or self._queue[0].part:
             return True
         full = self.options.max_batch_size if self.options.enabled else 1
         return self._queued_images >= full

@@ -161,6 +161,7 @@ async def prepare_and_predict(
     position.
     """
     parts: list[Future[Batch]] = [Future() for _ in decoders]
+    several = len(decoders) > 1
 
     def decode_then_submit(decode: Callable[[], Batch], part: Future[Batch]) -> None:
         if not part.set_running_or_notify_cancel():
@@ -170,7 +171,8 @@ async def prepare_and_predict(
         except Exception as error:  # noqa: BLE001 - raised again in the awaiting request
             part.set_exception(error)
             return
-        batcher.submit(images).add_done_callback(functools.partial(_pass_on, part))
+        inference = batcher.submit(images, part=several)
+        inference.add_done_callback(functools.partial(_pass_on, part))
 
     for decode, part in zip(decoders, parts, strict=True):
         executor.submit(decode_then_submit, decode, part)

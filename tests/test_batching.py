@@ -243,6 +243,43 @@ def test_a_lone_large_request_runs_its_full_batches_side_by_side() -> None:
         batcher.close()
 
 
+def test_a_large_requests_part_filled_last_part_runs_beside_its_full_part() -> None:
+    both_inside = threading.Barrier(2, timeout=10)
+    shapes: list[int] = []
+
+    def meet_then_sum(batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        shapes.append(len(batch))
+        both_inside.wait()  # passes only if the full part and the rest run at once
+        return row_sums(batch)
+
+    options = BatchingOptions(max_batch_size=4, max_wait_seconds=30, threads=2)
+    batcher = Batcher(meet_then_sum, options, "test")
+    try:
+        batch = images(6, seed=0)
+        np.testing.assert_array_equal(batcher.predict_blocking(batch), row_sums(batch))
+        assert sorted(shapes) == [2, 4]
+    finally:
+        batcher.close()
+
+
+def test_parts_submitted_one_by_one_run_side_by_side_as_a_split_request() -> None:
+    both_inside = threading.Barrier(2, timeout=10)
+
+    def meet_then_sum(batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        both_inside.wait()
+        return row_sums(batch)
+
+    options = BatchingOptions(max_batch_size=4, max_wait_seconds=30, threads=2)
+    batcher = Batcher(meet_then_sum, options, "test")
+    try:
+        full, rest = images(4, seed=1), images(3, seed=2)
+        futures = [batcher.submit(full, part=True), batcher.submit(rest, part=True)]
+        assert_each_gets_its_rows(futures, [full, rest])
+        assert batcher.stats().batches == 2
+    finally:
+        batcher.close()
+
+
 def test_a_large_request_keeps_its_rows_in_order_across_its_parts() -> None:
     options = BatchingOptions(max_batch_size=4, max_wait_seconds=0, threads=2)
     batcher = Batcher(row_sums, options, "test")
