@@ -222,60 +222,44 @@ def test_a_part_filled_batch_waits_for_the_running_call_not_beside_it() -> None:
         batcher.close()
 
 
-def test_a_lone_large_request_runs_its_full_batches_side_by_side() -> None:
-    both_inside = threading.Barrier(2, timeout=30)
-    shapes: list[int] = []
+def meeting_in_pairs(shapes: list[int]) -> Callable[[NDArray[np.float32]], NDArray[np.float32]]:
+    """A stand-in model whose calls return only in pairs: two calls must run at once."""
+    both_inside = threading.Barrier(2, timeout=10)
 
     def meet_then_sum(batch: NDArray[np.float32]) -> NDArray[np.float32]:
         shapes.append(len(batch))
-        both_inside.wait()  # passes only if the two halves run at once
+        both_inside.wait()
         return row_sums(batch)
 
-    options = BatchingOptions(max_batch_size=4, max_wait_seconds=0, threads=2)
-    batcher = Batcher(meet_then_sum, options, "test")
+    return meet_then_sum
+
+
+# 8 images: two full batches; 6: a full one and a part-filled rest, which does not wait
+# for the full one's call (as other part-filled batches do), although max_wait is long.
+@pytest.mark.parametrize(("count", "parts"), [(8, [4, 4]), (6, [2, 4])])
+def test_a_lone_large_request_runs_its_parts_side_by_side(count: int, parts: list[int]) -> None:
+    shapes: list[int] = []
+    options = BatchingOptions(max_batch_size=4, max_wait_seconds=30, threads=2)
+    batcher = Batcher(meeting_in_pairs(shapes), options, "test")
     try:
-        batch = images(8, seed=0)
+        batch = images(count, seed=0)
         np.testing.assert_array_equal(batcher.predict_blocking(batch), row_sums(batch))
         stats = batcher.stats()
-        assert sorted(shapes) == [4, 4]
-        assert (stats.requests, stats.images, stats.batches) == (1, 8, 2)
-    finally:
-        batcher.close()
-
-
-def test_a_large_requests_part_filled_last_part_runs_beside_its_full_part() -> None:
-    both_inside = threading.Barrier(2, timeout=10)
-    shapes: list[int] = []
-
-    def meet_then_sum(batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        shapes.append(len(batch))
-        both_inside.wait()  # passes only if the full part and the rest run at once
-        return row_sums(batch)
-
-    options = BatchingOptions(max_batch_size=4, max_wait_seconds=30, threads=2)
-    batcher = Batcher(meet_then_sum, options, "test")
-    try:
-        batch = images(6, seed=0)
-        np.testing.assert_array_equal(batcher.predict_blocking(batch), row_sums(batch))
-        assert sorted(shapes) == [2, 4]
+        assert sorted(shapes) == parts
+        assert (stats.requests, stats.images, stats.batches) == (1, count, 2)
     finally:
         batcher.close()
 
 
 def test_parts_submitted_one_by_one_run_side_by_side_as_a_split_request() -> None:
-    both_inside = threading.Barrier(2, timeout=10)
-
-    def meet_then_sum(batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        both_inside.wait()
-        return row_sums(batch)
-
+    shapes: list[int] = []
     options = BatchingOptions(max_batch_size=4, max_wait_seconds=30, threads=2)
-    batcher = Batcher(meet_then_sum, options, "test")
+    batcher = Batcher(meeting_in_pairs(shapes), options, "test")
     try:
         full, rest = images(4, seed=1), images(3, seed=2)
         futures = [batcher.submit(full, part=True), batcher.submit(rest, part=True)]
         assert_each_gets_its_rows(futures, [full, rest])
-        assert batcher.stats().batches == 2
+        assert sorted(shapes) == [3, 4]
     finally:
         batcher.close()
 
