@@ -87,20 +87,17 @@ def lab_specs(epochs: int, float32: bool = False) -> list[tuple[str, Any]]:
 
 
 def _spec_and_data(
-    label: str, epochs: int, data_dir: Path, float32: bool
+    label: str, epochs: int, data_dir: Path, float32: bool = False
 ) -> tuple[Any, PreparedData]:
     spec = dict(lab_specs(epochs, float32))[label]
     return spec, lab_sample(data_dir)
 
 
-def plain_fit(label: str, epochs: int, data_dir: Path, float32: bool) -> Pace:
-    """The lab's pipeline: the same model compiled as the lab did, fit on NumPy arrays.
-
-    Always float32, as the lab ran (``float32_model``), whatever ``float32`` says.
-    """
+def plain_fit(label: str, epochs: int, data_dir: Path) -> Pace:
+    """The lab's pipeline: the same model compiled as the lab did (float32), on NumPy arrays."""
     import keras
 
-    spec, data = _spec_and_data(label, epochs, data_dir, float32)
+    spec, data = _spec_and_data(label, epochs, data_dir)
     keras.utils.set_random_seed(spec.seed)
     model = float32_model(spec.architecture, spec.hyperparameters, data)
     compile_as_the_lab(model, spec.learning_rate)
@@ -149,10 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     meter = CpuMeter()
     rows = []
     for label, _ in lab_specs(args.epochs):
-        run = (label, args.epochs, args.data_dir, args.float32)
+        run = (label, args.epochs, args.data_dir)
         plain = in_fresh_process(plain_fit, *run, environment=lab_kernels)
         plain_onednn = in_fresh_process(plain_fit, *run, environment=our_kernels)
-        ours = in_fresh_process(our_fit, *run, environment=our_kernels)
+        ours = in_fresh_process(our_fit, *run, args.float32, environment=our_kernels)
         ratio = ours.images_per_second / plain.images_per_second
         print(
             f"{label}: plain {plain.images_per_second:.0f} img/s (val {plain.val_accuracy:.3f}), "

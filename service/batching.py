@@ -31,8 +31,9 @@ together, so that with two batch threads a lone large request runs on both cores
 rather than in chunks one after the other on one thread (each call runs on one
 intra-op thread); its answer is its parts' rows in order. Its last, part-filled part
 starts on a free thread at once, beside the full parts, rather than waiting for the
-running call as other part-filled batches do: no other request's images could join
-it, since the next request's first part would not fit.
+running call as other part-filled batches do (taking along whatever small requests are
+queued behind it): waiting would add a call's time to a request that is already
+waiting for its full parts, and the next large request's first part would not fit.
 """
 
 from __future__ import annotations
