@@ -47,9 +47,9 @@ class WhitenedCnnHyperparameters(BaseModel):
     group_filters: GroupFilters | None = Field(
         None,
         description="Filters of each group (conv, max-pool, batch norm, GELU, conv, batch "
-        "norm, GELU); every group halves the resolution. Empty means 64/256/256 where the "
-        "layers compute in bfloat16 and 64/192/256 in float32, whose steps cost more: "
-        "each about as accurate in the lab's time.",
+        "norm, GELU); every group halves the resolution. Left out (null): 64/256/256 "
+        "where the layers compute in bfloat16 and 64/192/256 in float32, whose steps cost "
+        "more: each about as accurate in the lab's time.",
     )
     batch_norm_momentum: float = Field(
         0.6,
