@@ -1,0 +1,1 @@
+"""The serving benchmark's parts; ``bench/serve.py`` runs them in turn."""

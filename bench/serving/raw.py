@@ -1,0 +1,100 @@
+"""The raw limit: the model called in-process, the ceiling any server can approach."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.harness import PROJECT_ROOT, CpuMeter
+from bench.serving.workload import BATCH_IMAGES
+
+
+def measure_raw(model_path: Path, images_path: Path, intra_op_threads: int = 0) -> dict[str, float]:
+    """The model called in-process: a traced forward pass per batch size, and model.predict.
+
+    The traced pass, called as the service calls it (``service.inference``: a concrete
+    function per batch size, traced before the clock starts), is the fastest way to
+    call a Keras model here, so the raw limit is as high as it can be. With
+    ``intra_op_threads`` (as the service sets them) only the traced pass is measured.
+    """
+    import keras
+
+    from service.inference import CompiledModel, limit_intra_op_threads
+
+    limit_intra_op_threads(intra_op_threads)
+    model = keras.saving.load_model(model_path, compile=False)
+    images = np.load(images_path)
+    forward = CompiledModel(model, images.shape[1:], max_batch_size=256)
+    forward.warm()
+
+    figures: dict[str, float] = {}
+
+    def timed(call: Any, batch: np.ndarray, budget: float) -> float:
+        call(batch)  # trace and warm
+        call(batch)
+        samples: list[float] = []
+        started = time.perf_counter()
+        while time.perf_counter() - started < budget or len(samples) < 5:
+            begin = time.perf_counter()
+            np.asarray(call(batch))
+            samples.append(time.perf_counter() - begin)
+        return statistics.median(samples)
+
+    def predict(batch: np.ndarray) -> Any:
+        return model.predict(batch, verbose=0, batch_size=len(batch))
+
+    one = images[:1]
+    figures["batch1_ms"] = timed(forward, one, 3.0) * 1000
+    if not intra_op_threads:
+        figures["batch1_predict_ms"] = timed(predict, one, 3.0) * 1000
+    for size in (BATCH_IMAGES, 256):
+        batch = np.resize(images, (size, *images.shape[1:]))
+        figures[f"batch{size}_images_per_second"] = size / timed(forward, batch, 5.0)
+        if not intra_op_threads:
+            figures[f"batch{size}_predict_images_per_second"] = size / timed(predict, batch, 3.0)
+    return figures
+
+
+# The traced pass on one intra-op thread, as the service runs it by default; its
+# figures are stored under this prefix beside those on TensorFlow's default threads.
+ONE_THREAD = "one_thread_"
+
+
+def run_raw(model_path: Path, images_path: Path) -> tuple[dict[str, float], CpuMeter]:
+    """measure_raw in processes of their own, so this one never holds TensorFlow's threads:
+    once on TensorFlow's default threads and once on one intra-op thread."""
+    code = (
+        "import json, sys; from pathlib import Path; from bench.serving.raw import measure_raw; "
+        "print(json.dumps(measure_raw(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))))"
+    )
+    figures: dict[str, float] = {}
+    with CpuMeter() as meter:
+        for threads, prefix in ((0, ""), (1, ONE_THREAD)):
+            output = subprocess.run(
+                [sys.executable, "-c", code, str(model_path), str(images_path), str(threads)],
+                cwd=PROJECT_ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            measured = json.loads(output.strip().splitlines()[-1])
+            figures |= {prefix + key: value for key, value in measured.items()}
+    return figures, meter
+
+
+def raw_batch1_ms(raw: dict[str, float]) -> float:
+    """The fastest batch-1 call of the model in-process, on either thread setting."""
+    return min(raw["batch1_ms"], raw[ONE_THREAD + "batch1_ms"])
+
+
+def raw_images_per_second(raw: dict[str, float], size: int) -> float:
+    """The most images/s of the model in-process at ``size``, by any way measured."""
+    traced = f"batch{size}_images_per_second"
+    return max(raw[traced], raw[ONE_THREAD + traced], raw[f"batch{size}_predict_images_per_second"])

@@ -1,0 +1,270 @@
+"""The serving benchmark's verdicts on targets 5–7 and its section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+
+from bench.harness import CpuMeter, cpu_model, nproc, present_cpu_flags
+from bench.serving.contenders import bentoml_version
+from bench.serving.hey import LoadResult
+from bench.serving.raw import ONE_THREAD, raw_batch1_ms, raw_images_per_second
+from bench.serving.workload import BATCH_IMAGES, CONCURRENCY, MODELS_LOADED_FOR_MEMORY
+from worker.settings import Settings
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+@dataclass
+class Measured:
+    """Everything one run measured."""
+
+    raw: dict[str, float]
+    raw_meter: CpuMeter
+    runs: dict[str, dict[str, LoadResult]]  # contender → measurement → result
+    cold_start_seconds: dict[str, float]
+    rss_four_models_mib: float
+    rss_after_load_mib: float
+    whole_run: CpuMeter
+    seconds: float
+    api_processes: int
+
+
+def _batching_defaults() -> str:
+    fields = Settings.model_fields
+    return (
+        f"dynamic batching, max batch {fields['max_batch_size'].default}, max wait "
+        f"{fields['max_batch_wait_seconds'].default * 1000:g} ms, "
+        f"{fields['batch_threads'].default} batch threads per model, "
+        f"{fields['inference_intra_op_threads'].default} intra-op thread(s) per call"
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    measured: str
+    baseline: str
+    ratio: str
+    goal: str
+    met: bool
+    shortfall: str = ""
+
+
+def _others(result: LoadResult) -> str:
+    return f"other processes used {result.others_cpu:.0%} of the CPU"
+
+
+def verdicts(m: Measured) -> list[Verdict]:
+    ours = m.runs.get("ours", {})
+    found: list[Verdict] = []
+    single = ours.get("single")
+    for name, label in (("naive", "(a) naive FastAPI"), ("bentoml", "(b) BentoML")):
+        other = m.runs.get(name, {}).get("single")
+        if single is None or other is None:
+            continue
+        goal = 5.0 if name == "naive" else 1.0
+        ratio = single.rate / other.rate
+        found.append(
+            Verdict(
+                f"5. single PNG at concurrency {CONCURRENCY}: throughput vs {label}",
+                f"{single.rate:.0f} req/s",
+                f"{other.rate:.0f} req/s",
+                f"{ratio:.2f}×",
+                f"≥ {goal:.1f}×",
+                ratio >= goal,
+                f"{goal - ratio:.2f}× short ({goal * other.rate - single.rate:.0f} req/s); "
+                f"{_others(single)} during ours, {other.others_cpu:.0%} during theirs",
+            )
+        )
+    if single is not None:
+        p99 = single.percentiles.get(99, float("inf"))
+        found.append(
+            Verdict(
+                "5. single PNG at concurrency 32: p99 latency",
+                f"{p99:.1f} ms",
+                "",
+                "",
+                "≤ 100 ms",
+                p99 <= 100,
+                f"{p99 - 100:.1f} ms over (p50 {single.percentiles.get(50, 0):.1f} ms); "
+                f"{_others(single)} during this measurement",
+            )
+        )
+        found.append(
+            Verdict(
+                "5. single PNG at concurrency 32: errors",
+                f"{single.errors} of {single.requests + single.errors}",
+                "",
+                "",
+                "0",
+                single.errors == 0,
+                "; ".join(single.error_lines) or f"{single.errors} non-200 answers",
+            )
+        )
+    raw64 = raw_images_per_second(m.raw, BATCH_IMAGES)
+    if (batch := ours.get("batch")) is not None:
+        ratio = batch.images_per_second / raw64
+        found.append(
+            Verdict(
+                f"6. JSON, {BATCH_IMAGES} PNG images per request: images/s vs raw batch 64",
+                f"{batch.images_per_second:.0f} images/s",
+                f"{raw64:.0f} images/s",
+                f"{ratio:.0%}",
+                "≥ 50%",
+                ratio >= 0.5,
+                f"{0.5 - ratio:.0%} short; {_others(batch)} during this measurement, "
+                f"{m.raw_meter.use.others:.0%} during the raw one",
+            )
+        )
+    if (idle := ours.get("idle")) is not None:
+        raw1 = raw_batch1_ms(m.raw)
+        extra = idle.percentiles[50] - raw1
+        found.append(
+            Verdict(
+                "7. one request on an idle server: p50, end to end, vs the raw batch-1 call",
+                f"{idle.percentiles[50]:.2f} ms",
+                f"{raw1:.2f} ms",
+                f"+{extra:.2f} ms",
+                "≤ +2 ms",
+                extra <= 2.0,
+                f"{extra - 2:.2f} ms over; {_others(idle)} during this measurement",
+            )
+        )
+    return found
+
+
+def _versions() -> str:
+    names = ("tensorflow-cpu", "keras", "numpy", "fastapi", "starlette", "uvicorn", "pillow")
+    found = [f"python {sys.version.split()[0]}"]
+    found += [f"{name} {metadata.version(name)}" for name in names]
+    with contextlib.suppress(subprocess.CalledProcessError, OSError):
+        found.append(f"bentoml {bentoml_version()} (its own venv, same TensorFlow and Keras)")
+    hey = shutil.which("hey")
+    with contextlib.suppress(subprocess.CalledProcessError, OSError):
+        package = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Version}", "hey"], capture_output=True, text=True
+        ).stdout
+        found.append(f"hey {package or hey} (Debian)")
+    return ", ".join(found)
+
+
+CONTENDERS_HEADER = (
+    "| Contender | Requests | Count | Requests/s | Images/s | p50 ms | p99 ms | Errors "
+    "| CPU: this run | CPU: others |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def section(m: Measured, command: str) -> str:
+    flags = ", ".join(present_cpu_flags(CPU_FLAGS)) or "none of " + ", ".join(CPU_FLAGS)
+    rows = []
+    notes = []
+    for v in verdicts(m):
+        status = "**met**" if v.met else "**missed**"
+        rows.append(
+            f"| {v.target} | {v.measured} | {v.baseline} | {v.ratio} | {v.goal} | {status} |"
+        )
+        if not v.met:
+            notes.append(f"- {v.target}: missed by {v.shortfall}.")
+    contenders_rows = []
+    labels = {"ours": "ours", "naive": "(a) naive FastAPI", "bentoml": "(b) BentoML"}
+    titles = {
+        "idle": "one at a time",
+        "single": f"1 PNG, concurrency {CONCURRENCY}",
+        "batch": f"{BATCH_IMAGES} PNG as JSON, concurrency 4",
+    }
+    for name, results in m.runs.items():
+        for key, r in results.items():
+            p = r.percentiles
+            contenders_rows.append(
+                f"| {labels[name]} | {titles[key]} | {r.requests:,} | {r.rate:,.1f} | "
+                f"{r.images_per_second:,.0f} | {p.get(50, float('nan')):.1f} | "
+                f"{p.get(99, float('nan')):.1f} | {r.errors} | {r.own_cpu:.0%} | "
+                f"{r.others_cpu:.0%} |"
+            )
+    raw = m.raw
+    raw_rows = "\n".join(
+        [
+            f"| batch 1, ms per call (median) | {raw['batch1_ms']:.2f} | "
+            f"{raw[ONE_THREAD + 'batch1_ms']:.2f} | {raw['batch1_predict_ms']:.2f} |",
+            *(
+                f"| batch {size}, images/s | {raw[f'batch{size}_images_per_second']:,.0f} | "
+                f"{raw[f'{ONE_THREAD}batch{size}_images_per_second']:,.0f} | "
+                f"{raw[f'batch{size}_predict_images_per_second']:,.0f} |"
+                for size in (BATCH_IMAGES, 256)
+            ),
+        ]
+    )
+    rss_four = f"{m.rss_four_models_mib:,.0f} MiB"
+    cold = ", ".join(
+        f"{labels[name]} {seconds:.1f} s" for name, seconds in m.cold_start_seconds.items()
+    )
+    missed = "\n".join(notes) or "- none"
+    busy = m.whole_run.use.others
+    load = (
+        f"other processes used {busy:.0%} of the machine's CPU time during the whole run "
+        f"and this benchmark (driver, hey, the contender) {m.whole_run.use.own:.0%}"
+    )
+    if busy >= 0.05:
+        load = f"**busy: {load}; the timings are pessimistic**"
+    return f"""<!-- bench:serving:start -->
+## Serving: /predict against a naive app, BentoML and the raw model
+
+- **When:** {datetime.now(UTC).strftime("%Y-%m-%d %H:%M")} UTC, {m.seconds / 60:.1f} minutes
+- **Machine:** {nproc()} CPU cores (`nproc`), {cpu_model()}; flags: {flags}
+- **Load:** {load}
+- **Libraries:** {_versions()}
+- **Model:** the lab's custom CNN (`custom_cnn` 32/64/128, 3×3, dropout 0.25), CIFAR-10,
+  trained 2 epochs on 10% with the project's trainer; one `.keras` file for every contender
+- **Images:** real CIFAR-10 test images as 32×32 PNG ({BATCH_IMAGES} per JSON request,
+  base64); hey repeats one body per run
+- **Ours:** `uvicorn service.app:create_app` in {m.api_processes} API process(es) sharing
+  the port (`--workers {m.api_processes}`, as `daciavision serve --api-processes
+  {m.api_processes}`), otherwise the default settings ({_batching_defaults()});
+  requests name no version (the latest)
+
+| Target | Measured | Baseline | Ratio | Goal | |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Missed:
+
+{missed}
+
+{CONTENDERS_HEADER}
+{chr(10).join(contenders_rows)}
+
+CPU shares are of the machine's capacity (cores × wall time) during that measurement:
+"this run" is the driver, hey and the contender's processes, "others" everything else.
+
+| Raw limit (c), in-process | Traced pass | Traced, one intra-op thread | `model.predict` |
+|---|---|---|---|
+{raw_rows}
+
+The raw limit of target 6 is the fastest of the three at batch {BATCH_IMAGES}, the raw
+batch-1 call of target 7 the faster traced one. "One intra-op thread" is how our server
+runs each call by default (`DACIAVISION_INFERENCE_INTRA_OP_THREADS=1`); the other
+columns run on TensorFlow's default threads, one per core. The raw figures were measured
+in processes of their own right before the JSON run they are compared with (our server
+idle meanwhile), so that both meet the same machine; other processes used
+{m.raw_meter.use.others:.0%} of the CPU while they were measured.
+
+| Also recorded | Value |
+|---|---|
+| Cold start: process start to first successful `/predict` | {cold} |
+| Peak RSS of the API, all processes, {MODELS_LOADED_FOR_MEMORY} models loaded | {rss_four} |
+| Peak RSS of the API after the whole run, all its processes | {m.rss_after_load_mib:,.0f} MiB |
+
+Reproduce from the project root (`apt-get install hey` first; the script creates
+`bench/.venv-bentoml` and trains the model into `--cache-dir` once):
+
+```
+{command}
+```
+<!-- bench:serving:end -->
+"""

@@ -1,0 +1,136 @@
+"""The serving benchmark's own arithmetic: reading hey's output and judging targets 5–7.
+
+The benchmark itself is run by hand (``bench/serve.py``); these check that a figure it
+prints comes from hey's summary as hey wrote it and that a missed target is reported
+as missed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.harness import CpuMeter
+from bench.serving.hey import LoadResult, parse_hey
+from bench.serving.raw import ONE_THREAD
+from bench.serving.report import Measured, section, verdicts
+
+# hey 0.1.4's summary (Debian's), as printed for a run with failures of both kinds:
+# answers other than 200 and requests that got no answer at all.
+HEY_OUTPUT = """
+Summary:
+  Total:\t2.0000 secs
+  Slowest:\t0.0073 secs
+  Fastest:\t0.0005 secs
+  Average:\t0.0024 secs
+  Requests/sec:\t25.0000
+
+Response time histogram:
+  0.000 [1]\t|■■■
+  0.001 [10]\t|■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■
+
+Latency distribution:
+  10% in 0.0006 secs
+  50% in 0.0021 secs
+  99% in 0.0062 secs
+
+Status code distribution:
+  [200]\t46 responses
+  [503]\t4 responses
+
+Error distribution:
+  [2]\tPost "http://127.0.0.1:8191/predict": context deadline exceeded
+"""
+
+
+def test_hey_summary_gives_rate_percentiles_and_every_kind_of_error() -> None:
+    result = parse_hey(HEY_OUTPUT)
+
+    assert result.seconds == 2.0
+    assert result.requests == 50
+    assert result.rate == 25.0
+    assert result.percentiles == pytest.approx({10: 0.6, 50: 2.1, 99: 6.2})
+    assert result.errors == 4 + 2
+    assert result.error_lines == [
+        '[2]\tPost "http://127.0.0.1:8191/predict": context deadline exceeded'
+    ]
+
+
+def _load(rate: float, p50: float, p99: float, images_per_request: int = 1) -> LoadResult:
+    seconds = 10.0
+    return LoadResult(
+        requests=round(rate * seconds),
+        seconds=seconds,
+        percentiles={50: p50, 99: p99},
+        errors=0,
+        error_lines=[],
+        images_per_request=images_per_request,
+    )
+
+
+def _measured(*, ours_rate: float, ours_p99: float, idle_p50: float, batch_rate: float) -> Measured:
+    raw = {
+        "batch1_ms": 1.5,
+        ONE_THREAD + "batch1_ms": 1.0,
+        "batch1_predict_ms": 20.0,
+        "batch64_images_per_second": 4000.0,
+        ONE_THREAD + "batch64_images_per_second": 3000.0,
+        "batch64_predict_images_per_second": 3500.0,
+        "batch256_images_per_second": 4200.0,
+        ONE_THREAD + "batch256_images_per_second": 3100.0,
+        "batch256_predict_images_per_second": 3900.0,
+    }
+    meter = CpuMeter()
+    meter.stop()
+    return Measured(
+        raw=raw,
+        raw_meter=meter,
+        runs={
+            "ours": {
+                "idle": _load(500, idle_p50, idle_p50 + 1),
+                "single": _load(ours_rate, 40, ours_p99),
+                "batch": _load(batch_rate, 100, 200, images_per_request=64),
+            },
+            "naive": {"single": _load(10, 900, 2000)},
+            "bentoml": {"single": _load(100, 300, 500)},
+        },
+        cold_start_seconds={"ours": 4.0, "naive": 3.0, "bentoml": 9.0},
+        rss_four_models_mib=900.0,
+        rss_after_load_mib=950.0,
+        whole_run=meter,
+        seconds=300.0,
+        api_processes=1,
+    )
+
+
+def test_targets_are_met_when_every_figure_clears_its_goal() -> None:
+    # 300 req/s: 30× naive, 3× BentoML; 40 requests × 64 images = 64% of the raw
+    # 4,000 images/s; idle p50 2.5 ms, 1.5 ms over the faster raw batch-1 call.
+    measured = _measured(ours_rate=300, ours_p99=60, idle_p50=2.5, batch_rate=40)
+
+    found = {verdict.target: verdict for verdict in verdicts(measured)}
+
+    assert all(verdict.met for verdict in found.values()), found
+    assert [verdict.ratio for verdict in found.values() if verdict.ratio] == [
+        "30.00×",
+        "3.00×",
+        "64%",
+        "+1.50 ms",
+    ]
+
+
+def test_each_missed_target_is_reported_with_its_shortfall() -> None:
+    # 90 req/s: 9× naive but 0.9× BentoML; p99 130 ms; 30 × 64 = 48% of the raw
+    # limit; idle p50 3.5 ms, 2.5 ms over the raw call.
+    measured = _measured(ours_rate=90, ours_p99=130, idle_p50=3.5, batch_rate=30)
+
+    missed = [verdict.shortfall for verdict in verdicts(measured) if not verdict.met]
+
+    assert len(missed) == 4
+    shortfalls = "\n".join(missed)
+    assert "0.10× short (10 req/s)" in shortfalls
+    assert "30.0 ms over" in shortfalls
+    assert "2% short" in shortfalls
+    assert "0.50 ms over" in shortfalls
+    document = section(measured, "python -m bench.serve")
+    assert document.count("| **missed** |") == 4
+    assert document.startswith("<!-- bench:serving:start -->")
