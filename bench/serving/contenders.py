@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from bench.harness import PROJECT_ROOT
 from bench.serving.workload import MODEL_NAME, Bodies
 from service.api_processes import TELEMETRY_FOLDER_VARIABLE
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BENTOML_VENV = PROJECT_ROOT / "bench" / ".venv-bentoml"
 # Pinned to the project's own TensorFlow and Keras, so both servers run the same kernels.
 BENTOML_REQUIREMENTS = ("bentoml", "tensorflow-cpu=={tensorflow}", "keras=={keras}", "pillow")
