@@ -32,6 +32,8 @@ PATCH_SIZE = 2
 # FLOPs make them shorter: on an AVX-512 EPYC 64/192/256 trained 1.41× as fast per
 # image as 64/256/256 and, over three seeds, kept 0.876 test accuracy on the 25%
 # CIFAR-10 sample in 0.73× the lab's run, where 64/256/256 needed 1.16× (float32).
+# On an Intel AVX-512 Xeon, whose float32 kernels run the lab's plain CNN faster, it
+# still took 1.15× (0.872), down from 1.38×.
 # In bfloat16 the full width fits the lab's time with its 0.877 (docs/benchmarks.md).
 BFLOAT16_GROUP_FILTERS = (64, 256, 256)
 FLOAT32_GROUP_FILTERS = (64, 192, 256)
@@ -49,7 +51,7 @@ class WhitenedCnnHyperparameters(BaseModel):
         description="Filters of each group (conv, max-pool, batch norm, GELU, conv, batch "
         "norm, GELU); every group halves the resolution. Left out (null): 64/256/256 "
         "where the layers compute in bfloat16 and 64/192/256 in float32, whose steps cost "
-        "more: each about as accurate in the lab's time.",
+        "more (docs/benchmarks.md gives each one's accuracy and time by CPU).",
     )
     batch_norm_momentum: float = Field(
         0.6,
