@@ -67,6 +67,6 @@ def pick_best(candidates: Sequence[Candidate]) -> Winner:
             reason = (
                 f"{best.label} has the highest validation accuracy, "
                 f"{best.validation_accuracy:.4f}, {margin:.4f} above {runner_up.label} "
-                f"({runner_up.validation_accuracy:.4f}); the test split was not consulted"
+                f"({runner_up.validation_accuracy:.4f})"
             )
     return Winner(**best.model_dump(), reason=reason, candidates=list(candidates))

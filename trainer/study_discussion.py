@@ -3,12 +3,7 @@ from the report, and a model is called better only when the paired test says so.
 
 from __future__ import annotations
 
-from trainer.study_report import ReportModel, StudyReport, describe_p
-
-
-def _accuracy(report: StudyReport, key: str) -> str:
-    interval = report.model(key).test_accuracy
-    return f"{interval.estimate:.3f} (95% CI {interval.low:.3f}–{interval.high:.3f})"
+from trainer.study_report import Comparison, ReportModel, StudyReport, describe_p
 
 
 def _selections(report: StudyReport) -> list[str]:
@@ -17,23 +12,58 @@ def _selections(report: StudyReport) -> list[str]:
         if len(winner.candidates) < 2:
             continue
         sentences.append(
-            f"Stage {stage}: {winner.reason}. It was chosen on the validation split; its test "
-            f"accuracy is reported below but played no part in the choice."
+            f"Stage {stage}: {winner.reason}. The test split was not consulted: its test "
+            f"accuracy, reported below, played no part in the choice."
         )
     return sentences
 
 
 def _comparisons(report: StudyReport) -> list[str]:
-    sentences = []
+    """One sentence per test set: who is better than whom, then the pairs that tie.
+
+    A sentence per pair read as a wall of near-identical lines (ten pairs for the lab's
+    five CIFAR-10 models); each pair's counts and p-values stay in the report's table.
+    """
+    by_test_set: dict[str, list[Comparison]] = {}
     for comparison in report.comparisons:
-        a, b = report.model(comparison.a), report.model(comparison.b)
-        sentences.append(
-            f"{a.label} ({a.architecture}, {_accuracy(report, a.key)}) vs {b.label} "
-            f"({b.architecture}, {_accuracy(report, b.key)}), exactly one of them right on "
-            f"{comparison.mcnemar.only_a_correct + comparison.mcnemar.only_b_correct} of the "
-            f"same test images: {comparison.verdict}."
-        )
-    return sentences
+        by_test_set.setdefault(comparison.test_set, []).append(comparison)
+    return [_test_set_sentence(report, pairs) for pairs in by_test_set.values()]
+
+
+def _test_set_sentence(report: StudyReport, pairs: list[Comparison]) -> str:
+    def accuracy(key: str) -> float:
+        return report.model(key).test_accuracy.estimate
+
+    def named(key: str) -> str:
+        return f"{report.model(key).label} ({accuracy(key):.3f})"
+
+    better_than: dict[str, list[str]] = {}
+    ties = []
+    for pair in pairs:
+        test = pair.mcnemar
+        if not test.significant:
+            ties.append(f"{named(pair.a)} and {named(pair.b)} ({describe_p(test)})")
+            continue
+        a_better = test.only_a_correct > test.only_b_correct
+        better, worse = (pair.a, pair.b) if a_better else (pair.b, pair.a)
+        better_than.setdefault(better, []).append(worse)
+    # The most accurate first, so the sentence reads as a ranking.
+    wins = []
+    for better in sorted(better_than, key=accuracy, reverse=True):
+        beaten = sorted(better_than[better], key=accuracy, reverse=True)
+        wins.append(f"{named(better)} is better than {_listed([named(k) for k in beaten])}")
+    if ties:
+        wins.append(f"no significant difference between {'; '.join(ties)}")
+    count = "one pair" if len(pairs) == 1 else f"{len(pairs)} pairs"
+    return (
+        f"On {report.model(pairs[0].a).dataset}, {count} of models on the same test images "
+        f"(McNemar's exact test, Holm-adjusted, significant below {pairs[0].mcnemar.alpha}): "
+        f"{'; '.join(wins)}."
+    )
+
+
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _recipe_change(base: ReportModel, variant: ReportModel) -> str:
