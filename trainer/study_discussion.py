@@ -24,13 +24,23 @@ def _comparisons(report: StudyReport) -> list[str]:
     A sentence per pair read as a wall of near-identical lines (ten pairs for the lab's
     five CIFAR-10 models); each pair's counts and p-values stay in the report's table.
     """
+    # A retrain and its base have their own sentence, tested in their own Holm family:
+    # stated here too, the same pair could read "better" there and "no difference" here.
+    retrains = {frozenset((e.base, e.variant)) for e in report.augmentation}
     by_test_set: dict[str, list[Comparison]] = {}
+    with_retrains = set()
     for comparison in report.comparisons:
-        by_test_set.setdefault(comparison.test_set, []).append(comparison)
-    return [_test_set_sentence(report, pairs) for pairs in by_test_set.values()]
+        if frozenset((comparison.a, comparison.b)) in retrains:
+            with_retrains.add(comparison.test_set)
+        else:
+            by_test_set.setdefault(comparison.test_set, []).append(comparison)
+    return [
+        _test_set_sentence(report, pairs, test_set in with_retrains)
+        for test_set, pairs in by_test_set.items()
+    ]
 
 
-def _test_set_sentence(report: StudyReport, pairs: list[Comparison]) -> str:
+def _test_set_sentence(report: StudyReport, pairs: list[Comparison], retrained: bool) -> str:
     def accuracy(key: str) -> float:
         return report.model(key).test_accuracy.estimate
 
@@ -55,10 +65,11 @@ def _test_set_sentence(report: StudyReport, pairs: list[Comparison]) -> str:
     if ties:
         wins.append(f"no significant difference between {'; '.join(ties)}")
     count = "one pair" if len(pairs) == 1 else f"{len(pairs)} pairs"
+    retrains = "; each retrain against its base: below" if retrained else ""
     return (
         f"On {report.model(pairs[0].a).dataset}, {count} of models on the same test images "
-        f"(McNemar's exact test, Holm-adjusted, significant below {pairs[0].mcnemar.alpha}): "
-        f"{'; '.join(wins)}."
+        f"(McNemar's exact test, Holm-adjusted, significant below {pairs[0].mcnemar.alpha}"
+        f"{retrains}): {'; '.join(wins)}."
     )
 
 
