@@ -85,6 +85,10 @@ def to_image(figure: Figure, image_format: ImageFormat = "svg") -> bytes:
                 for column, value in enumerate(values):
                     axes.text(column, row, str(value), ha="center", va="center", fontsize=7)
         bars = [s for s in figure.series if s.kind == "bar"]
+        # Marker area in proportion to the largest: a log scale drew a 0.5M- and a
+        # 2M-parameter model the same size.
+        largest = max((size for s in figure.series for size in s.sizes or []), default=1.0)
+        points = 0
         for index, series in enumerate(figure.series):
             if series.kind == "bar":
                 width = 0.8 / len(bars)
@@ -96,21 +100,31 @@ def to_image(figure: Figure, image_format: ImageFormat = "svg") -> bytes:
                 axes.plot(series.x, series.y, "--" if series.dashed else "-", marker=".",
                           label=series.name)  # fmt: skip
             else:
-                sizes = [20 + 10 * math.log10(max(s, 1)) for s in series.sizes or [1.0]]
-                axes.scatter(series.x, series.y, s=sizes, label=series.name)
-                for x, y, text in zip(series.x, series.y, series.text or [], strict=False):
-                    axes.annotate(text, (float(x), y), fontsize=7)
+                sizes = [20 + 280 * size / largest for size in series.sizes or [largest]]
+                # Points numbered, names in the legend: full names beside the points ran
+                # into each other where models trained in about the same time.
+                numbers = [str(points + n + 1) for n in range(len(series.x))]
+                points += len(series.x)
+                axes.scatter(
+                    series.x, series.y, s=sizes, label=f"{'/'.join(numbers)}: {series.name}"
+                )
+                for x, y, number in zip(series.x, series.y, numbers, strict=True):
+                    axes.annotate(number, (float(x), y), xytext=(5, 4),
+                                  textcoords="offset points", fontsize=8)  # fmt: skip
         axes.set_title(figure.title, fontsize=10)
         axes.set_xlabel(figure.x_label)
         axes.set_ylabel(figure.y_label)
         if figure.series:
-            axes.legend(fontsize=7)
+            # Beside the axes, not on them: inside, it hid the study's best model.
+            axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
         fig.tight_layout()
         buffer = io.BytesIO()
+        # "tight" grows the image to hold the legend beside the axes.
         if image_format == "png":
-            fig.savefig(buffer, format="png", dpi=PNG_DPI, metadata={"Software": None})
+            fig.savefig(buffer, format="png", dpi=PNG_DPI, bbox_inches="tight",
+                        metadata={"Software": None})  # fmt: skip
         else:
-            fig.savefig(buffer, format="svg", metadata={"Date": None})
+            fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
         return buffer.getvalue()
     finally:
         pyplot.close(fig)
