@@ -30,7 +30,9 @@ def to_plotly(figure: Figure) -> dict[str, Any]:
             {"type": "heatmap", "z": figure.heatmap.matrix, "x": figure.heatmap.labels,
              "y": figure.heatmap.labels, "colorscale": "Blues", "texttemplate": "%{z}"}
         )  # fmt: skip
-    for series in figure.series:
+    numbers = _point_numbers(figure)
+    largest = _largest_size(figure)
+    for series, numbered in zip(figure.series, numbers, strict=True):
         entry: dict[str, Any] = {"name": series.name, "x": series.x, "y": series.y}
         if series.kind == "bar":
             entry["type"] = "bar"
@@ -39,11 +41,14 @@ def to_plotly(figure: Figure) -> dict[str, Any]:
             entry["mode"] = "lines+markers" if series.kind == "line" else "markers+text"
             if series.dashed:
                 entry["line"] = {"dash": "dash"}
-        if series.text:
-            entry["text"] = series.text
-            entry["textposition"] = "top center"
+        if numbered:
+            entry["name"] = f"{'/'.join(numbered)}: {series.name}"
+            entry["text"] = numbered
+            entry["textposition"] = "top right"
+            entry["hovertext"] = series.text or series.name
         if series.sizes:
-            entry["marker"] = {"size": [8 + 4 * math.log10(max(s, 1)) for s in series.sizes]}
+            # A diameter: the area in proportion to the size.
+            entry["marker"] = {"size": [8 + 22 * math.sqrt(s / largest) for s in series.sizes]}
         data.append(entry)
     layout: dict[str, Any] = {
         "title": {"text": figure.title}, "xaxis": {"title": {"text": figure.x_label}},
@@ -56,6 +61,29 @@ def to_plotly(figure: Figure) -> dict[str, Any]:
         layout["xaxis"]["type"] = "category"
         layout["yaxis"]["type"] = "category" if figure.heatmap is not None else "linear"
     return {"data": data, "layout": layout}
+
+
+def _point_numbers(figure: Figure) -> list[list[str]]:
+    """Numbers for the points of scatter series (none for lines and bars), 1 upwards.
+
+    The points carry a number and the legend its name: names written beside the points
+    ran into each other where models trained in about the same time.
+    """
+    numbers: list[list[str]] = []
+    count = 0
+    for series in figure.series:
+        if series.kind != "scatter":
+            numbers.append([])
+            continue
+        numbers.append([str(count + n + 1) for n in range(len(series.x))])
+        count += len(series.x)
+    return numbers
+
+
+def _largest_size(figure: Figure) -> float:
+    # Marker sizes are relative to the largest: a log scale drew a 0.5M- and a
+    # 2M-parameter model alike.
+    return max((size for s in figure.series for size in s.sizes or []), default=1.0) or 1.0
 
 
 def plotly_div(figure: Figure, element_id: str) -> str:
@@ -85,10 +113,8 @@ def to_image(figure: Figure, image_format: ImageFormat = "svg") -> bytes:
                 for column, value in enumerate(values):
                     axes.text(column, row, str(value), ha="center", va="center", fontsize=7)
         bars = [s for s in figure.series if s.kind == "bar"]
-        # Marker area in proportion to the largest: a log scale drew a 0.5M- and a
-        # 2M-parameter model the same size.
-        largest = max((size for s in figure.series for size in s.sizes or []), default=1.0)
-        points = 0
+        numbers = _point_numbers(figure)
+        largest = _largest_size(figure)
         for index, series in enumerate(figure.series):
             if series.kind == "bar":
                 width = 0.8 / len(bars)
@@ -100,15 +126,12 @@ def to_image(figure: Figure, image_format: ImageFormat = "svg") -> bytes:
                 axes.plot(series.x, series.y, "--" if series.dashed else "-", marker=".",
                           label=series.name)  # fmt: skip
             else:
+                # An area, in proportion to the size.
                 sizes = [20 + 280 * size / largest for size in series.sizes or [largest]]
-                # Points numbered, names in the legend: full names beside the points ran
-                # into each other where models trained in about the same time.
-                numbers = [str(points + n + 1) for n in range(len(series.x))]
-                points += len(series.x)
-                axes.scatter(
-                    series.x, series.y, s=sizes, label=f"{'/'.join(numbers)}: {series.name}"
-                )
-                for x, y, number in zip(series.x, series.y, numbers, strict=True):
+                numbered = numbers[index]
+                label = f"{'/'.join(numbered)}: {series.name}"
+                axes.scatter(series.x, series.y, s=sizes, label=label)
+                for x, y, number in zip(series.x, series.y, numbered, strict=True):
                     axes.annotate(number, (float(x), y), xytext=(5, 4),
                                   textcoords="offset points", fontsize=8)  # fmt: skip
         axes.set_title(figure.title, fontsize=10)

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.plot_render import to_image
-from service.plots import study_figures
+from service.plot_render import to_image, to_plotly
+from service.plots import Figure, Series, study_figures
 from service.study_render import to_html, to_markdown
 from tests.conftest import CARD_0_1_0, make_record
 from trainer.card import ModelCard
@@ -164,3 +164,20 @@ def test_html_is_offline_and_markdown_links_every_plot(report: StudyReport) -> N
     assert "| strong | variations | digits |" in markdown
     assert to_image(study_figures(report)[0]).startswith(b"<?xml")
     assert to_image(study_figures(report)[0], "png").startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_scatter_numbers_its_points_and_sizes_them_by_parameters(
+    report: StudyReport,
+) -> None:
+    scatter = to_plotly(study_figures(report)[0])["data"]
+    assert [trace["name"] for trace in scatter] == [
+        "1: strong (digits)", "2: weak (digits)", "3: close (digits)"]  # fmt: skip
+    assert [trace["text"] for trace in scatter] == [["1"], ["2"], ["3"]]
+    assert [trace["hovertext"] for trace in scatter] == [["strong"], ["weak"], ["close"]]
+    # Marker area in proportion to the parameters: a quarter of the largest, half its width.
+    small, large = (
+        Series(name=name, kind="scatter", x=[1.0], y=[0.5], sizes=[size])
+        for name, size in (("small", 1e6), ("large", 4e6))
+    )
+    figure = Figure(name="sizes", title="", x_label="", y_label="", series=[small, large])
+    assert [t["marker"]["size"] for t in to_plotly(figure)["data"]] == [[19.0], [30.0]]
