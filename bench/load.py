@@ -40,7 +40,7 @@ from bench.harness import (
     update_doc,
 )
 from bench.load_scenario import LoadResult, LoadTarget, ScenarioConfig, ScenarioResult, run_scenario
-from tests.workers import Process, free_port, wait_until
+from bench.processes import Process, free_port, wait_until
 from worker.settings import Settings
 
 KEY = "load"

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.workers import Process, free_port, running, service_environment, wait_until
+from bench.processes import Process, free_port, running, service_environment, wait_until
 from trainer.data import load_raw
 from trainer.registry import FileModelRegistry
 from trainer.spec import parse_training_spec
