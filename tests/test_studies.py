@@ -88,6 +88,24 @@ def test_the_winner_is_chosen_on_validation_even_when_the_test_ranking_differs()
     assert "test" not in Candidate.model_fields
 
 
+def test_a_margin_within_the_sampling_error_is_flagged_and_a_clear_one_is_not() -> None:
+    def candidates(runner_up_accuracy: float) -> list[Candidate]:
+        return [
+            Candidate(label="a", model_name="m-a", version=1, validation_accuracy=0.6672,
+                      validation_loss=1.07, validation_samples=1250),
+            Candidate(label="b", model_name="m-b", version=1,
+                      validation_accuracy=runner_up_accuracy, validation_loss=1.5,
+                      validation_samples=1250),
+        ]  # fmt: skip
+
+    # One standard error of 0.6672 on 1,250 images is 0.0133.
+    close = pick_best(candidates(0.6648))
+    assert close.label == "a"
+    assert "within two standard errors" in close.reason and "0.0133" in close.reason
+    clear = pick_best(candidates(0.6300))
+    assert clear.label == "a" and "standard error" not in clear.reason
+
+
 def test_ties_go_to_the_lower_validation_loss() -> None:
     candidates = [
         Candidate(label="a", model_name="m-a", version=1, validation_accuracy=0.8,

@@ -7,6 +7,7 @@ look at; the test split is not among its fields.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
@@ -23,6 +24,10 @@ class Candidate(BaseModel):
     version: int
     validation_accuracy: float
     validation_loss: float
+    # Optional: selections recorded before it was kept still load.
+    validation_samples: int | None = Field(
+        default=None, description="Images in the validation split the accuracy was measured on."
+    )
 
 
 class Winner(Candidate):
@@ -40,6 +45,7 @@ def candidate_from_card(label: str, card: ModelCard) -> Candidate:
         version=card.version,
         validation_accuracy=card.metrics.validation.accuracy,
         validation_loss=card.metrics.validation.loss,
+        validation_samples=card.metrics.validation.samples,
     )
 
 
@@ -68,5 +74,28 @@ def pick_best(candidates: Sequence[Candidate]) -> Winner:
                 f"{best.label} has the highest validation accuracy, "
                 f"{best.validation_accuracy:.4f}, {margin:.4f} above {runner_up.label} "
                 f"({runner_up.validation_accuracy:.4f})"
-            )
+            ) + _within_sampling_error(best, runner_up, margin)
     return Winner(**best.model_dump(), reason=reason, candidates=list(candidates))
+
+
+def _within_sampling_error(best: Candidate, runner_up: Candidate, margin: float) -> str:
+    """A warning when the margin is within two standard errors of a validation accuracy.
+
+    A pick is still made, since a study must go on, but a reader should know when the
+    validation split cannot tell the two apart and a rerun may pick the other: the
+    variations of the lab often lie that close. One standard error of an accuracy p on
+    n images is sqrt(p(1 - p) / n); the paired difference of two models on the same
+    images has a spread of the same order when they disagree on a fifth of them.
+    """
+    samples = best.validation_samples
+    if not samples or runner_up.validation_samples != samples:
+        return ""
+    accuracy = best.validation_accuracy
+    standard_error = math.sqrt(accuracy * (1 - accuracy) / samples)
+    if margin >= 2 * standard_error:
+        return ""
+    return (
+        f"; the margin is within two standard errors of an accuracy on {samples:,} "
+        f"validation images ({standard_error:.4f} each), so this split barely tells the "
+        "two apart and a rerun may pick the other"
+    )
