@@ -159,10 +159,12 @@ def _study() -> Study:
     return Study.new(request.model_dump(mode="json"), check_stages(expand(request)), None)
 
 
-def _succeeded(study: Study, stage: str, accuracies: list[float]) -> dict[str, JobOutcome]:
+def _succeeded(
+    study: Study, stage: str, accuracies: list[float], samples: int | None = None
+) -> dict[str, JobOutcome]:
     return {
         model.job_id: JobOutcome(status="succeeded", version=1, validation_accuracy=accuracy,
-                                 validation_loss=1 - accuracy)
+                                 validation_loss=1 - accuracy, validation_samples=samples)
         for model, accuracy in zip(study.stage(stage).models, accuracies, strict=True)
     }  # fmt: skip
 
@@ -187,6 +189,22 @@ def test_advancing_starts_stages_as_their_dependencies_succeed() -> None:
     assert second.stage("augmentation").status == "running"
     assert second.stage("secondary_custom").status == "running"
     assert second.stage("report").status == "pending"
+
+
+def test_a_stage_winner_by_a_margin_within_the_sampling_error_says_so() -> None:
+    first = advanced(_study(), {}, NOW)
+    assert first is not None
+    outcomes = {**_succeeded(first, "variations", [0.6672, 0.6648, 0.6544], samples=1250),
+                **_succeeded(first, "alexnet", [0.80], samples=1250)}  # fmt: skip
+    second = advanced(first, outcomes, NOW)
+    assert second is not None
+    close = second.stage("variations").winner
+    assert close is not None and close.validation_samples == 1250
+    assert "within two standard errors" in close.reason
+    # The best stage compares the winners again, with their sample counts.
+    clear = second.stage("best").winner
+    assert clear is not None and clear.label == "alexnet"
+    assert "standard error" not in clear.reason and clear.validation_samples == 1250
 
 
 def test_a_failed_job_fails_its_stage_and_skips_what_depends_on_it() -> None:

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
-from trainer.card import ModelCard
 from trainer.errors import InvalidInputError
 
 
@@ -35,18 +34,6 @@ class Winner(Candidate):
 
     reason: str
     candidates: list[Candidate] = Field(default_factory=list)
-
-
-def candidate_from_card(label: str, card: ModelCard) -> Candidate:
-    """The validation figures of a registered version."""
-    return Candidate(
-        label=label,
-        model_name=card.model_name,
-        version=card.version,
-        validation_accuracy=card.metrics.validation.accuracy,
-        validation_loss=card.metrics.validation.loss,
-        validation_samples=card.metrics.validation.samples,
-    )
 
 
 def pick_best(candidates: Sequence[Candidate]) -> Winner:

@@ -42,6 +42,7 @@ def _outcome(job: Job, registry: FileModelRegistry) -> JobOutcome:
         version=job.version,
         validation_accuracy=card.metrics.validation.accuracy,
         validation_loss=card.metrics.validation.loss,
+        validation_samples=card.metrics.validation.samples,
     )
 
 

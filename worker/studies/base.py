@@ -52,6 +52,7 @@ class JobOutcome:
     version: int | None = None
     validation_accuracy: float | None = None
     validation_loss: float | None = None
+    validation_samples: int | None = None
     error: str | None = None
 
 
@@ -95,6 +96,7 @@ def _finish_train_stage(
                     version=outcomes[model.job_id].version or 0,
                     validation_accuracy=outcomes[model.job_id].validation_accuracy or 0.0,
                     validation_loss=outcomes[model.job_id].validation_loss or 0.0,
+                    validation_samples=outcomes[model.job_id].validation_samples,
                 )
                 for model in stage.models
             ]
