@@ -19,6 +19,8 @@ from bench.processes import (
 from worker.command import celery_worker_command
 
 __all__ = [
+    "REDIS_HOST",
+    "REDIS_PORT",
     "Process",
     "celery_worker",
     "ensure_redis",
