@@ -106,21 +106,27 @@ def test_two_api_processes_serve_one_port_and_sum_their_telemetry(tmp_path: Path
                     break
         writers = _counting_processes(telemetry)
         assert len(writers) == 2, f"both processes should have counted requests: {writers}"
-        scrape = httpx.get(f"{url}/monitoring/prometheus/metrics").text
+
+        def requests_counted(scrape: str) -> float:
+            return _counter(
+                scrape, "daciavision_http_requests_total", method="POST", route="/predict",
+                status="200",
+            )  # fmt: skip
+
+        # The middleware counts a request once its response has gone out, so the client
+        # can hold the last answer a moment before its process has counted it.
+        def scrape_with_every_request() -> str | None:
+            scrape = httpx.get(f"{url}/monitoring/prometheus/metrics").text
+            return scrape if requests_counted(scrape) >= sent else None
+
+        scrape = wait_until(
+            scrape_with_every_request, timeout=10, what=f"{sent} /predict requests counted"
+        )
         assert (
             _counter(scrape, "daciavision_predictions_total", model_name=MODEL_NAME, version="1")
             == sent
         )
-        assert (
-            _counter(
-                scrape,
-                "daciavision_http_requests_total",
-                method="POST",
-                route="/predict",
-                status="200",
-            )
-            == sent
-        )
+        assert requests_counted(scrape) == sent
     assert not any(telemetry.iterdir()), "the telemetry folder outlives the server"
 
 
