@@ -46,7 +46,9 @@ def decode_inputs(inputs: PredictInputs, input_shape: InputShape, rows: slice) -
         decode_image(upload.data, input_shape, description=f"file {upload.filename!r}")
         for upload in inputs.files[rows]
     ]
-    return np.stack(arrays)
+    # One image (the commonest upload) as a view: np.stack would copy it, letting go of
+    # the GIL, which the event loop then waits to get back (see service/png_batch.py).
+    return arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
 
 
 def _count(inputs: PredictInputs) -> int:

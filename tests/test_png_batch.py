@@ -106,6 +106,18 @@ def test_the_pixels_are_pillows(mode: str, shape: tuple[int, int, int]) -> None:
         np.testing.assert_array_equal(decode_image(data, shape), expected)
 
 
+def test_scaling_to_the_unit_interval_is_numpys_division_bit_for_bit() -> None:
+    # The event loop scales a decoded upload in compiled code that keeps the GIL; a
+    # reciprocal multiply would differ in the last bit for some values.
+    every_value = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
+    scaled = png_kernel.to_unit_interval(every_value)
+    expected = every_value.astype(np.float32) / np.float32(255.0)
+    assert scaled.dtype == np.float32 and scaled.shape == every_value.shape
+    assert scaled.tobytes() == expected.tobytes()
+    reciprocal = every_value.astype(np.float32) * (np.float32(1.0) / np.float32(255.0))
+    assert reciprocal.tobytes() != expected.tobytes()  # so the check above can tell them apart
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_filter_method_and_split_streams_give_pillows_pixels(channels: int) -> None:
     rng = np.random.default_rng(channels)
