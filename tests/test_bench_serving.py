@@ -71,6 +71,8 @@ def _measured(*, ours_rate: float, ours_p99: float, idle_p50: float, batch_rate:
     raw = {
         "batch1_ms": 1.5,
         ONE_THREAD + "batch1_ms": 1.0,
+        "batch1_after_pause_ms": 1.9,
+        ONE_THREAD + "batch1_after_pause_ms": 1.4,
         "batch1_predict_ms": 20.0,
         "batch64_images_per_second": 4000.0,
         ONE_THREAD + "batch64_images_per_second": 3000.0,
@@ -131,6 +133,8 @@ def test_each_missed_target_is_reported_with_its_shortfall() -> None:
     assert "30.0 ms over" in shortfalls
     assert "2% short" in shortfalls
     assert "0.50 ms over" in shortfalls
+    # The pause figure of the thread setting target 7 was judged against (one thread).
+    assert "after a 1 ms pause, as an idle server's follows one, took 1.40 ms" in shortfalls
     document = section(measured, "python -m bench.serve")
     assert document.count("| **missed** |") == 4
     assert document.startswith("<!-- bench:serving:start -->")

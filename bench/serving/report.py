@@ -13,7 +13,7 @@ from importlib import metadata
 from bench.harness import CpuMeter, cpu_model, nproc, present_cpu_flags
 from bench.serving.contenders import bentoml_version
 from bench.serving.hey import LoadResult
-from bench.serving.raw import ONE_THREAD, raw_batch1_ms, raw_images_per_second
+from bench.serving.raw import ONE_THREAD, PAUSE_SECONDS, raw_batch1_ms, raw_images_per_second
 from bench.serving.workload import BATCH_IMAGES, CONCURRENCY, MODELS_LOADED_FOR_MEMORY
 from worker.settings import Settings
 
@@ -133,10 +133,18 @@ def verdicts(m: Measured) -> list[Verdict]:
                 f"+{extra:.2f} ms",
                 "≤ +2 ms",
                 extra <= 2.0,
-                f"{extra - 2:.2f} ms over; {_others(idle)} during this measurement",
+                f"{extra - 2:.2f} ms over; {_others(idle)} during this measurement; the "
+                f"same raw call after a {PAUSE_SECONDS * 1000:.0f} ms pause, as an idle "
+                f"server's follows one, took {_after_pause_ms(m.raw):.2f} ms",
             )
         )
     return found
+
+
+def _after_pause_ms(raw: dict[str, float]) -> float:
+    # The thread setting of the faster tight-loop call, which target 7 is judged against.
+    one_thread = raw[ONE_THREAD + "batch1_ms"] <= raw["batch1_ms"]
+    return raw[(ONE_THREAD if one_thread else "") + "batch1_after_pause_ms"]
 
 
 def _versions() -> str:
@@ -192,6 +200,9 @@ def section(m: Measured, command: str) -> str:
         [
             f"| batch 1, ms per call (median) | {raw['batch1_ms']:.2f} | "
             f"{raw[ONE_THREAD + 'batch1_ms']:.2f} | {raw['batch1_predict_ms']:.2f} |",
+            f"| batch 1 after a {PAUSE_SECONDS * 1000:.0f} ms pause, ms per call (median) | "
+            f"{raw['batch1_after_pause_ms']:.2f} | "
+            f"{raw[ONE_THREAD + 'batch1_after_pause_ms']:.2f} | |",
             *(
                 f"| batch {size}, images/s | {raw[f'batch{size}_images_per_second']:,.0f} | "
                 f"{raw[f'{ONE_THREAD}batch{size}_images_per_second']:,.0f} | "
@@ -247,7 +258,11 @@ CPU shares are of the machine's capacity (cores × wall time) during that measur
 {raw_rows}
 
 The raw limit of target 6 is the fastest of the three at batch {BATCH_IMAGES}, the raw
-batch-1 call of target 7 the faster traced one. "One intra-op thread" is how our server
+batch-1 call of target 7 the faster traced one, timed in a tight loop. An idle server's
+call follows a pause instead (the rest of each request's round trip), and on the
+virtual machines measured a call after a pause took longer, whether the thread slept
+or spun meanwhile: the row after a {PAUSE_SECONDS * 1000:.0f} ms pause shows how much on
+this host. Target 7 is still judged against the tight loop. "One intra-op thread" is how our server
 runs each call by default (`DACIAVISION_INFERENCE_INTRA_OP_THREADS=1`); the other
 columns run on TensorFlow's default threads, one per core. The raw figures were measured
 in processes of their own right before the JSON run they are compared with (our server
