@@ -261,9 +261,9 @@ The raw limit of target 6 is the fastest of the three at batch {BATCH_IMAGES}, t
 batch-1 call of target 7 the faster traced one, timed in a tight loop. An idle server's
 call follows a pause instead (the rest of each request's round trip), and on the
 virtual machines measured a call after a pause took longer, whether the thread slept
-or spun meanwhile: the row after a {PAUSE_SECONDS * 1000:.0f} ms pause shows how much on
-this host. Target 7 is still judged against the tight loop. "One intra-op thread" is how our server
-runs each call by default (`DACIAVISION_INFERENCE_INTRA_OP_THREADS=1`); the other
+or spun meanwhile: the row after a {PAUSE_SECONDS * 1000:.0f} ms pause shows how much
+on this host. Target 7 is still judged against the tight loop. "One intra-op thread" is
+how our server runs each call by default (`DACIAVISION_INFERENCE_INTRA_OP_THREADS=1`); the other
 columns run on TensorFlow's default threads, one per core. The raw figures were measured
 in processes of their own right before the JSON run they are compared with (our server
 idle meanwhile), so that both meet the same machine; other processes used
