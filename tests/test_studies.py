@@ -402,6 +402,10 @@ def test_a_worker_start_advances_what_a_crash_left_behind(tmp_path: Path) -> Non
     uniform, targeted = (jobs.get(m.job_id) for m in after.stage("augmentation").models)
     assert uniform.spec["augmentation"]["enabled"] is True and uniform.spec["epochs"] == 2
     assert targeted.spec["augmentation"]["target_classes"] == "weak"
+    # The two retrains differ in the targeting alone.
+    assert {**targeted.spec["augmentation"], "target_classes": [], "reference_model": None} == (
+        uniform.spec["augmentation"]
+    )
     assert targeted.spec["augmentation"]["reference_model"] == {
         "model_name": best.model_name, "version": 1,
     }  # fmt: skip

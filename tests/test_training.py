@@ -113,15 +113,51 @@ def test_early_stopping_ends_before_the_epoch_budget(digits) -> None:  # type: i
     assert result.epochs_run < 60
 
 
-def test_oversample_repeats_target_classes_and_flags_them() -> None:
-    images = np.zeros((6, 2, 2, 1), dtype=np.float32)
+def test_oversample_repeats_target_classes_only() -> None:
+    images = np.arange(6, dtype=np.float32).reshape(6, 1, 1, 1)
     labels = np.array([0, 1, 2, 0, 1, 2], dtype=np.int64)
-    all_images, all_labels, flags = oversample(images, labels, [2], factor=3, augment_all=False)
+    all_images, all_labels = oversample(images, labels, [2], factor=3)
     assert np.bincount(all_labels).tolist() == [2, 2, 6]
-    assert len(all_images) == 10
-    assert flags[all_labels == 2].all() and not flags[all_labels != 2].any()
-    _, _, every = oversample(images, labels, [], factor=3, augment_all=True)
-    assert every.all() and len(every) == 6
+    assert sorted(all_images[all_labels == 2].ravel().tolist()) == [2, 2, 2, 5, 5, 5]
+    same_images, same_labels = oversample(images, labels, [], factor=3)
+    assert same_images is images and same_labels is labels
+
+
+def test_target_classes_augment_every_class() -> None:
+    # Augmenting the targets alone made the transforms a sign of those classes.
+    targeted = AugmentationSpec(target_classes=["cat"])
+    assert targeted.enabled
+    stored = AugmentationSpec.model_validate({"enabled": False, "target_classes": ["cat"]})
+    assert stored.enabled, "a spec stored with enabled false beside targets still augments all"
+    assert not AugmentationSpec().enabled
+
+
+def test_targeted_training_augments_the_other_classes_too(digits) -> None:  # type: ignore[no-untyped-def]
+    import tensorflow as tf
+
+    from trainer.train import _training_dataset
+
+    spec = parse_training_spec(
+        {
+            "dataset": "digits",
+            "augmentation": {
+                "target_classes": ["8"],
+                "oversample_factor": 3,
+                "rotation_degrees": 30,
+                "width_shift": 0,
+                "height_shift": 0,
+                "zoom": 0,
+            },
+        }
+    )
+    batches = list(_training_dataset(spec, digits, ["8"], tf.Variable(0)))
+    images = np.concatenate([x.numpy() for x, _ in batches])
+    labels = np.concatenate([y.numpy() for _, y in batches])
+    assert np.bincount(labels)[8] == 3 * np.bincount(digits.train.y)[8]
+    originals = {image.tobytes() for image in digits.train.x}
+    others = images[labels != 8]
+    unchanged = sum(image.tobytes() in originals for image in others)
+    assert unchanged < 0.05 * len(others), f"{unchanged} of {len(others)} left as they were"
 
 
 def test_flip_is_off_for_digits_and_on_for_natural_images() -> None:

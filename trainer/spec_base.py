@@ -58,7 +58,11 @@ class AugmentationSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(False, description="Augment every training image.")
+    enabled: bool = Field(
+        False,
+        description="Augment every training image. Target classes turn it on: augmenting "
+        "only some classes makes the transforms themselves a sign of those classes.",
+    )
     rotation_degrees: float = Field(15.0, ge=0, le=180, description="Random rotation, ±degrees.")
     width_shift: float = Field(0.1, ge=0, lt=1, description="Random horizontal shift fraction.")
     height_shift: float = Field(0.1, ge=0, lt=1, description="Random vertical shift fraction.")
@@ -92,8 +96,9 @@ class AugmentationSpec(BaseModel):
         | Literal["weak"]
     ) = Field(
         default_factory=list,
-        description="Class names whose samples are oversampled and augmented, or 'weak' for "
-        "the weak classes of reference_model.",
+        description="Class names whose samples appear oversample_factor times, each time as "
+        "a new random view, or 'weak' for the weak classes of reference_model. Every image "
+        "is augmented then, of every class ('enabled' is set).",
     )
     oversample_factor: int = Field(
         2, ge=1, le=10, description="Each target-class sample appears this many times."
@@ -108,9 +113,13 @@ class AugmentationSpec(BaseModel):
             raise ValueError("target_classes 'weak' needs a reference_model to find them")
         return self
 
-    @property
-    def active(self) -> bool:
-        return self.enabled or bool(self.target_classes)
+    @model_validator(mode="after")
+    def _targets_augment_every_class(self) -> AugmentationSpec:
+        # Set rather than rejected when false: specs stored before this rule said
+        # "enabled": false beside their targets, and they must still load.
+        if self.target_classes:
+            self.enabled = True
+        return self
 
 
 TestTimeAugmentation = Literal["none", "flip", "shifts", "flip_and_shifts"]

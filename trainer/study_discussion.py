@@ -105,8 +105,8 @@ def _augmentation(report: StudyReport) -> list[str]:
         if effect.target_classes:
             target = f" (targeted at {', '.join(effect.target_classes)})"
         elif variant.augmentation.get("target_classes") == "weak":
-            # "weak" resolved to no class: nothing was oversampled or augmented.
-            target = " (no class of the reference was weak, so nothing was targeted)"
+            # "weak" resolved to no class: every image was augmented, none oversampled.
+            target = " (no class of the reference was weak, so no class was oversampled)"
         else:
             target = ""
         test = effect.mcnemar

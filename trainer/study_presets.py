@@ -6,8 +6,9 @@
 3. ``secondary_custom`` / ``secondary_alexnet``: the winning variation and alexnet on
    the secondary dataset (MNIST at 25%), 15 and 20 epochs.
 4. ``best``: the better primary model by validation accuracy; then ``augmentation``
-   retrains it with uniform augmentation (the lab's settings, 60 epochs) and with
-   augmentation targeted at its weak classes (from its validation report).
+   retrains it with uniform augmentation (the lab's settings, 60 epochs) and with the
+   same augmentation plus twice the images of its weak classes (from its validation
+   report), each a new random view.
 5. ``reference`` (``include_reference``): the whitened_cnn recipe on the same sample, the
    most accurate per training time of the built-in recipes (docs/benchmarks.md).
 6. ``report``: the comparison and the report.
@@ -151,8 +152,10 @@ def cnn_lab_stages(request: StudyRequest) -> list[StageSpec]:
                     from_winner="best",
                     overrides={
                         "epochs": _epochs(request, "augmentation"),
-                        # reference_model is set to the winner when the stage starts.
-                        "augmentation": {"target_classes": "weak"},
+                        # The uniform run's augmentation plus extra views of the weak
+                        # classes: the two differ in the targeting alone. reference_model
+                        # is set to the winner when the stage starts.
+                        "augmentation": {**uniform, "target_classes": "weak"},
                     },
                     reference_winner="best",
                 ),

@@ -181,7 +181,7 @@ def _report_model(entry: ReportInput, labels: IntArray) -> ReportModel:
         test_set=sample_key(card),
         hyperparameters=hyperparameters,
         augmentation_target_classes=card.augmentation_target_classes,
-        augmented=card.spec.augmentation.active,
+        augmented=card.spec.augmentation.enabled,
         augmentation=card.spec.augmentation.model_dump(mode="json"),
         parameter_count=card.parameter_count,
         model_file_bytes=card.model_file_bytes,

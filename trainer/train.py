@@ -160,16 +160,11 @@ def _training_dataset(
     ``epoch`` is the epoch being fed (see _EpochCounter): alternating flips depend on it.
     """
     target_indices = [data.info.class_names.index(name) for name in target_classes]
-    images, labels, augment_flags = oversample(
-        data.train.x,
-        data.train.y,
-        target_indices,
-        factor=spec.augmentation.oversample_factor,
-        augment_all=spec.augmentation.enabled,
+    images, labels = oversample(
+        data.train.x, data.train.y, target_indices, factor=spec.augmentation.oversample_factor
     )
     images_tensor = tf.constant(images)
     labels_tensor = tf.constant(labels)
-    flags_tensor = tf.constant(augment_flags)
     # Which images the first epoch flips; later epochs alternate from there.
     first_flips = tf.constant(np.random.default_rng(spec.seed).random(len(labels)) < 0.5)
 
@@ -178,7 +173,6 @@ def _training_dataset(
         return (
             tf.gather(images_tensor, indices),
             tf.gather(labels_tensor, indices),
-            tf.gather(flags_tensor, indices),
             flipped,
         )
 
@@ -188,13 +182,11 @@ def _training_dataset(
         .batch(spec.batch_size)
         .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     )
-    if spec.augmentation.active:
+    if spec.augmentation.enabled:
         augmenter = build_augmenter(spec.augmentation, data.info, seed=spec.seed)
         alternate = spec.augmentation.alternating_flip and flips(spec.augmentation, data.info)
 
-        def augment(
-            x: tf.Tensor, y: tf.Tensor, flags: tf.Tensor, flipped: tf.Tensor
-        ) -> tuple[tf.Tensor, tf.Tensor]:
+        def augment(x: tf.Tensor, y: tf.Tensor, flipped: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             # An augmenter with nothing random left (alternating flips only) cannot run.
             augmented = augmenter(x, training=True) if augmenter.layers else x
             if alternate:
@@ -202,11 +194,11 @@ def _training_dataset(
                 augmented = tf.where(
                     flipped[:, tf.newaxis, tf.newaxis, tf.newaxis], mirrored, augmented
                 )
-            return tf.where(flags[:, tf.newaxis, tf.newaxis, tf.newaxis], augmented, x), y
+            return augmented, y
 
         dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        dataset = dataset.map(lambda x, y, flags, flipped: (x, y))
+        dataset = dataset.map(lambda x, y, flipped: (x, y))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
