@@ -109,7 +109,7 @@ DEFINITION = ArchitectureDefinition(
             },
         },
         "weak_classes": {
-            "summary": "Oversample and augment a reference model's weak classes",
+            "summary": "Augment every image and oversample a reference model's weak classes",
             "value": {
                 "dataset": "cifar10",
                 "sample_fraction": 0.25,
