@@ -16,6 +16,7 @@ from service.deps import Services
 from service.errors import error_responses, install_error_handlers
 from service.limits import BodyLimitMiddleware, RequestTimeoutMiddleware, body_limit_for
 from service.monitoring import install_monitoring
+from service.monitoring import router as monitoring_router
 from service.routes import (
     dashboard,
     health,
@@ -31,6 +32,7 @@ from service.security import (
     RouteAccess,
     TrustedHostMiddleware,
     check_access_before_body_validation,
+    document_key_security,
     host_policy,
 )
 from worker.recovery import requeue_orphaned_jobs
@@ -135,6 +137,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     telemetry = [] if services.settings.prometheus_open else [Depends(TELEMETRY_ACCESS)]
     install_monitoring(app, dependencies=telemetry)
+    protected = [route for router, _ in ACCESS for route in router.routes]
+    if telemetry:
+        protected.extend(monitoring_router.routes)
+    document_key_security(app, protected)
     for router, access in ACCESS:
         app.include_router(
             router, dependencies=[Depends(access)], responses=error_responses(401, 403)

@@ -19,13 +19,15 @@ import hmac
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 
@@ -147,17 +149,48 @@ _API_KEY_HEADER = APIKeyHeader(
 )
 
 
-# The two ways to present a key, as FastAPI security dependencies: they are what puts
-# the schemes, and Swagger UI's "Authorize", into the OpenAPI document.
-BearerKey = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
-HeaderKey = Annotated[str | None, Depends(_API_KEY_HEADER)]
+def presented_key(headers: Headers) -> str | None:
+    """The key the request carries, from either header, as _BEARER and _API_KEY_HEADER read it."""
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return headers.get("x-api-key") or None
 
 
-def presented_key(bearer: HTTPAuthorizationCredentials | None, header: str | None) -> str | None:
-    """The key the request carries, from either header."""
-    if bearer is not None and bearer.credentials:
-        return bearer.credentials
-    return header or None
+def document_key_security(app: FastAPI, protected: Iterable[BaseRoute]) -> None:
+    """Declare the two key schemes in the OpenAPI document for the routes that check keys.
+
+    As _BEARER and _API_KEY_HEADER would as dependencies of RouteAccess (the schemes, and
+    each operation's "either scheme"), which is what Swagger UI's "Authorize" reads.
+    RouteAccess reads the headers itself instead: FastAPI solves every dependency anew
+    per request, and a single-image /predict spent about a third of its event-loop time
+    solving them.
+    """
+    operations = {
+        (route.path_format, method.lower())
+        for route in protected
+        if isinstance(route, APIRoute) and route.include_in_schema
+        for method in route.methods or ()
+    }
+    schemes = {
+        scheme.scheme_name: scheme.model.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for scheme in (_BEARER, _API_KEY_HEADER)
+    }
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        documented = app.openapi_schema is not None
+        schema = generate()
+        if documented:
+            return schema
+        for path, path_item in schema.get("paths", {}).items():
+            for method, operation in path_item.items():
+                if (path, method) in operations:
+                    operation["security"] = [{name: []} for name in schemes]
+        schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(schemes)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _same_origin_browser(request: Request, allowed_origins: frozenset[str]) -> bool:
@@ -187,12 +220,11 @@ class RouteAccess:
     def scope_for(self, method: str) -> Scope:
         return self.read if method.upper() in READ_METHODS else self.write
 
-    async def __call__(self, request: Request, bearer: BearerKey, header: HeaderKey) -> None:
+    async def __call__(self, request: Request) -> None:
         # async: cheap checks, so no thread from the shared pool is taken for them. The
-        # headers come straight from the security dependencies, not through one of our
-        # own: FastAPI solves each dependency anew per request, and a single-image
-        # /predict spent about a third of its event-loop time solving them.
-        key = presented_key(bearer, header)
+        # headers are read here, not through security dependencies (see
+        # document_key_security, which documents them).
+        key = presented_key(request.headers)
         keyring: Keyring = request.app.state.services.keyring
         scope = self.scope_for(request.method)
         if not keyring.open:
@@ -247,14 +279,6 @@ LOOPBACK_HOSTS: Final[tuple[str, ...]] = ("localhost", "127.0.0.1", "[::1]", "::
 _OPEN_PATH_PREFIX = "/health/"
 
 
-def _key_in_headers(headers: Headers) -> str | None:
-    # As presented_key, for code that runs outside FastAPI's dependencies.
-    scheme, _, credentials = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return headers.get("x-api-key") or None
-
-
 def access_denial(
     request: Request, access_by_route: Mapping[int, RouteAccess]
 ) -> DaciaVisionError | None:
@@ -267,9 +291,7 @@ def access_denial(
     if keyring.open or access is None:
         return None
     try:
-        access.check_key(
-            keyring, _key_in_headers(request.headers), access.scope_for(request.method)
-        )
+        access.check_key(keyring, presented_key(request.headers), access.scope_for(request.method))
     except (UnauthenticatedError, ForbiddenError) as error:
         return error
     return None

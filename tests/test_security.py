@@ -138,9 +138,22 @@ def test_openapi_declares_both_key_schemes_on_protected_routes(protected: TestCl
     }
     assert schemes["ApiKeyHeader"]["in"] == "header"
     assert schemes["ApiKeyHeader"]["name"] == "X-API-Key"
-    security = schema["paths"]["/jobs"]["post"]["security"]
-    assert {"BearerKey": []} in security and {"ApiKeyHeader": []} in security
+    either_key: list[dict[str, list[str]]] = [{"BearerKey": []}, {"ApiKeyHeader": []}]
+    for path, method in [
+        ("/jobs", "post"),
+        ("/predict", "post"),
+        ("/models", "get"),
+        ("/monitoring/prometheus/metrics", "get"),
+    ]:
+        assert schema["paths"][path][method]["security"] == either_key, (path, method)
     assert "security" not in schema["paths"]["/health/live"]["get"]
+
+
+def test_openapi_leaves_opened_telemetry_without_key_schemes(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, api_keys=KEYS_SETTING, prometheus_open=True)
+    schema = TestClient(create_app(settings)).get("/openapi.json").json()
+    assert "security" not in schema["paths"]["/monitoring/prometheus/metrics"]["get"]
+    assert "security" in schema["paths"]["/predict"]["post"]
 
 
 def test_settings_hold_only_hashes_and_keys_compare_by_hash() -> None:
