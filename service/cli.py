@@ -99,10 +99,10 @@ def _add_client_parsers(commands: Any) -> None:
         action.set_defaults(handler=handler)
         followers.append(action)
     predict = commands.add_parser("predict", help="classify image files with a served model")
-    predict.add_argument("files", nargs="+")
-    predict.add_argument("--model-name", required=True)
+    predict.add_argument("files", nargs="+", help="PNG, JPEG, BMP or GIF images")
+    predict.add_argument("--model-name", required=True, help="a registered model's name")
     predict.add_argument("--version", help="number or alias (default: production, else latest)")
-    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--top-k", type=int, default=3, help="classes shown per image (3)")
     predict.set_defaults(handler=client.predict_command)
     for command in (submit, listing, *followers, predict, *add_study_parser(commands)):
         command.add_argument(

@@ -49,6 +49,7 @@ def _request_body(arguments: argparse.Namespace) -> dict[str, Any]:
         "sample_fraction": arguments.sample_fraction,
         "primary_dataset": arguments.primary_dataset,
         "secondary_dataset": arguments.secondary_dataset,
+        "seed": arguments.seed,
         "name": arguments.name,
     }
     return {key: value for key, value in given.items() if value is not None}
@@ -140,19 +141,22 @@ def add_study_parser(commands: Any) -> list[argparse.ArgumentParser]:
     study = commands.add_parser("study", help="run the CNN lab as one study on a server")
     actions = study.add_subparsers(dest="action", required=True)
     run = actions.add_parser("run", help="start a study from a preset")
-    run.add_argument("preset", choices=PRESETS)
+    run.add_argument("preset", choices=PRESETS, help="the protocol to run")
     run.add_argument("--quick", action="store_true", help="small samples, few epochs")
     run.add_argument("--no-reference", action="store_true", help="skip the whitened_cnn reference")
     run.add_argument("--epochs", type=int, help="every training's epochs")
     run.add_argument("--sample-fraction", type=float, help="share of each class kept")
     run.add_argument("--primary-dataset", choices=DATASET_NAMES, help="the lab's CIFAR-10")
     run.add_argument("--secondary-dataset", choices=DATASET_NAMES, help="the lab's MNIST")
-    run.add_argument("--name")
+    run.add_argument(
+        "--seed", type=int, help="every training's seed (sampling, splits, weights; default 42)"
+    )
+    run.add_argument("--name", help="a title for the study and its report")
     run.add_argument("--follow", action="store_true", help="then show a progress bar per stage")
     run.set_defaults(handler=run_command)
     show = actions.add_parser("show", help="stages, progress and winners")
     show.add_argument("study_id")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true", help="the study as the API returns it")
     show.set_defaults(handler=show_command)
     cancel = actions.add_parser("cancel", help="cancel the study's jobs")
     cancel.add_argument("study_id")

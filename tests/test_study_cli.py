@@ -51,6 +51,13 @@ def test_run_sends_only_the_given_options(monkeypatch: pytest.MonkeyPatch) -> No
     assert seen[0].read() == b'{"preset":"cnn-lab","quick":true,"epochs":3}'
 
 
+def test_run_sends_the_seed_and_the_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[httpx.Request] = []
+    _serve(monkeypatch, seen)
+    assert main(["study", "run", "cnn-lab", "--seed", "7", "--name", "lab, seed 7"]) == 0
+    assert seen[0].read() == b'{"preset":"cnn-lab","seed":7,"name":"lab, seed 7"}'
+
+
 def test_stage_lines_show_a_bar_and_the_winner() -> None:
     lines = study_cli.stage_lines(STUDY, width=10)
     assert "[##########] succeeded" in lines[1] and "winner: 64/128/256" in lines[1]
