@@ -252,20 +252,22 @@ VersionNumberPath = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Versi
 AliasPath = Annotated[str, Path(description="Alias (TF Serving's version label).")]
 
 
-async def default_model_version(registry: RegistryDep, model_name: ModelNamePath) -> ModelVersion:
-    return await resolved_version(registry, model_name, None)
+# The versions of the TF Serving routes, as model_version_from_query: the registry from
+# the request, so that a prediction solves no dependency beyond the version's own.
+async def default_model_version(request: Request, model_name: ModelNamePath) -> ModelVersion:
+    return await resolved_version(services_of(request).registry, model_name, None)
 
 
 async def numbered_model_version(
-    registry: RegistryDep, model_name: ModelNamePath, version: VersionNumberPath
+    request: Request, model_name: ModelNamePath, version: VersionNumberPath
 ) -> ModelVersion:
-    return await resolved_version(registry, model_name, version)
+    return await resolved_version(services_of(request).registry, model_name, version)
 
 
 async def labelled_model_version(
-    registry: RegistryDep, model_name: ModelNamePath, alias: AliasPath
+    request: Request, model_name: ModelNamePath, alias: AliasPath
 ) -> ModelVersion:
-    return await resolved_version(registry, model_name, alias)
+    return await resolved_version(services_of(request).registry, model_name, alias)
 
 
 QueryModelVersionDep = Annotated[ModelVersion, Depends(model_version_from_query)]

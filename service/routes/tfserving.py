@@ -26,7 +26,7 @@ from service.deps import (
     NumberedModelVersionDep,
     RegistryDep,
     Services,
-    ServicesDep,
+    services_of,
 )
 from service.errors import error_responses
 from service.monitoring import record_predictions
@@ -149,28 +149,28 @@ _PREDICT_OPTIONS: dict[str, Any] = {
 
 @router.post("/{model_name}:predict", summary="Predict (default version)", **_PREDICT_OPTIONS)
 async def predict_default(
-    request: Request, model_version: DefaultModelVersionDep, services: ServicesDep
+    request: Request, model_version: DefaultModelVersionDep
 ) -> Response:  # fmt: skip
     """Class probabilities from the `production` version, else the latest."""
-    return await _predict(request, model_version, services)
+    return await _predict(request, model_version, services_of(request))
 
 
 @router.post(
     "/{model_name}/versions/{version}:predict", summary="Predict (version)", **_PREDICT_OPTIONS
 )
 async def predict_version(
-    request: Request, model_version: NumberedModelVersionDep, services: ServicesDep
+    request: Request, model_version: NumberedModelVersionDep
 ) -> Response:  # fmt: skip
     """Class probabilities from one version."""
-    return await _predict(request, model_version, services)
+    return await _predict(request, model_version, services_of(request))
 
 
 @router.post("/{model_name}/labels/{alias}:predict", summary="Predict (label)", **_PREDICT_OPTIONS)
 async def predict_label(
-    request: Request, model_version: LabelledModelVersionDep, services: ServicesDep
+    request: Request, model_version: LabelledModelVersionDep
 ) -> Response:  # fmt: skip
     """Class probabilities from the version an alias (TF Serving label) points at."""
-    return await _predict(request, model_version, services)
+    return await _predict(request, model_version, services_of(request))
 
 
 def _status(versions: list[int]) -> ModelStatus:
