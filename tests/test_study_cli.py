@@ -7,9 +7,12 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from service import study_cli
+from service.app import create_app
 from service.cli import build_parser, main
+from worker.settings import Settings
 
 STUDY: dict[str, Any] = {
     "study_id": "a" * 32, "status": "succeeded", "progress": 1.0,
@@ -98,3 +101,14 @@ def test_markdown_report_is_saved_with_its_plots(
 def test_the_preset_choices_come_from_the_definitions() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["study", "run", "no-such-preset"])
+
+
+def test_a_seed_out_of_range_is_refused_by_the_server_with_its_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The CLI does not bound the seed itself: the API's StudyRequest does, one definition.
+    app = create_app(Settings(home=tmp_path))
+    monkeypatch.setattr(study_cli, "api_client", lambda arguments: TestClient(app))
+    assert main(["study", "run", "cnn-lab", "--seed", "-1"]) == 1
+    error = capsys.readouterr().err
+    assert "422 from POST /studies" in error and "seed" in error
