@@ -234,8 +234,8 @@ async def model_version_from_query(
     request: Request, model_name: ModelNameQuery, version: VersionQuery = None
 ) -> ModelVersion:
     # The registry from the request rather than RegistryDep: FastAPI solves each
-    # dependency anew per request, and a single-image /predict spent about a third of
-    # its event-loop time solving them.
+    # dependency anew per request (/predict, the hottest route, resolves its version
+    # in the endpoint for the same reason).
     return await resolved_version(services_of(request).registry, model_name, version)
 
 
