@@ -14,6 +14,7 @@ import httpx
 
 from service.client import ServerError, api_call, api_client
 from trainer.datasets import DATASET_NAMES
+from trainer.spec_base import TrainingSpecBase
 from trainer.study_spec import PRESETS
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -148,8 +149,11 @@ def add_study_parser(commands: Any) -> list[argparse.ArgumentParser]:
     run.add_argument("--sample-fraction", type=float, help="share of each class kept")
     run.add_argument("--primary-dataset", choices=DATASET_NAMES, help="the lab's CIFAR-10")
     run.add_argument("--secondary-dataset", choices=DATASET_NAMES, help="the lab's MNIST")
+    default_seed = TrainingSpecBase.model_fields["seed"].default
     run.add_argument(
-        "--seed", type=int, help="every training's seed (sampling, splits, weights; default 42)"
+        "--seed",
+        type=int,
+        help=f"every training's seed (sampling, splits, weights; default {default_seed})",
     )
     run.add_argument("--name", help="a title for the study and its report")
     run.add_argument("--follow", action="store_true", help="then show a progress bar per stage")
