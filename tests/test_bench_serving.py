@@ -138,3 +138,28 @@ def test_each_missed_target_is_reported_with_its_shortfall() -> None:
     document = section(measured, "python -m bench.serve")
     assert document.count("| **missed** |") == 4
     assert document.startswith("<!-- bench:serving:start -->")
+
+
+def test_settings_comparison_reports_the_median_ratio_and_the_rounds_won() -> None:
+    from bench.serve_settings import Round, Side, parse_args, section
+
+    sides = [Side("baseline", {}), Side("candidate", {"DACIAVISION_BATCH_THREADS": "3"})]
+    rounds = [
+        Round(_load(100, 20, 40), _load(110, 20, 40)),
+        Round(_load(200, 20, 40), _load(180, 20, 40)),
+        Round(_load(150, 20, 40), _load(165, 20, 40)),
+    ]
+    text = section(sides, rounds, parse_args(["--candidate", "DACIAVISION_BATCH_THREADS=3"]))
+
+    assert "median **1.100×** over\n3 rounds (from 0.900× to 1.100×)" in text
+    assert "served more in 2 of 3" in text
+    assert "| candidate: `DACIAVISION_BATCH_THREADS=3` | 165.0 |" in text
+    assert "| baseline: the defaults | 150.0 |" in text
+
+
+def test_a_setting_without_a_value_is_refused() -> None:
+    from bench.serve_settings import parse_settings
+
+    assert parse_settings(["api_processes=2", "X="]) == {"api_processes": "2", "X": ""}
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        parse_settings(["DACIAVISION_BATCH_THREADS"])
