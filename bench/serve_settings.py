@@ -15,6 +15,9 @@ Settings are environment variables of the server (``DACIAVISION_...``, see
     flock /tmp/daciavision-bench.lock .venv/bin/python -m bench.serve_settings \\
         --candidate DACIAVISION_BATCH_THREADS=3 --workload json
 
+A change of code is compared the same way: ``--baseline-checkout`` runs the baseline on
+another checkout of the project, such as ``git worktree add /tmp/before HEAD~1``.
+
 It prints every round and rewrites the "Serving settings side by side" section of
 docs/benchmarks.md (the last comparison run).
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +38,7 @@ from pathlib import Path
 from bench.harness import (
     DEFAULT_DATA_DIR,
     DEFAULT_DOC,
+    PROJECT_ROOT,
     cpu_flags,
     cpu_model,
     locked_command,
@@ -64,9 +69,25 @@ WORKLOADS = {"json": 4, "single": CONCURRENCY, "idle": 1}
 class Side:
     name: str
     settings: dict[str, str]
+    # The checkout of the project whose code this server runs, with this checkout's
+    # virtual environment: another one is a `git worktree` of another commit.
+    checkout: Path = PROJECT_ROOT
 
-    def describe(self) -> str:
-        return ", ".join(f"`{k}={v}`" for k, v in self.settings.items()) or "the defaults"
+    def describe(self, with_code: bool) -> str:
+        settings = ", ".join(f"`{k}={v}`" for k, v in self.settings.items()) or "the defaults"
+        if not with_code:
+            return settings
+        return f"{settings}; the code of `{self.checkout}` at {commit_of(self.checkout)}"
+
+
+def commit_of(checkout: Path) -> str:
+    """The checkout's commit, short, and whether its files differ from it."""
+    git = ["git", "-C", str(checkout)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()  # fmt: skip
+    changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    return f"{commit} with uncommitted changes" if changed else commit
 
 
 @dataclass
@@ -102,7 +123,8 @@ def server(side: Side, registry_dir: Path, home: Path) -> Contender:
         **settings,
     }
     url = f"http://127.0.0.1:{port}/predict?model_name={MODEL_NAME}"
-    return Contender(side.name, command, url, env=environment)
+    # uvicorn puts its working directory first on the import path: the checkout's code.
+    return Contender(side.name, command, url, env=environment, cwd=side.checkout)
 
 
 @dataclass(frozen=True)
@@ -178,6 +200,7 @@ def section(sides: Sequence[Side], rounds: Sequence[Round], args: argparse.Names
         "single": f"1 PNG per request, concurrency {CONCURRENCY}",
         "idle": "1 PNG per request, one at a time",
     }[args.workload]
+    with_code = len({side.checkout.resolve() for side in sides}) > 1
     rows = []
     for side in sides:
         results = [getattr(measured, side.name) for measured in rounds]
@@ -185,9 +208,8 @@ def section(sides: Sequence[Side], rounds: Sequence[Round], args: argparse.Names
         p50 = statistics.median(result.percentiles.get(50, float("nan")) for result in results)
         p99 = statistics.median(result.percentiles.get(99, float("nan")) for result in results)
         errors = sum(result.errors for result in results)
-        rows.append(
-            f"| {side.name}: {side.describe()} | {rate:,.1f} | {p50:.2f} | {p99:.2f} | {errors} |"
-        )
+        described = f"{side.name}: {side.describe(with_code)}"
+        rows.append(f"| {described} | {rate:,.1f} | {p50:.2f} | {p99:.2f} | {errors} |")
     table = "\n".join(rows)
     return f"""## Serving settings side by side
 
@@ -217,8 +239,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="Settings of the baseline server (default: none, the defaults).",
     )  # fmt: skip
     parser.add_argument(
-        "--candidate", nargs="+", required=True, metavar="NAME=VALUE",
+        "--candidate", nargs="*", default=[], metavar="NAME=VALUE",
         help=f"Settings of the candidate server; {API_PROCESSES}=N for uvicorn --workers N.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline-checkout", type=Path, metavar="PATH",
+        help="Run the baseline on the code of another checkout of the project, such as a "
+        "`git worktree add` of an earlier commit (with this checkout's virtual environment).",
     )  # fmt: skip
     parser.add_argument("--workload", choices=list(WORKLOADS), default="json")
     parser.add_argument("--rounds", type=int, default=10, help="(default: %(default)s)")
@@ -232,9 +259,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.candidate and not args.baseline and args.baseline_checkout is None:
+        raise SystemExit("nothing to compare: give --candidate, --baseline or --baseline-checkout")
     require_hey()
     sides = [
-        Side("baseline", parse_settings(args.baseline)),
+        Side("baseline", parse_settings(args.baseline), args.baseline_checkout or PROJECT_ROOT),
         Side("candidate", parse_settings(args.candidate)),
     ]
     rounds = compare(args, sides)

@@ -7,6 +7,9 @@ as missed.
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from bench.harness import CpuMeter
@@ -163,3 +166,22 @@ def test_a_setting_without_a_value_is_refused() -> None:
     assert parse_settings(["api_processes=2", "X="]) == {"api_processes": "2", "X": ""}
     with pytest.raises(SystemExit, match="NAME=VALUE"):
         parse_settings(["DACIAVISION_BATCH_THREADS"])
+
+
+def test_a_comparison_of_code_names_each_side_s_checkout_and_commit(tmp_path: Path) -> None:
+    from bench.serve_settings import Round, Side, parse_args, section
+
+    checkout = tmp_path / "before"
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "before"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()  # fmt: skip
+    sides = [Side("baseline", {}, checkout), Side("candidate", {})]
+    rounds = [Round(_load(100, 20, 40), _load(120, 20, 40))]
+    arguments = parse_args(["--baseline-checkout", str(checkout)])
+
+    text = section(sides, rounds, arguments)
+
+    assert f"| baseline: the defaults; the code of `{checkout}` at {commit} |" in text
+    assert "| candidate: the defaults; the code of `" in text
