@@ -15,7 +15,7 @@ import pytest
 from bench.harness import CpuMeter
 from bench.serving.hey import LoadResult, parse_hey
 from bench.serving.raw import ONE_THREAD
-from bench.serving.report import Measured, section, verdicts
+from bench.serving.report import JsonRound, Measured, section, verdicts
 
 # hey 0.1.4's summary (Debian's), as printed for a run with failures of both kinds:
 # answers other than 200 and requests that got no answer at all.
@@ -141,6 +141,26 @@ def test_each_missed_target_is_reported_with_its_shortfall() -> None:
     document = section(measured, "python -m bench.serve")
     assert document.count("| **missed** |") == 4
     assert document.startswith("<!-- bench:serving:start -->")
+
+
+def test_target_6_is_judged_on_the_median_of_its_rounds() -> None:
+    # Three rounds: 48%, 60% and 40% of their own raw limits. The median round, 48%,
+    # misses, though the median JSON rate over the median raw limit would be 50%.
+    measured = _measured(ours_rate=300, ours_p99=60, idle_p50=2.5, batch_rate=30)
+    measured.json_rounds = [
+        JsonRound(_load(30, 100, 200, images_per_request=64), 4000.0),
+        JsonRound(_load(45, 100, 200, images_per_request=64), 4800.0),
+        JsonRound(_load(25, 100, 200, images_per_request=64), 4000.0),
+    ]
+
+    (target_6,) = [v for v in verdicts(measured) if v.target.startswith("6.")]
+
+    assert not target_6.met
+    assert target_6.ratio == "48% (median of 3 rounds: 48%, 60%, 40%)"
+    assert (target_6.measured, target_6.baseline) == ("1920 images/s", "4000 images/s")
+    assert "2% short" in target_6.shortfall
+    document = section(measured, "python -m bench.serve")
+    assert "| 2 | 4,800 | 2,880 | 60% | 0% |" in document
 
 
 def test_settings_comparison_reports_the_median_ratio_and_the_rounds_won() -> None:

@@ -96,6 +96,48 @@ def run_raw(model_path: Path, images_path: Path) -> tuple[dict[str, float], CpuM
     return figures, meter
 
 
+def measure_batch(model_path: Path, images_path: Path, intra_op_threads: int, size: int) -> float:
+    """Images/s of the traced pass at ``size``, as ``measure_raw`` times it, alone."""
+    import keras
+
+    from service.inference import CompiledModel, limit_intra_op_threads
+
+    limit_intra_op_threads(intra_op_threads)
+    model = keras.saving.load_model(model_path, compile=False)
+    images = np.load(images_path)
+    forward = CompiledModel(model, images.shape[1:], max_batch_size=256)
+    forward.warm()
+    batch = np.resize(images, (size, *images.shape[1:]))
+    forward(batch)
+    samples: list[float] = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < 5.0 or len(samples) < 5:
+        begin = time.perf_counter()
+        np.asarray(forward(batch))
+        samples.append(time.perf_counter() - begin)
+    return size / statistics.median(samples)
+
+
+def run_raw_batch(model_path: Path, images_path: Path, size: int) -> float:
+    """The traced pass's images/s at ``size``, the faster of the two thread settings, each
+    in a process of its own. ``model.predict``, the third way ``run_raw`` times, is left
+    out: it is 10–30× slower at batch 64 and never the fastest."""
+    code = (
+        "import sys; from pathlib import Path; from bench.serving.raw import measure_batch; "
+        "print(measure_batch(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), "
+        "int(sys.argv[4])))"
+    )
+    rates = []
+    for threads in (0, 1):
+        output = subprocess.run(
+            [sys.executable, "-c", code, str(model_path), str(images_path), str(threads),
+             str(size)],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        rates.append(float(output.strip().splitlines()[-1]))
+    return max(rates)
+
+
 def _faster_batch1_setting(raw: dict[str, float]) -> str:
     """The key prefix of the thread setting whose tight-loop batch-1 call was faster."""
     return ONE_THREAD if raw[ONE_THREAD + "batch1_ms"] < raw["batch1_ms"] else ""

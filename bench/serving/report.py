@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import statistics
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 
@@ -26,6 +27,18 @@ from worker.settings import Settings
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
+@dataclass(frozen=True)
+class JsonRound:
+    """One round of target 6: ours under JSON batches, and the raw limit right before."""
+
+    json: LoadResult
+    raw_images_per_second: float
+
+    @property
+    def ratio(self) -> float:
+        return self.json.images_per_second / self.raw_images_per_second
+
+
 @dataclass
 class Measured:
     """Everything one run measured."""
@@ -39,6 +52,19 @@ class Measured:
     whole_run: CpuMeter
     seconds: float
     api_processes: int
+    # Target 6's rounds, the raw limit and the JSON run alternating; the first is ``raw``
+    # and ours' "batch" run. Empty: that pair alone.
+    json_rounds: list[JsonRound] = field(default_factory=list)
+
+
+def json_rounds(m: Measured) -> list[JsonRound]:
+    """Target 6's rounds: the recorded ones, or the one pair of ``raw`` and "batch"."""
+    if m.json_rounds:
+        return m.json_rounds
+    batch = m.runs.get("ours", {}).get("batch")
+    if batch is None:
+        return []
+    return [JsonRound(batch, raw_images_per_second(m.raw, BATCH_IMAGES))]
 
 
 def _batching_defaults() -> str:
@@ -113,19 +139,25 @@ def verdicts(m: Measured) -> list[Verdict]:
                 "; ".join(single.error_lines) or f"{single.errors} non-200 answers",
             )
         )
-    raw64 = raw_images_per_second(m.raw, BATCH_IMAGES)
-    if (batch := ours.get("batch")) is not None:
-        ratio = batch.images_per_second / raw64
+    if rounds := json_rounds(m):
+        # The median round: the host's speed drifts between rounds, and each round's
+        # raw limit was measured right before its JSON run.
+        ratio = statistics.median(r.ratio for r in rounds)
+        json_rate = statistics.median(r.json.images_per_second for r in rounds)
+        raw_rate = statistics.median(r.raw_images_per_second for r in rounds)
+        each = ", ".join(f"{r.ratio:.0%}" for r in rounds)
+        others = max(r.json.others_cpu for r in rounds)
         found.append(
             Verdict(
                 f"6. JSON, {BATCH_IMAGES} PNG images per request: images/s vs raw batch 64",
-                f"{batch.images_per_second:.0f} images/s",
-                f"{raw64:.0f} images/s",
-                f"{ratio:.0%}",
+                f"{json_rate:.0f} images/s",
+                f"{raw_rate:.0f} images/s",
+                f"{ratio:.0%}"
+                + (f" (median of {len(rounds)} rounds: {each})" if len(rounds) > 1 else ""),
                 "≥ 50%",
                 ratio >= 0.5,
-                f"{0.5 - ratio:.0%} short; {_others(batch)} during this measurement, "
-                f"{m.raw_meter.use.others:.0%} during the raw one",
+                f"{0.5 - ratio:.0%} short; other processes used up to {others:.0%} of the CPU "
+                f"during the JSON runs, {m.raw_meter.use.others:.0%} during the first raw one",
             )
         )
     if (idle := ours.get("idle")) is not None:
@@ -160,6 +192,28 @@ def _versions() -> str:
         ).stdout
         found.append(f"hey {package or hey} (Debian)")
     return ", ".join(found)
+
+
+def _rounds_text(m: Measured) -> str:
+    rounds = json_rounds(m)
+    if len(rounds) < 2:
+        return ""
+    rows = "\n".join(
+        f"| {number} | {r.raw_images_per_second:,.0f} | {r.json.images_per_second:,.0f} | "
+        f"{r.ratio:.0%} | {r.json.others_cpu:.0%} |"
+        for number, r in enumerate(rounds, 1)
+    )
+    return f"""
+
+Target 6 ran in {len(rounds)} rounds, each the raw limit at batch {BATCH_IMAGES} and then ours
+under JSON batches, and is judged on the median round: this host's speed drifts
+between rounds. The first round is the raw table above and the JSON row of the
+contenders' table; later rounds time the traced pass alone, on both thread settings
+(`model.predict` is never the fastest).
+
+| Round | Raw limit, images/s | Ours, JSON, images/s | Ratio | CPU: others |
+|---|---|---|---|---|
+{rows}"""
 
 
 CONTENDERS_HEADER = (
@@ -267,7 +321,7 @@ how our server runs each call by default (`DACIAVISION_INFERENCE_INTRA_OP_THREAD
 columns run on TensorFlow's default threads, one per core. The raw figures were measured
 in processes of their own right before the JSON run they are compared with (our server
 idle meanwhile), so that both meet the same machine; other processes used
-{m.raw_meter.use.others:.0%} of the CPU while they were measured.
+{m.raw_meter.use.others:.0%} of the CPU while they were measured.{_rounds_text(m)}
 
 | Also recorded | Value |
 |---|---|
