@@ -20,14 +20,10 @@ from bench.serving.workload import BATCH_IMAGES
 PAUSE_SECONDS = 0.001
 
 
-def measure_raw(model_path: Path, images_path: Path, intra_op_threads: int = 0) -> dict[str, float]:
-    """The model called in-process: a traced forward pass per batch size, and model.predict.
-
-    The traced pass, called as the service calls it (``service.inference``: a concrete
-    function per batch size, traced before the clock starts), is the fastest way to
-    call a Keras model here, so the raw limit is as high as it can be. With
-    ``intra_op_threads`` (as the service sets them) only the traced pass is measured.
-    """
+def _traced(model_path: Path, images_path: Path, intra_op_threads: int) -> tuple[Any, Any, Any]:
+    """The model, the test images and its traced pass as the service calls it
+    (``service.inference``: a concrete function per batch size, traced and warmed here,
+    before any clock starts)."""
     import keras
 
     from service.inference import CompiledModel, limit_intra_op_threads
@@ -37,36 +33,58 @@ def measure_raw(model_path: Path, images_path: Path, intra_op_threads: int = 0) 
     images = np.load(images_path)
     forward = CompiledModel(model, images.shape[1:], max_batch_size=256)
     forward.warm()
+    return model, images, forward
 
+
+def _median_seconds(call: Any, batch: np.ndarray, budget: float, pause: float = 0.0) -> float:
+    """The median seconds of ``call(batch)`` over ``budget`` seconds (at least 5 calls)."""
+    call(batch)  # trace and warm
+    call(batch)
+    samples: list[float] = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < budget or len(samples) < 5:
+        if pause:
+            time.sleep(pause)
+        begin = time.perf_counter()
+        np.asarray(call(batch))
+        samples.append(time.perf_counter() - begin)
+    return statistics.median(samples)
+
+
+def measure_raw(model_path: Path, images_path: Path, intra_op_threads: int = 0) -> dict[str, float]:
+    """The model called in-process: a traced forward pass per batch size, and model.predict.
+
+    The traced pass is the fastest way to call a Keras model here, so the raw limit is
+    as high as it can be. With ``intra_op_threads`` (as the service sets them) only the
+    traced pass is measured.
+    """
+    model, images, forward = _traced(model_path, images_path, intra_op_threads)
     figures: dict[str, float] = {}
-
-    def timed(call: Any, batch: np.ndarray, budget: float, pause: float = 0.0) -> float:
-        call(batch)  # trace and warm
-        call(batch)
-        samples: list[float] = []
-        started = time.perf_counter()
-        while time.perf_counter() - started < budget or len(samples) < 5:
-            if pause:
-                time.sleep(pause)
-            begin = time.perf_counter()
-            np.asarray(call(batch))
-            samples.append(time.perf_counter() - begin)
-        return statistics.median(samples)
 
     def predict(batch: np.ndarray) -> Any:
         return model.predict(batch, verbose=0, batch_size=len(batch))
 
     one = images[:1]
-    figures["batch1_ms"] = timed(forward, one, 3.0) * 1000
-    figures["batch1_after_pause_ms"] = timed(forward, one, 2.0, pause=PAUSE_SECONDS) * 1000
+    figures["batch1_ms"] = _median_seconds(forward, one, 3.0) * 1000
+    figures["batch1_after_pause_ms"] = (
+        _median_seconds(forward, one, 2.0, pause=PAUSE_SECONDS) * 1000
+    )
     if not intra_op_threads:
-        figures["batch1_predict_ms"] = timed(predict, one, 3.0) * 1000
+        figures["batch1_predict_ms"] = _median_seconds(predict, one, 3.0) * 1000
     for size in (BATCH_IMAGES, 256):
-        batch = np.resize(images, (size, *images.shape[1:]))
-        figures[f"batch{size}_images_per_second"] = size / timed(forward, batch, 5.0)
+        figures[f"batch{size}_images_per_second"] = measure_batch_with(forward, images, size)
         if not intra_op_threads:
-            figures[f"batch{size}_predict_images_per_second"] = size / timed(predict, batch, 3.0)
+            batch = np.resize(images, (size, *images.shape[1:]))
+            figures[f"batch{size}_predict_images_per_second"] = size / _median_seconds(
+                predict, batch, 3.0
+            )
     return figures
+
+
+def measure_batch_with(forward: Any, images: np.ndarray, size: int) -> float:
+    """Images/s of ``forward`` on ``size`` of the images (repeated as needed)."""
+    batch = np.resize(images, (size, *images.shape[1:]))
+    return size / _median_seconds(forward, batch, 5.0)
 
 
 # The traced pass on one intra-op thread, as the service runs it by default; its
@@ -97,25 +115,9 @@ def run_raw(model_path: Path, images_path: Path) -> tuple[dict[str, float], CpuM
 
 
 def measure_batch(model_path: Path, images_path: Path, intra_op_threads: int, size: int) -> float:
-    """Images/s of the traced pass at ``size``, as ``measure_raw`` times it, alone."""
-    import keras
-
-    from service.inference import CompiledModel, limit_intra_op_threads
-
-    limit_intra_op_threads(intra_op_threads)
-    model = keras.saving.load_model(model_path, compile=False)
-    images = np.load(images_path)
-    forward = CompiledModel(model, images.shape[1:], max_batch_size=256)
-    forward.warm()
-    batch = np.resize(images, (size, *images.shape[1:]))
-    forward(batch)
-    samples: list[float] = []
-    started = time.perf_counter()
-    while time.perf_counter() - started < 5.0 or len(samples) < 5:
-        begin = time.perf_counter()
-        np.asarray(forward(batch))
-        samples.append(time.perf_counter() - begin)
-    return size / statistics.median(samples)
+    """Images/s of the traced pass at ``size``, timed as ``measure_raw`` times it."""
+    _, images, forward = _traced(model_path, images_path, intra_op_threads)
+    return measure_batch_with(forward, images, size)
 
 
 def run_raw_batch(model_path: Path, images_path: Path, size: int) -> float:
