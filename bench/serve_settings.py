@@ -47,12 +47,11 @@ from bench.harness import (
     require_hey,
 )
 from bench.serve import DEFAULT_CACHE_DIR
-from bench.serving.contenders import Contender, started
+from bench.serving.contenders import Contender, our_server, started
 from bench.serving.hey import LoadResult, run_hey
 from bench.serving.workload import (
     BATCH_IMAGES,
     CONCURRENCY,
-    MODEL_NAME,
     Bodies,
     prepare_bodies,
     prepare_model,
@@ -112,19 +111,11 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, str]:
 
 def server(side: Side, registry_dir: Path, home: Path) -> Contender:
     settings = dict(side.settings)
-    workers = settings.pop(API_PROCESSES, "1")
-    port = str(PORTS[side.name])
-    command = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", port]
-    command += ["--log-level", "warning", "--no-access-log", "--workers", workers]
-    command += ["--factory", "service.app:create_app"]
-    environment = {
-        "DACIAVISION_HOME": str(home / side.name),
-        "REGISTRY_DIR": str(registry_dir),
-        **settings,
-    }
-    url = f"http://127.0.0.1:{port}/predict?model_name={MODEL_NAME}"
-    # uvicorn puts its working directory first on the import path: the checkout's code.
-    return Contender(side.name, command, url, env=environment, cwd=side.checkout)
+    api_processes = int(settings.pop(API_PROCESSES, "1"))
+    return our_server(
+        side.name, PORTS[side.name], registry_dir, home / side.name, api_processes,
+        settings, side.checkout,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

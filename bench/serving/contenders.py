@@ -132,33 +132,41 @@ def _fresh(folder: Path) -> str:
     return str(folder)
 
 
+_UVICORN = [str(PROJECT_ROOT / ".venv" / "bin" / "python"), "-m", "uvicorn", "--host", "127.0.0.1"]
+_UVICORN += ["--log-level", "warning", "--no-access-log"]
+
+
+def our_server(
+    name: str,
+    port: int,
+    registry_dir: Path,
+    home: Path,
+    api_processes: int,
+    settings: dict[str, str] | None = None,
+    checkout: Path = PROJECT_ROOT,
+) -> Contender:
+    """The service as `daciavision serve --api-processes N` runs it, with ``settings``
+    (environment variables) over the defaults, on the code of ``checkout``: uvicorn puts
+    its working directory first on the import path."""
+    command = [*_UVICORN, "--port", str(port), "--workers", str(api_processes)]
+    command += ["--factory", "service.app:create_app"]
+    environment = {
+        "DACIAVISION_HOME": str(home),
+        "REGISTRY_DIR": str(registry_dir),
+        # What `daciavision serve --api-processes` sets: telemetry summed over them.
+        **({TELEMETRY_FOLDER_VARIABLE: _fresh(home / "prometheus")} if api_processes > 1 else {}),
+        **(settings or {}),
+    }
+    url = f"http://127.0.0.1:{port}/predict?model_name={MODEL_NAME}"
+    return Contender(name, command, url, env=environment, cwd=checkout)
+
+
 def contenders(
     registry_dir: Path, home: Path, model: Path, api_processes: int
 ) -> dict[str, Contender]:
-    python = str(PROJECT_ROOT / ".venv" / "bin" / "python")
-    uvicorn = [python, "-m", "uvicorn", "--host", "127.0.0.1", "--log-level", "warning"]
-    uvicorn += ["--no-access-log"]
-    query = f"?model_name={MODEL_NAME}"
+    uvicorn = _UVICORN
     return {
-        # The service as `daciavision serve --api-processes N` runs it, default settings.
-        "ours": Contender(
-            "ours",
-            [
-                *(*uvicorn, "--port", str(PORTS["ours"]), "--workers", str(api_processes)),
-                *("--factory", "service.app:create_app"),
-            ],
-            f"http://127.0.0.1:{PORTS['ours']}/predict{query}",
-            env={
-                "DACIAVISION_HOME": str(home),
-                "REGISTRY_DIR": str(registry_dir),
-                # What `daciavision serve --api-processes` sets: telemetry summed over them.
-                **(
-                    {TELEMETRY_FOLDER_VARIABLE: _fresh(home / "prometheus")}
-                    if api_processes > 1
-                    else {}
-                ),
-            },
-        ),
+        "ours": our_server("ours", PORTS["ours"], registry_dir, home, api_processes),
         "naive": Contender(
             "naive",
             [*uvicorn, "--port", str(PORTS["naive"]), "bench.serve_naive:app"],
