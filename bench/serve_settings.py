@@ -250,6 +250,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.rounds < 1 or args.seconds <= 0:
+        raise SystemExit("--rounds must be at least 1 and --seconds above 0")
     if not args.candidate and not args.baseline and args.baseline_checkout is None:
         raise SystemExit("nothing to compare: give --candidate, --baseline or --baseline-checkout")
     require_hey()
