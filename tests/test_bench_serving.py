@@ -205,3 +205,20 @@ def test_a_comparison_of_code_names_each_side_s_checkout_and_commit(tmp_path: Pa
 
     assert f"| baseline: the defaults; the code of `{checkout}` at {commit} |" in text
     assert "| candidate: the defaults; the code of `" in text
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--candidate", "X=1", "--rounds", "0"], "--rounds must be at least 1"),
+        (["--candidate", "X=1", "--seconds", "0"], "--seconds above 0"),
+        ([], "nothing to compare"),
+    ],
+)
+def test_settings_comparison_refuses_what_it_cannot_measure(
+    arguments: list[str], message: str
+) -> None:
+    from bench.serve_settings import main
+
+    with pytest.raises(SystemExit, match=message):
+        main(arguments)
