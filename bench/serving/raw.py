@@ -120,24 +120,45 @@ def measure_batch(model_path: Path, images_path: Path, intra_op_threads: int, si
     return measure_batch_with(forward, images, size)
 
 
+def measure_batch1_ms(model_path: Path, images_path: Path, intra_op_threads: int) -> float:
+    """Milliseconds of the traced batch-1 call in a tight loop, as ``measure_raw`` times it."""
+    _, images, forward = _traced(model_path, images_path, intra_op_threads)
+    return _median_seconds(forward, images[:1], 3.0) * 1000
+
+
+def _on_both_thread_settings(
+    measurement: str, model_path: Path, images_path: Path, *extra: int
+) -> list[float]:
+    """``measurement(model_path, images_path, threads, *extra)`` from this module, once on
+    TensorFlow's default threads and once on one intra-op thread, each in a process of
+    its own (so that this one never holds TensorFlow's threads)."""
+    code = (
+        f"import sys; from pathlib import Path; from bench.serving.raw import {measurement}; "
+        f"print({measurement}(Path(sys.argv[1]), Path(sys.argv[2]), *map(int, sys.argv[3:])))"
+    )
+    figures = []
+    for threads in (0, 1):
+        output = subprocess.run(
+            [sys.executable, "-c", code, str(model_path), str(images_path),
+             *map(str, (threads, *extra))],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        figures.append(float(output.strip().splitlines()[-1]))
+    return figures
+
+
 def run_raw_batch(model_path: Path, images_path: Path, size: int) -> float:
     """The traced pass's images/s at ``size``, the faster of the two thread settings, each
     in a process of its own. ``model.predict``, the third way ``run_raw`` times, is left
     out: it is 10–30× slower at batch 64 and never the fastest."""
-    code = (
-        "import sys; from pathlib import Path; from bench.serving.raw import measure_batch; "
-        "print(measure_batch(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), "
-        "int(sys.argv[4])))"
-    )
-    rates = []
-    for threads in (0, 1):
-        output = subprocess.run(
-            [sys.executable, "-c", code, str(model_path), str(images_path), str(threads),
-             str(size)],
-            cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        rates.append(float(output.strip().splitlines()[-1]))
-    return max(rates)
+    return max(_on_both_thread_settings("measure_batch", model_path, images_path, size))
+
+
+def run_raw_batch1_ms(model_path: Path, images_path: Path) -> float:
+    """The traced batch-1 call's milliseconds in a tight loop, the faster of the two
+    thread settings, each in a process of its own: target 7's baseline, as
+    ``raw_batch1_ms`` takes it from ``run_raw``."""
+    return min(_on_both_thread_settings("measure_batch1_ms", model_path, images_path))
 
 
 def _faster_batch1_setting(raw: dict[str, float]) -> str:

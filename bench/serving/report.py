@@ -39,6 +39,23 @@ class JsonRound:
         return self.json.images_per_second / self.raw_images_per_second
 
 
+@dataclass(frozen=True)
+class IdleRound:
+    """One round of target 7: ours answering one request at a time, and the raw batch-1
+    call right before."""
+
+    idle: LoadResult
+    raw_batch1_ms: float
+
+    @property
+    def p50_ms(self) -> float:
+        return self.idle.percentiles[50]
+
+    @property
+    def extra_ms(self) -> float:
+        return self.p50_ms - self.raw_batch1_ms
+
+
 @dataclass
 class Measured:
     """Everything one run measured."""
@@ -55,6 +72,9 @@ class Measured:
     # Target 6's rounds, the raw limit and the JSON run alternating; the first is ``raw``
     # and ours' "batch" run. Empty: that pair alone.
     json_rounds: list[JsonRound] = field(default_factory=list)
+    # Target 7's rounds, the raw batch-1 call and ours' idle run alternating; the first
+    # idle run is ours' "idle". Empty: ours' "idle" against ``raw`` alone.
+    idle_rounds: list[IdleRound] = field(default_factory=list)
 
 
 def json_rounds(m: Measured) -> list[JsonRound]:
@@ -65,6 +85,16 @@ def json_rounds(m: Measured) -> list[JsonRound]:
     if batch is None:
         return []
     return [JsonRound(batch, raw_images_per_second(m.raw, BATCH_IMAGES))]
+
+
+def idle_rounds(m: Measured) -> list[IdleRound]:
+    """Target 7's rounds: the recorded ones, or the one pair of "idle" and ``raw``."""
+    if m.idle_rounds:
+        return m.idle_rounds
+    idle = m.runs.get("ours", {}).get("idle")
+    if idle is None:
+        return []
+    return [IdleRound(idle, raw_batch1_ms(m.raw))]
 
 
 def _batching_defaults() -> str:
@@ -160,20 +190,25 @@ def verdicts(m: Measured) -> list[Verdict]:
                 f"during the JSON runs, {m.raw_meter.use.others:.0%} during the first raw one",
             )
         )
-    if (idle := ours.get("idle")) is not None:
-        raw1 = raw_batch1_ms(m.raw)
-        extra = idle.percentiles[50] - raw1
+    if idle := idle_rounds(m):
+        # The median round, as for target 6: each round's raw call was timed right
+        # before its idle run, and the host's speed drifts between rounds.
+        extra = statistics.median(r.extra_ms for r in idle)
+        each = ", ".join(f"+{r.extra_ms:.2f}" for r in idle)
+        others = max(r.idle.others_cpu for r in idle)
         found.append(
             Verdict(
                 "7. one request on an idle server: p50, end to end, vs the raw batch-1 call",
-                f"{idle.percentiles[50]:.2f} ms",
-                f"{raw1:.2f} ms",
-                f"+{extra:.2f} ms",
+                f"{statistics.median(r.p50_ms for r in idle):.2f} ms",
+                f"{statistics.median(r.raw_batch1_ms for r in idle):.2f} ms",
+                f"+{extra:.2f} ms"
+                + (f" (median of {len(idle)} rounds: {each} ms)" if len(idle) > 1 else ""),
                 "≤ +2 ms",
                 extra <= 2.0,
-                f"{extra - 2:.2f} ms over; {_others(idle)} during this measurement; the "
-                f"same raw call after a {PAUSE_SECONDS * 1000:.0f} ms pause, as an idle "
-                f"server's follows one, took {raw_batch1_after_pause_ms(m.raw):.2f} ms",
+                f"{extra - 2:.2f} ms over; other processes used up to {others:.0%} of the "
+                f"CPU during the idle runs; the first raw call after a "
+                f"{PAUSE_SECONDS * 1000:.0f} ms pause, as an idle server's follows one, "
+                f"took {raw_batch1_after_pause_ms(m.raw):.2f} ms",
             )
         )
     return found
@@ -212,6 +247,28 @@ contenders' table; later rounds time the traced pass alone, on both thread setti
 (`model.predict` is never the fastest).
 
 | Round | Raw limit, images/s | Ours, JSON, images/s | Ratio | CPU: others |
+|---|---|---|---|---|
+{rows}"""
+
+
+def _idle_rounds_text(m: Measured) -> str:
+    rounds = idle_rounds(m)
+    if len(rounds) < 2:
+        return ""
+    rows = "\n".join(
+        f"| {number} | {r.raw_batch1_ms:.2f} | {r.p50_ms:.2f} | +{r.extra_ms:.2f} | "
+        f"{r.idle.others_cpu:.0%} |"
+        for number, r in enumerate(rounds, 1)
+    )
+    return f"""
+
+Target 7 ran in {len(rounds)} rounds, each the raw batch-1 call in a tight loop (the
+faster thread setting, each in a process of its own) and then ours answering
+{rounds[0].idle.requests + rounds[0].idle.errors} requests one at a time, and is judged
+on the median round, as target 6 is. The first round's idle run is the contenders'
+table's "one at a time" row of ours.
+
+| Round | Raw batch-1 call, ms | Ours, idle p50, ms | Over the raw call | CPU: others |
 |---|---|---|---|---|
 {rows}"""
 
@@ -277,6 +334,7 @@ def section(m: Measured, command: str) -> str:
     )
     if busy >= 0.05:
         load = f"**busy: {load}; the timings are pessimistic**"
+    rounds = _rounds_text(m) + _idle_rounds_text(m)
     return f"""<!-- bench:serving:start -->
 ## Serving: /predict against a naive app, BentoML and the raw model
 
@@ -321,7 +379,7 @@ how our server runs each call by default (`DACIAVISION_INFERENCE_INTRA_OP_THREAD
 columns run on TensorFlow's default threads, one per core. The raw figures were measured
 in processes of their own right before the JSON run they are compared with (our server
 idle meanwhile), so that both meet the same machine; other processes used
-{m.raw_meter.use.others:.0%} of the CPU while they were measured.{_rounds_text(m)}
+{m.raw_meter.use.others:.0%} of the CPU while they were measured.{rounds}
 
 | Also recorded | Value |
 |---|---|
