@@ -16,6 +16,8 @@ MODELS_LOADED_FOR_MEMORY = 4
 BATCH_IMAGES = 64
 CONCURRENCY = 32
 IDLE_REQUESTS = 300
+# Requests one at a time before each of ours' idle runs, not timed.
+IDLE_WARM_UP_REQUESTS = 100
 
 
 def prepare_model(cache_dir: Path, data_dir: Path) -> Path:
