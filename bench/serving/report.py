@@ -7,6 +7,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -234,49 +235,49 @@ def _versions() -> str:
     return ", ".join(found)
 
 
+def _rounds_table(explanation: str, columns: Sequence[str], rows: Sequence[str]) -> str:
+    """A target's rounds as a paragraph and a table, one row per round; none for one."""
+    if len(rows) < 2:
+        return ""
+    header = "| Round | " + " | ".join(columns) + " |"
+    rule = "|---" * (len(columns) + 1) + "|"
+    body = "\n".join(f"| {number} | {row} |" for number, row in enumerate(rows, 1))
+    return f"\n\n{explanation}\n\n{header}\n{rule}\n{body}"
+
+
 def _rounds_text(m: Measured) -> str:
     rounds = json_rounds(m)
-    if len(rounds) < 2:
-        return ""
-    rows = "\n".join(
-        f"| {number} | {r.raw_images_per_second:,.0f} | {r.json.images_per_second:,.0f} | "
-        f"{r.ratio:.0%} | {r.json.others_cpu:.0%} |"
-        for number, r in enumerate(rounds, 1)
-    )
-    return f"""
-
-Target 6 ran in {len(rounds)} rounds, each the raw limit at batch {BATCH_IMAGES} and then ours
-under JSON batches, and is judged on the median round: this host's speed drifts
+    return _rounds_table(
+        f"""Target 6 ran in {len(rounds)} rounds, each the raw limit at batch {BATCH_IMAGES} and
+then ours under JSON batches, and is judged on the median round: this host's speed drifts
 between rounds. The first round is the raw table above and the JSON row of the
 contenders' table; later rounds time the traced pass alone, on both thread settings
-(`model.predict` is never the fastest).
-
-| Round | Raw limit, images/s | Ours, JSON, images/s | Ratio | CPU: others |
-|---|---|---|---|---|
-{rows}"""
+(`model.predict` is never the fastest).""",
+        ("Raw limit, images/s", "Ours, JSON, images/s", "Ratio", "CPU: others"),
+        [
+            f"{r.raw_images_per_second:,.0f} | {r.json.images_per_second:,.0f} | "
+            f"{r.ratio:.0%} | {r.json.others_cpu:.0%}"
+            for r in rounds
+        ],
+    )
 
 
 def _idle_rounds_text(m: Measured) -> str:
     rounds = idle_rounds(m)
-    if len(rounds) < 2:
-        return ""
-    rows = "\n".join(
-        f"| {number} | {r.raw_batch1_ms:.2f} | {r.p50_ms:.2f} | +{r.extra_ms:.2f} | "
-        f"{r.idle.others_cpu:.0%} |"
-        for number, r in enumerate(rounds, 1)
-    )
-    return f"""
-
-Target 7 ran in {len(rounds)} rounds, each the raw batch-1 call in a tight loop (the
+    requests = rounds[0].idle.requests + rounds[0].idle.errors if rounds else 0
+    return _rounds_table(
+        f"""Target 7 ran in {len(rounds)} rounds, each the raw batch-1 call in a tight loop (the
 faster thread setting, each in a process of its own, warmed first), then
 {IDLE_WARM_UP_REQUESTS} requests one at a time to warm our server again (not timed), then
-ours answering {rounds[0].idle.requests + rounds[0].idle.errors} requests one at a time,
-and is judged on the median round, as target 6 is. The first round's idle run is the
-contenders' table's "one at a time" row of ours.
-
-| Round | Raw batch-1 call, ms | Ours, idle p50, ms | Over the raw call | CPU: others |
-|---|---|---|---|---|
-{rows}"""
+ours answering {requests} requests one at a time, and is judged on the median round, as
+target 6 is. The first round's idle run is the
+contenders' table's "one at a time" row of ours.""",
+        ("Raw batch-1 call, ms", "Ours, idle p50, ms", "Over the raw call", "CPU: others"),
+        [
+            f"{r.raw_batch1_ms:.2f} | {r.p50_ms:.2f} | +{r.extra_ms:.2f} | {r.idle.others_cpu:.0%}"
+            for r in rounds
+        ],
+    )
 
 
 CONTENDERS_HEADER = (
