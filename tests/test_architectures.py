@@ -166,10 +166,10 @@ def test_whitened_cnn_default_widths_follow_the_precision(
     # Given widths are kept in either precision.
     given = WhitenedCnnHyperparameters(bfloat16=bfloat16, group_filters=[16, 32])
     assert model_widths(build_model("whitened_cnn", given, CIFAR10, 10)) == [16, 32]
-    # The cost, estimated without knowing the precision, is that of the wider default.
-    wide = WhitenedCnnHyperparameters(group_filters=[64, 256, 256])
+    # The cost estimate, made without TensorFlow, follows the precision the spec names.
+    built_widths = WhitenedCnnHyperparameters(group_filters=widths)
     assert estimate_cost("whitened_cnn", hyperparameters, CIFAR10, 10) == estimate_cost(
-        "whitened_cnn", wide, CIFAR10, 10
+        "whitened_cnn", built_widths, CIFAR10, 10
     )
 
 
@@ -267,7 +267,10 @@ def test_bfloat16_by_default_exactly_where_it_trains_faster(
         ("resnet", {}),
         ("resnet", {"stage_filters": [16, 32], "residual_stages": [False, True]}),
         ("resnet_small", {}),
-        ("whitened_cnn", {}),
+        # Its default widths depend on the precision: named here, so that the count
+        # is exact on any CPU (unnamed, the estimate bounds the build: below).
+        ("whitened_cnn", {"bfloat16": True}),
+        ("whitened_cnn", {"bfloat16": False}),
         ("whitened_cnn", {"group_filters": [16, 32]}),
     ],
 )
@@ -293,3 +296,17 @@ def test_cost_grows_with_width_and_images() -> None:
     assert wide.flops_per_image > 2 * narrow.flops_per_image
     assert narrow.training_flops(images=100, epochs=2) == 2 * narrow.training_flops(100, 1)
     assert narrow.activation_bytes(batch_size=64) == 2 * narrow.activation_bytes(32)
+
+
+def test_whitened_cnn_cost_without_a_named_precision_bounds_the_build_on_any_cpu() -> None:
+    # The API estimates without TensorFlow, so without the machine's precision: it
+    # counts bfloat16's wider default groups, which a float32 machine builds narrower.
+    typed = ARCHITECTURES["whitened_cnn"].hyperparameters.model_validate({})
+    wider = ARCHITECTURES["whitened_cnn"].hyperparameters.model_validate({"bfloat16": True})
+    narrower = ARCHITECTURES["whitened_cnn"].hyperparameters.model_validate({"bfloat16": False})
+
+    cost = estimate_cost("whitened_cnn", typed, CIFAR10, 10)
+
+    assert cost == estimate_cost("whitened_cnn", wider, CIFAR10, 10)
+    assert cost.parameters > estimate_cost("whitened_cnn", narrower, CIFAR10, 10).parameters
+    assert cost.parameters >= build_model("whitened_cnn", typed, CIFAR10, 10).count_params()

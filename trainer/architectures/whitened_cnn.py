@@ -219,8 +219,12 @@ def adapt(model: Any, training_images: NDArray[np.float32]) -> None:
 def estimate_cost(
     hyperparameters: WhitenedCnnHyperparameters, input_shape: Shape, num_classes: int
 ) -> ModelCost:
-    # Without TensorFlow the precision is unknown: the wider default bounds the cost.
-    group_filters = hyperparameters.group_filters or BFLOAT16_GROUP_FILTERS
+    # Without TensorFlow the machine's precision is unknown unless the spec names it:
+    # then the wider default bounds the cost.
+    float32 = hyperparameters.bfloat16 is False
+    group_filters = hyperparameters.group_filters or (
+        FLOAT32_GROUP_FILTERS if float32 else BFLOAT16_GROUP_FILTERS
+    )
     tracer = CostTracer(input_shape)
     tracer.whitening(PATCH_SIZE)
     for filters in group_filters:
