@@ -198,6 +198,29 @@ def test_cutout_hides_one_square_per_image_in_the_images_mean_colour() -> None:
     assert len(corners) > 5
 
 
+def test_cutout_squares_lie_anywhere_in_the_training_input_pipeline() -> None:
+    # Inside a tf.data map, as training runs it, not eagerly as above: there random ops
+    # sharing a seed draw the same numbers, and every square once sat on the diagonal.
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(42)
+    spec = AugmentationSpec(
+        enabled=True, rotation_degrees=0, width_shift=0, height_shift=0, zoom=0, cutout=0.25
+    )
+    augmenter = build_augmenter(spec, DATASETS["mnist"], seed=3)
+    batch = np.random.default_rng(0).random((64, 28, 28, 1)).astype(np.float32)
+    dataset = tf.data.Dataset.from_tensors(batch).map(lambda x: augmenter(x, training=True))
+    augmented = next(iter(dataset)).numpy()
+    centres = []
+    for before, after in zip(batch, augmented, strict=True):
+        rows, columns = np.nonzero(np.abs(after - before)[..., 0] > 0)
+        centres.append((rows.min() + rows.max(), columns.min() + columns.max()))
+    on_diagonal = sum(row == column for row, column in centres)
+    assert on_diagonal < 16, f"{on_diagonal} of 64 squares centred on the diagonal"
+    assert len(set(centres)) > 20
+
+
 def test_augmenter_changes_images_but_keeps_shape() -> None:
     augmenter = build_augmenter(AugmentationSpec(enabled=True), DATASETS["cifar10"], seed=7)
     batch = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)

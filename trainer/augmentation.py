@@ -75,8 +75,14 @@ class RandomCutout(layers.Layer):  # type: ignore[misc]
         shape = tf.shape(images)
         batch, height, width = shape[0], shape[1], shape[2]
         side = tf.cast(tf.round(self.size_fraction * tf.cast(height, tf.float32)), tf.int32)
-        centre_y = tf.random.uniform([batch, 1, 1], 0, height, tf.int32, seed=self.seed)
-        centre_x = tf.random.uniform([batch, 1, 1], 0, width, tf.int32, seed=self.seed)
+        # Both coordinates from one random op: inside a tf.data map (the training input
+        # pipeline) two ops with one seed draw the same numbers, which put every square
+        # on the image's diagonal.
+        fractions = tf.random.uniform([2, batch, 1, 1], seed=self.seed)
+        extents = tf.cast(tf.stack([height, width]), tf.float32)[
+            :, tf.newaxis, tf.newaxis, tf.newaxis
+        ]
+        centre_y, centre_x = tf.unstack(tf.cast(fractions * extents, tf.int32))
         top, left = centre_y - side // 2, centre_x - side // 2
         rows = tf.range(height)[tf.newaxis, :, tf.newaxis]
         columns = tf.range(width)[tf.newaxis, tf.newaxis, :]
