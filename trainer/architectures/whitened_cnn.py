@@ -219,8 +219,9 @@ def adapt(model: Any, training_images: NDArray[np.float32]) -> None:
 def estimate_cost(
     hyperparameters: WhitenedCnnHyperparameters, input_shape: Shape, num_classes: int
 ) -> ModelCost:
-    # Without TensorFlow the machine's precision is unknown unless the spec names it:
-    # then the wider default bounds the cost.
+    # Without TensorFlow the machine's precision is unknown. A spec that names float32
+    # gets float32's widths; one that names bfloat16 or neither gets the wider bfloat16
+    # widths, which bound what either precision builds.
     float32 = hyperparameters.bfloat16 is False
     group_filters = hyperparameters.group_filters or (
         FLOAT32_GROUP_FILTERS if float32 else BFLOAT16_GROUP_FILTERS
