@@ -36,7 +36,10 @@ METHOD = (
     "pairwise tests, and separately the before/after augmentation tests, are Holm-adjusted "
     "as a family, and a model is called better only when the adjusted p is below alpha. "
     "Per-class F1 changes carry paired-bootstrap 95% intervals, not adjusted for the number "
-    "of classes: read a single highlighted class with that in mind."
+    "of classes: read a single highlighted class with that in mind. "
+    "Each model was trained once, so these tests hold its weights fixed: they say whether "
+    "two trained models differ on these test images, not whether their recipes would when "
+    "trained again with other seeds, which one run per recipe cannot measure."
 )
 LABELS_SOURCE = (
     "True test labels are recomputed from the dataset sample (dataset, sample fraction and "
