@@ -113,6 +113,12 @@ def add_training_spec_arguments(parser: argparse.ArgumentParser) -> None:
     )
     augmentation.add_argument("--oversample-factor", type=int, default=argparse.SUPPRESS)
     augmentation.add_argument(
+        "--augment-only-targets",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="augment the --augment-classes images alone, as the lab's weak-class retrain did",
+    )
+    augmentation.add_argument(
         "--reference-model",
         metavar="NAME[:VERSION]",
         default=argparse.SUPPRESS,
@@ -170,6 +176,8 @@ def spec_from_arguments(arguments: argparse.Namespace) -> dict[str, Any]:
         augmentation["target_classes"] = "weak" if classes == "weak" else classes.split(",")
     if "oversample_factor" in given:
         augmentation["oversample_factor"] = given["oversample_factor"]
+    if given.get("augment_only_targets"):
+        augmentation["augmented_classes"] = "targets"
     if "reference_model" in given:
         name, _, version = given["reference_model"].partition(":")
         augmentation["reference_model"] = {"model_name": name, "version": version or None}

@@ -105,6 +105,16 @@ def test_spec_file_values_survive_unless_a_flag_names_them(tmp_path: Path) -> No
     assert spec["augmentation"]["enabled"] is True and spec["augmentation"]["zoom"] == 0.2
 
 
+def test_augmentation_flags_build_the_targeted_recipes() -> None:
+    uniform = cli_spec("--dataset", "cifar10", "--augment-classes", "cat,dog")["augmentation"]
+    assert uniform["target_classes"] == ["cat", "dog"] and uniform["enabled"] is True
+    assert uniform["augmented_classes"] == "all"
+    lab = cli_spec("--dataset", "cifar10", "--augment-classes", "cat", "--augment-only-targets")
+    assert lab["augmentation"]["augmented_classes"] == "targets"
+    with pytest.raises(ValueError, match="needs target_classes"):
+        cli_spec("--dataset", "cifar10", "--augment-only-targets")
+
+
 def test_jobs_submit_sends_only_the_flags_given() -> None:
     arguments = build_parser().parse_args(
         ["jobs", "submit", "--dataset", "cifar10", "--architecture", "resnet", "--epochs", "4"]

@@ -38,6 +38,7 @@ from trainer.errors import (
 )
 from trainer.registry import AliasChange, FileModelRegistry, ModelSummary
 from trainer.spec import parse_training_spec
+from trainer.spec_base import AugmentationSpec
 
 SPAWN = multiprocessing.get_context("spawn")
 PROCESS_TIMEOUT_SECONDS = 60
@@ -178,6 +179,7 @@ def test_cards_written_by_release_0_1_0_still_load(registry: FileModelRegistry) 
             "cutout": 0.0,
             "alternating_flip": False,
             "whole_pixel_shifts": False,
+            "augmented_classes": "all",
         },
     }
     assert card.metrics.test.accuracy == raw["metrics"]["test"]["accuracy"]
@@ -239,6 +241,30 @@ def test_an_older_whitened_cnn_card_keeps_the_recipe_its_model_trained_with(
     today = parse_training_spec(spec)
     assert isinstance(today.hyperparameters, WhitenedCnnHyperparameters)
     assert today.lookahead and today.hyperparameters.identity_init
+
+
+def test_an_older_card_with_targets_says_only_they_were_augmented(
+    registry: FileModelRegistry,
+) -> None:
+    # Before schema 5, targets beside "enabled": false augmented the targets alone; the
+    # same spec now augments every class.
+    raw = json.loads(CARD_0_1_0.read_text())
+    targeted = {"enabled": False, "target_classes": ["cat"], "oversample_factor": 2}
+    uniform = {"enabled": True, "target_classes": ["cat"], "oversample_factor": 2}
+    for name, augmentation in (("targets-card", targeted), ("uniform-card", uniform)):
+        version_dir = registry.root / name / "1"
+        version_dir.mkdir(parents=True)
+        spec = {**raw["spec"], "augmentation": augmentation}
+        (version_dir / "card.json").write_text(
+            json.dumps({**raw, "schema_version": 4, "spec": spec})
+        )
+
+    targets_only = registry.get_card("targets-card", 1).spec.augmentation
+    every_class = registry.get_card("uniform-card", 1).spec.augmentation
+
+    assert (targets_only.enabled, targets_only.augmented_classes) == (True, "targets")
+    assert (every_class.enabled, every_class.augmented_classes) == (True, "all")
+    assert AugmentationSpec.model_validate(targeted).augmented_classes == "all"
 
 
 def test_a_card_that_is_not_a_training_record_is_refused_before_anything_is_written(

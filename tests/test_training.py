@@ -160,6 +160,43 @@ def test_targeted_training_augments_the_other_classes_too(digits) -> None:  # ty
     assert unchanged < 0.05 * len(others), f"{unchanged} of {len(others)} left as they were"
 
 
+def test_augmenting_only_the_targets_leaves_the_other_classes_as_they_were(digits) -> None:  # type: ignore[no-untyped-def]
+    # The lab's weak-class retrain, and models with targets carded before schema 5.
+    import tensorflow as tf
+
+    from trainer.train import _training_dataset
+
+    spec = parse_training_spec(
+        {
+            "dataset": "digits",
+            "augmentation": {
+                "target_classes": ["8"],
+                "augmented_classes": "targets",
+                "oversample_factor": 3,
+                "rotation_degrees": 30,
+                "width_shift": 0,
+                "height_shift": 0,
+                "zoom": 0,
+            },
+        }
+    )
+    batches = list(_training_dataset(spec, digits, ["8"], tf.Variable(0)))
+    images = np.concatenate([x.numpy() for x, _ in batches])
+    labels = np.concatenate([y.numpy() for _, y in batches])
+    assert np.bincount(labels)[8] == 3 * np.bincount(digits.train.y)[8]
+    originals = {image.tobytes() for image in digits.train.x}
+    others, targets = images[labels != 8], images[labels == 8]
+    assert all(image.tobytes() in originals for image in others)
+    unchanged = sum(image.tobytes() in originals for image in targets)
+    assert unchanged < 0.05 * len(targets), f"{unchanged} of {len(targets)} targets unchanged"
+
+
+def test_augmenting_only_the_targets_needs_targets() -> None:
+    with pytest.raises(ValueError, match="needs target_classes"):
+        AugmentationSpec(augmented_classes="targets")
+    assert AugmentationSpec(target_classes=["cat"]).augmented_classes == "all"
+
+
 def test_flip_is_off_for_digits_and_on_for_natural_images() -> None:
     default = AugmentationSpec(enabled=True)
     digit_layers = [

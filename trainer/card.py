@@ -22,7 +22,7 @@ from trainer.progress import EpochProgress
 from trainer.spec import parse_training_spec
 from trainer.spec_base import TrainingSpecBase
 
-CARD_SCHEMA_VERSION = 4
+CARD_SCHEMA_VERSION = 5
 
 
 def _parse_spec(value: Any) -> Any:
@@ -177,12 +177,27 @@ def _from_3(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "spec": spec, "schema_version": 4}
 
 
+def _from_4(raw: dict[str, Any]) -> dict[str, Any]:
+    # Before version 5, target classes with "enabled": false augmented the targets'
+    # images alone; a spec saying so now augments every class, so an older card says
+    # which images its model saw augmented.
+    spec = raw.get("spec")
+    augmentation = spec.get("augmentation") if isinstance(spec, dict) else None
+    if not isinstance(spec, dict) or not isinstance(augmentation, dict):
+        return {**raw, "schema_version": 5}
+    if augmentation.get("target_classes") and not augmentation.get("enabled", False):
+        augmentation = {**augmentation, "enabled": True, "augmented_classes": "targets"}
+        raw = {**raw, "spec": {**spec, "augmentation": augmentation}}
+    return {**raw, "schema_version": 5}
+
+
 # schema_version found in the file → the step that upgrades it by one.
 _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     0: _from_0_1_0,
     1: _from_1,
     2: _from_2,
     3: _from_3,
+    4: _from_4,
 }
 
 

@@ -98,19 +98,29 @@ class AugmentationSpec(BaseModel):
         default_factory=list,
         description="Class names whose samples appear oversample_factor times, each time as "
         "a new random view, or 'weak' for the weak classes of reference_model. Every image "
-        "is augmented then, of every class ('enabled' is set).",
+        "is augmented then, of every class ('enabled' is set), unless augmented_classes "
+        "says 'targets'.",
     )
     oversample_factor: int = Field(
         2, ge=1, le=10, description="Each target-class sample appears this many times."
+    )
+    augmented_classes: Literal["all", "targets"] = Field(
+        "all",
+        description="Which classes' images are augmented: 'all', or only the 'targets' "
+        "(target_classes, originals and copies), as the lab's weak-class retrain did and as "
+        "models with target classes trained before card schema 5. 'targets' makes the "
+        "transforms a sign of those classes, and their recall on clean test images falls.",
     )
     reference_model: ModelReference | None = Field(
         None, description="The model whose weak classes 'weak' means."
     )
 
     @model_validator(mode="after")
-    def _weak_needs_reference(self) -> AugmentationSpec:
+    def _check_targets(self) -> AugmentationSpec:
         if self.target_classes == "weak" and self.reference_model is None:
             raise ValueError("target_classes 'weak' needs a reference_model to find them")
+        if self.augmented_classes == "targets" and not self.target_classes:
+            raise ValueError("augmented_classes 'targets' needs target_classes to augment")
         return self
 
     @model_validator(mode="after")

@@ -165,6 +165,9 @@ def _training_dataset(
     )
     images_tensor = tf.constant(images)
     labels_tensor = tf.constant(labels)
+    # Augmenting touches every image, or the target classes' alone (originals and copies).
+    only_targets = spec.augmentation.augmented_classes == "targets"
+    targets_tensor = tf.constant(target_indices, dtype=labels_tensor.dtype)
     # Which images the first epoch flips; later epochs alternate from there.
     first_flips = tf.constant(np.random.default_rng(spec.seed).random(len(labels)) < 0.5)
 
@@ -194,6 +197,9 @@ def _training_dataset(
                 augmented = tf.where(
                     flipped[:, tf.newaxis, tf.newaxis, tf.newaxis], mirrored, augmented
                 )
+            if only_targets:
+                touched = tf.reduce_any(y[:, tf.newaxis] == targets_tensor, axis=1)
+                augmented = tf.where(touched[:, tf.newaxis, tf.newaxis, tf.newaxis], augmented, x)
             return augmented, y
 
         dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
