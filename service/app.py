@@ -32,6 +32,7 @@ from service.security import (
     RouteAccess,
     TrustedHostMiddleware,
     check_access_before_body_validation,
+    checks_access_itself,
     document_key_security,
     host_policy,
 )
@@ -65,7 +66,7 @@ probes needs an API key (`Authorization: Bearer <key>` or `X-API-Key`; use
 ACCESS = [
     # The prediction routes first: a request is matched against the routes in order,
     # and for a single-image /predict matching took 9% of its event loop time, 3% now.
-    (predict.router, RouteAccess(read="predict", write="predict", form_posts=True)),
+    (predict.router, predict.ACCESS),
     (tfserving.router, RouteAccess(read="predict", write="predict", form_posts=True)),
     (jobs.router, RouteAccess(read="train", write="train")),
     # Reading studies and reports is reading results, like models and metrics.
@@ -142,9 +143,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         protected.extend(monitoring_router.routes)
     document_key_security(app, protected)
     for router, access in ACCESS:
-        app.include_router(
-            router, dependencies=[Depends(access)], responses=error_responses(401, 403)
-        )
+        checks = [] if checks_access_itself(router, access) else [Depends(access)]
+        app.include_router(router, dependencies=checks, responses=error_responses(401, 403))
     app.include_router(health.router)
     # The page and its scripts are open, like /docs: they hold no data, and every call
     # they make to the API carries the key the user typed in.

@@ -22,6 +22,7 @@ from service.batching import BatchingOptions
 from service.errors import BrokerUnavailableError
 from service.locks import redis_alias_lock
 from service.model_cache import ModelCache
+from service.schemas import MODEL_NAME_DOC, VERSION_DOC
 from service.security import Keyring, parse_api_keys
 from trainer.registry import FileModelRegistry
 from trainer.spec_base import MAX_VERSION
@@ -191,17 +192,8 @@ class ModelVersion:
     version: int
 
 
-ModelNameQuery = Annotated[
-    str, Query(description="Registered model name.", examples=["cifar10-custom"])
-]
-VersionQuery = Annotated[
-    str | None,
-    Query(
-        description="Version number or alias; empty means the `production` alias if set, "
-        "else the latest version.",
-        examples=["3", "production"],
-    ),
-]
+ModelNameQuery = Annotated[str, Query(**MODEL_NAME_DOC)]
+VersionQuery = Annotated[str | None, Query(**VERSION_DOC)]
 ModelNamePath = Annotated[str, Path(description="Registered model name.")]
 # Pages of a listing: enough for any real store, and far below SQLite's 64-bit integers.
 MAX_OFFSET = 10_000_000

@@ -20,9 +20,9 @@ from service.bodies import Instances, PredictInputs, Uploads
 from service.images import Batch, InputShape, decode_image, instances_to_batch
 from service.model_cache import LoadedModel, ModelCache
 from service.responses import check_finite
+from service.schemas_predict import DEFAULT_TOP_K
 from trainer.errors import InvalidInputError
 
-DEFAULT_TOP_K = 3
 # Uploads with at most this many pixels in all are decoded on the event loop: a 32×32
 # PNG decodes in tens of microseconds, less than a hop to a decoding thread and back.
 INLINE_DECODE_MAX_PIXELS = 4 * 64 * 64

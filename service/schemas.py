@@ -10,6 +10,17 @@ from pydantic import BaseModel, Field, computed_field
 from trainer.evaluate import EvaluationReport
 from worker.jobstore import EpochProgress, Job, JobError, JobStatus
 
+# How the query parameters naming a model and a version are documented.
+MODEL_NAME_DOC: dict[str, Any] = {
+    "description": "Registered model name.",
+    "examples": ["cifar10-custom"],
+}
+VERSION_DOC: dict[str, Any] = {
+    "description": "Version number or alias; empty means the `production` alias if set, "
+    "else the latest version.",
+    "examples": ["3", "production"],
+}
+
 
 class JobView(BaseModel):
     """A training job as clients see it."""

@@ -7,9 +7,25 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.images import PixelRange
+from service.schemas import MODEL_NAME_DOC, VERSION_DOC
 
 # TF Serving's one signature; every architecture's model answers it.
 SIGNATURE_NAME = "serving_default"
+# Classes ranked per prediction when a request does not say.
+DEFAULT_TOP_K = 3
+
+
+class PredictQuery(BaseModel):
+    """Query parameters of /predict (read by service/query.py, not by FastAPI)."""
+
+    model_name: str = Field(**MODEL_NAME_DOC)
+    version: str | None = Field(None, **VERSION_DOC)
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        description="Classes ranked per prediction, 1 to the number of classes "
+        f"(default {DEFAULT_TOP_K}, or fewer if the model has fewer classes).",
+    )
 
 
 class PredictRequest(BaseModel):

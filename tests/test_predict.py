@@ -371,6 +371,20 @@ def test_pixels_to_batch_checks_shape_and_range() -> None:
 GOOD_PIXELS = [[[0]] * 28] * 28
 
 
+def test_query_errors_read_as_on_the_routes_fastapi_checks(client: TestClient) -> None:
+    # /predict reads its query itself (service/query.py); /metrics and /jobs leave theirs
+    # to FastAPI. A client must not be able to tell.
+    ours = client.post("/predict", params={"top_k": "many"}, json={"instances": [GOOD_PIXELS]})
+    missing = client.get("/metrics")
+    not_a_number = client.get("/jobs", params={"limit": "many"})
+    assert ours.status_code == missing.status_code == not_a_number.status_code == 422
+    entries = {entry["field"]: entry for entry in ours.json()["detail"]["errors"]}
+    assert set(entries) == {"query.model_name", "query.top_k"}
+    assert entries["query.model_name"] == missing.json()["detail"]["errors"][0]
+    limit = not_a_number.json()["detail"]["errors"][0]
+    assert entries["query.top_k"] == {**limit, "field": "query.top_k"}
+
+
 @pytest.mark.parametrize(
     ("params", "body", "status", "code", "message_part"),
     [
