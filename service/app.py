@@ -67,7 +67,7 @@ ACCESS = [
     # The prediction routes first: a request is matched against the routes in order,
     # and for a single-image /predict matching took 9% of its event loop time, 3% now.
     (predict.router, predict.ACCESS),
-    (tfserving.router, RouteAccess(read="predict", write="predict", form_posts=True)),
+    (tfserving.router, tfserving.ACCESS),
     (jobs.router, RouteAccess(read="train", write="train")),
     # Reading studies and reports is reading results, like models and metrics.
     (studies.router, RouteAccess(read="predict", write="train")),

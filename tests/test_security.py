@@ -110,6 +110,14 @@ def test_every_route_needs_a_key_with_its_scope(protected: TestClient) -> None:
                 assert (detail["code"], detail["required_scope"]) == ("forbidden", scope)
 
 
+def test_tf_serving_refusals_carry_its_error_string(protected: TestClient) -> None:
+    # Its routes check keys in their route class, inside the one adding "error".
+    for key in (None, KEYS["train"]):
+        response = call(protected, "POST", "/v1/models/m:predict", key=key)
+        assert response.status_code in (401, 403), response.text
+        assert response.json()["error"] == response.json()["detail"]["message"] != ""
+
+
 def test_bearer_works_like_the_api_key_header_and_probes_stay_open(
     protected: TestClient,
 ) -> None:

@@ -39,6 +39,7 @@ from service.schemas_predict import (
     TfServingRequest,
     VersionStatus,
 )
+from service.security import RouteAccess, access_checked_route
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
 
@@ -83,7 +84,13 @@ def _with_error_key(response: Response) -> Response:
     return JSONResponse({"error": message, **body}, response.status_code, headers=headers)
 
 
-router = APIRouter(prefix="/v1/models", tags=["tensorflow-serving"], route_class=TfServingRoute)
+# Checked by the route class, as /predict's (service/routes/predict.py).
+ACCESS = RouteAccess(read="predict", write="predict", form_posts=True)
+router = APIRouter(
+    prefix="/v1/models",
+    tags=["tensorflow-serving"],
+    route_class=access_checked_route(ACCESS, base=TfServingRoute),
+)
 
 
 def _unwrap_named_input(value: Any) -> Any:
