@@ -2,8 +2,9 @@
 
 Keys are configured as SHA-256 hashes with their scopes (``DACIAVISION_API_KEYS``), so
 the settings never hold a usable secret. A request presents its key as
-``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; each router declares, in
-``service/app.py``, which scope its reads and its writes need.
+``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; ``service/app.py`` lists which
+scope each router's reads and writes need (``ACCESS``), checked as a dependency of its
+routes or, on the prediction routers, by their route class (``access_checked_route``).
 
 A web page the operator merely visits must not be able to act either. A cross-site
 form post carries no custom header and a form content type; other cross-site scripts
