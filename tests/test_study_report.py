@@ -4,6 +4,7 @@ McNemar's test, the discussion states only what the figures say, renderings are 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from html import escape
 from typing import Any
 
@@ -131,6 +132,25 @@ def test_the_discussion_says_when_a_retrain_changed_its_schedule_too(
         f"{base.epochs_run} epochs with a constant one: the difference is not augmentation's "
         "alone."
     )
+
+
+def test_the_discussion_says_when_only_the_targets_were_augmented(report: StudyReport) -> None:
+    retrain, effect = report.model("augmentation/0"), report.augmentation[0]
+
+    def sentence(augmentation: Mapping[str, object], targets: list[str]) -> str:
+        models = [m if m is not retrain else m.model_copy(update={"augmentation": augmentation})
+                  for m in report.models]  # fmt: skip
+        targeted = effect.model_copy(update={"target_classes": targets})
+        changed = report.model_copy(update={"models": models, "augmentation": [targeted]})
+        (found,) = [s for s in discuss(changed) if s.startswith("close")]
+        return found
+
+    alone = {"target_classes": ["3"], "augmented_classes": "targets"}
+    assert "(targeted at 3, their images alone augmented)" in sentence(alone, ["3"])
+    assert "(targeted at 3)" in sentence({**alone, "augmented_classes": "all"}, ["3"])
+    weak = {"target_classes": "weak", "augmented_classes": "targets"}
+    assert "so no class was augmented or oversampled" in sentence(weak, [])
+    assert "so no class was oversampled)" in sentence({**weak, "augmented_classes": "all"}, [])
 
 
 def test_the_discussion_warns_when_training_times_span_precisions(report: StudyReport) -> None:

@@ -102,11 +102,15 @@ def _augmentation(report: StudyReport) -> list[str]:
         significant = [c for c in effect.per_class if c.significant]
         improved = [c.class_name for c in significant if c.f1_delta.estimate > 0]
         worsened = [c.class_name for c in significant if c.f1_delta.estimate < 0]
+        only_targets = variant.augmentation.get("augmented_classes") == "targets"
         if effect.target_classes:
-            target = f" (targeted at {', '.join(effect.target_classes)})"
+            alone = ", their images alone augmented" if only_targets else ""
+            target = f" (targeted at {', '.join(effect.target_classes)}{alone})"
         elif variant.augmentation.get("target_classes") == "weak":
-            # "weak" resolved to no class: every image was augmented, none oversampled.
-            target = " (no class of the reference was weak, so no class was oversampled)"
+            # "weak" resolved to no class: no image was oversampled, and with the
+            # targets' images alone augmented, none was augmented either.
+            left_out = "augmented or oversampled" if only_targets else "oversampled"
+            target = f" (no class of the reference was weak, so no class was {left_out})"
         else:
             target = ""
         test = effect.mcnemar
