@@ -132,28 +132,26 @@ def test_target_classes_augment_every_class() -> None:
     assert not AugmentationSpec().enabled
 
 
-def test_targeted_training_augments_the_other_classes_too(digits) -> None:  # type: ignore[no-untyped-def]
+def targeted_epoch(digits, **augmentation: object) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """One epoch's images and labels with class 8 targeted (3 views each), rotations only."""
     import tensorflow as tf
 
     from trainer.train import _training_dataset
 
+    settings = {"rotation_degrees": 30, "width_shift": 0, "height_shift": 0, "zoom": 0}
+    targets = {"target_classes": ["8"], "oversample_factor": 3}
     spec = parse_training_spec(
-        {
-            "dataset": "digits",
-            "augmentation": {
-                "target_classes": ["8"],
-                "oversample_factor": 3,
-                "rotation_degrees": 30,
-                "width_shift": 0,
-                "height_shift": 0,
-                "zoom": 0,
-            },
-        }
+        {"dataset": "digits", "augmentation": {**targets, **settings, **augmentation}}
     )
     batches = list(_training_dataset(spec, digits, ["8"], tf.Variable(0)))
     images = np.concatenate([x.numpy() for x, _ in batches])
     labels = np.concatenate([y.numpy() for _, y in batches])
     assert np.bincount(labels)[8] == 3 * np.bincount(digits.train.y)[8]
+    return images, labels
+
+
+def test_targeted_training_augments_the_other_classes_too(digits) -> None:  # type: ignore[no-untyped-def]
+    images, labels = targeted_epoch(digits)
     originals = {image.tobytes() for image in digits.train.x}
     others = images[labels != 8]
     unchanged = sum(image.tobytes() in originals for image in others)
@@ -162,28 +160,7 @@ def test_targeted_training_augments_the_other_classes_too(digits) -> None:  # ty
 
 def test_augmenting_only_the_targets_leaves_the_other_classes_as_they_were(digits) -> None:  # type: ignore[no-untyped-def]
     # The lab's weak-class retrain, and models with targets carded before schema 5.
-    import tensorflow as tf
-
-    from trainer.train import _training_dataset
-
-    spec = parse_training_spec(
-        {
-            "dataset": "digits",
-            "augmentation": {
-                "target_classes": ["8"],
-                "augmented_classes": "targets",
-                "oversample_factor": 3,
-                "rotation_degrees": 30,
-                "width_shift": 0,
-                "height_shift": 0,
-                "zoom": 0,
-            },
-        }
-    )
-    batches = list(_training_dataset(spec, digits, ["8"], tf.Variable(0)))
-    images = np.concatenate([x.numpy() for x, _ in batches])
-    labels = np.concatenate([y.numpy() for _, y in batches])
-    assert np.bincount(labels)[8] == 3 * np.bincount(digits.train.y)[8]
+    images, labels = targeted_epoch(digits, augmented_classes="targets")
     originals = {image.tobytes() for image in digits.train.x}
     others, targets = images[labels != 8], images[labels == 8]
     assert all(image.tobytes() in originals for image in others)
