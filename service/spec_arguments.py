@@ -109,7 +109,8 @@ def add_training_spec_arguments(parser: argparse.ArgumentParser) -> None:
         "--augment-classes",
         metavar="NAMES",
         default=argparse.SUPPRESS,
-        help="comma-separated class names to oversample, or 'weak'; every image is augmented",
+        help="comma-separated class names to oversample, or 'weak'; every image is "
+        "augmented, unless --augment-only-targets",
     )
     augmentation.add_argument("--oversample-factor", type=int, default=argparse.SUPPRESS)
     augmentation.add_argument(
