@@ -150,6 +150,20 @@ def targeted_epoch(digits, **augmentation: object) -> tuple[np.ndarray, np.ndarr
     return images, labels
 
 
+def test_training_batches_come_without_tf_datas_autotuning(digits) -> None:  # type: ignore[no-untyped-def]
+    # Dropping an autotuned iterator at an epoch's end sometimes stalled for seconds
+    # (trainer/train.py); every epoch drops one.
+    import tensorflow as tf
+
+    from trainer.train import _training_dataset
+
+    spec = parse_training_spec({"dataset": "digits", "augmentation": {"enabled": True}})
+    dataset = _training_dataset(spec, digits, [], tf.Variable(0))
+    assert dataset.options().autotune.enabled is False
+    images, labels = next(iter(dataset))
+    assert images.shape[0] == labels.shape[0] == spec.batch_size
+
+
 def test_targeted_training_augments_the_other_classes_too(digits) -> None:  # type: ignore[no-untyped-def]
     images, labels = targeted_epoch(digits)
     originals = {image.tobytes() for image in digits.train.x}
