@@ -19,7 +19,11 @@ The figure is ours' fit time divided by the lab's fit time to the target. If the
 lab's pipeline never reaches the target, its whole run is the divisor: it would need
 longer than that, so the true share is smaller still.
 
-    flock /tmp/daciavision-bench.lock .venv/bin/python -m bench.time_to_lab_best [--epochs 8]
+``--float32`` trains ours in float32 where the CPU would choose bfloat16, as a CPU
+without fast bfloat16 trains.
+
+    flock /tmp/daciavision-bench.lock .venv/bin/python -m bench.time_to_lab_best [--epochs 8] \
+        [--float32]
 """
 
 from __future__ import annotations
@@ -78,10 +82,16 @@ class OurRun:
     parameters: int
 
 
-def our_run(epochs: int, data_dir: Path) -> OurRun:
+def our_run(epochs: int, data_dir: Path, float32: bool = False) -> OurRun:
     """``resnet_small`` through ``trainer.train``, as a worker runs it."""
     data = lab_sample(data_dir)
-    spec = SmallResNetSpec(dataset="cifar10", sample_fraction=LAB_FRACTION, seed=42, epochs=epochs)
+    spec = SmallResNetSpec(
+        dataset="cifar10",
+        sample_fraction=LAB_FRACTION,
+        seed=42,
+        epochs=epochs,
+        hyperparameters={"bfloat16": False} if float32 else {},
+    )
     result = train(spec, None, data=data)
     return OurRun(
         test_accuracy(result.model, data.test), result.fit_seconds, result.model.count_params()
@@ -148,13 +158,18 @@ def main(argv: list[str] | None = None) -> None:
         help="resnet_small's epochs (default: its recipe's)",
     )
     parser.add_argument("--lab-epochs", type=int, default=LAB_EPOCHS)
+    parser.add_argument(
+        "--float32", action="store_true", help="Ours in float32 even where bfloat16 is faster."
+    )
     args = parser.parse_args(argv)
     command = locked_command("bench.time_to_lab_best", argv)
     data = lab_sample(args.data_dir)
     meter = CpuMeter()
     # Each contender in a fresh process: ours set up as a worker is (trainer.kernels),
     # the lab's with TensorFlow's default kernels for this CPU, as the lab ran.
-    ours = in_fresh_process(our_run, args.epochs, args.data_dir, environment=training_environment())
+    ours = in_fresh_process(
+        our_run, args.epochs, args.data_dir, args.float32, environment=training_environment()
+    )
     ours_accuracy, ours_parameters = ours.test_accuracy, ours.parameters
     print(
         f"ours: resnet_small, {args.epochs} epochs: test accuracy {ours_accuracy:.4f}, "
@@ -194,7 +209,12 @@ def main(argv: list[str] | None = None) -> None:
         f"| `resnet_small`, {args.epochs} epochs | {ours_accuracy:.4f} "
         f"| {ours.fit_seconds:,.0f} | {ours_parameters:,} |"
     )
-    precision = "bfloat16 (measured faster on this CPU)" if bfloat16_trains_faster() else "float32"
+    if args.float32:
+        precision = "float32, as asked (`--float32`), as a CPU without fast bfloat16 trains"
+    elif bfloat16_trains_faster():
+        precision = "bfloat16 (measured faster on this CPU)"
+    else:
+        precision = "float32"
     lab_kernels = (
         "oneDNN (TensorFlow's default on this CPU)"
         if onednn_is_tensorflows_default()
