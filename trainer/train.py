@@ -211,7 +211,7 @@ def _training_dataset(
 def _without_autotuning() -> tf.data.Options:
     # Keras makes a new iterator over the training batches every epoch. With tf.data's
     # autotuning on, dropping the last one sometimes waited for its tuning thread's
-    # sleep, which grows to tens of seconds: a float32 whitened_cnn epoch on an AMX
+    # sleep, which grows as the iterator ages: a float32 whitened_cnn epoch on an AMX
     # Xeon took 40 s instead of 21 s in 8 of 31 epochs, with both cores idle and the
     # main thread in the iterator's destructor (gdb). Without autotuning, AUTOTUNE means
     # one parallel call per core, which kept each epoch at 21 s; none stalled in 12.
