@@ -22,6 +22,7 @@ from trainer.augmentation import build_augmenter, flips, oversample
 from trainer.data import PreparedData, prepare
 from trainer.errors import InvalidInputError, TrainingCancelledError
 from trainer.lookahead import Lookahead
+from trainer.optimizers import FusedAdam, FusedAdamW, FusedSGD
 from trainer.progress import EpochProgress
 from trainer.spec import AnyTrainingSpec
 from trainer.test_time import with_test_time_augmentation
@@ -130,12 +131,12 @@ def _learning_rate(spec: AnyTrainingSpec, total_steps: int) -> Any:
 def _optimizer(spec: AnyTrainingSpec, total_steps: int) -> keras.optimizers.Optimizer:
     learning_rate = _learning_rate(spec, total_steps)
     if spec.optimizer == "sgd":
-        return keras.optimizers.SGD(
+        return FusedSGD(
             learning_rate, momentum=0.9, nesterov=True, weight_decay=spec.weight_decay or None
         )
     if spec.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=spec.weight_decay)
-    return keras.optimizers.Adam(learning_rate)
+        return FusedAdamW(learning_rate, weight_decay=spec.weight_decay)
+    return FusedAdam(learning_rate)
 
 
 class _EpochCounter(keras.callbacks.Callback):
