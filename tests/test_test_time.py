@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +70,10 @@ def test_a_model_trained_with_shifts_is_registered_and_served_wrapped(tmp_path: 
     layer_types = [layer.layer_type for layer in card.layers]
     assert layer_types[:2] == ["InputLayer", "TestTimeViews"]
     assert layer_types[-1] == "MeanOverViews" and "Conv2D" in layer_types
+    # The registry stores no optimizer, not even inside the wrapped network.
+    with zipfile.ZipFile(registry.model_path("digits-shifts", 1)) as saved:
+        saved_config = json.loads(saved.read("config.json"))
+    assert not _compile_configs(saved_config)
 
     # A fresh serving process (which never imported the trainer) loads the wrapped model
     # through the model cache and predicts what the card's test predictions say.
@@ -95,3 +101,13 @@ def test_a_model_trained_with_shifts_is_registered_and_served_wrapped(tmp_path: 
     assert [int(label) for label in served_predictions.strip("[]").split(",")] == (
         card.test_predictions
     )
+
+
+def _compile_configs(config: object) -> list[object]:
+    """Every non-empty ``compile_config`` in a saved model's config, nested ones included."""
+    if isinstance(config, dict):
+        found = [config["compile_config"]] if config.get("compile_config") else []
+        return found + [item for value in config.values() for item in _compile_configs(value)]
+    if isinstance(config, list):
+        return [item for value in config for item in _compile_configs(value)]
+    return []

@@ -311,7 +311,9 @@ def train(
     fit_seconds = time.perf_counter() - fit_started
     if spec.test_time_augmentation != "none":
         # Wrapped before evaluation, so the card's figures are those of the model served.
-        model = with_test_time_augmentation(model, spec.test_time_augmentation)
+        # The copy leaves the optimizer behind: a nested compiled model would carry it
+        # into the saved file, which then names it when it loads.
+        model = with_test_time_augmentation(inference_copy(model), spec.test_time_augmentation)
     stopped_early = bool(early_stopping and early_stopping.stopped_epoch > 0)
     return TrainingResult(
         model=model,
