@@ -164,7 +164,12 @@ def main(argv: list[str] | None = None) -> None:
         "--float32", action="store_true", help="Ours in float32 even where bfloat16 is faster."
     )
     parser.add_argument(
-        "--rounds", type=int, default=2, help="rounds of alternating runs (default 2)"
+        "--rounds",
+        type=int,
+        choices=range(1, 11),
+        default=2,
+        metavar="1-10",
+        help="rounds of alternating runs (default 2)",
     )
     args = parser.parse_args(argv)
     command = locked_command("bench.lab_throughput", argv)

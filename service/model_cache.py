@@ -235,9 +235,8 @@ class ModelCache:
         import keras  # deferred: TensorFlow loads only in the process that serves models
 
         # Registers the custom layers saved models may hold (test-time views, whitening,
-        # fused batch norm), and the optimizers a nested model's compile settings name in
-        # files saved before test-time wrapping dropped them.
-        from trainer import batch_norm, optimizers, test_time, whitening  # noqa: F401
+        # fused batch norm).
+        from trainer import batch_norm, test_time, whitening  # noqa: F401
 
         limit_intra_op_threads(self.intra_op_threads)
         self.registry.verify_checksum(model_name, version)

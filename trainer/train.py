@@ -311,9 +311,7 @@ def train(
     fit_seconds = time.perf_counter() - fit_started
     if spec.test_time_augmentation != "none":
         # Wrapped before evaluation, so the card's figures are those of the model served.
-        # The copy leaves the optimizer behind: a nested compiled model would carry it
-        # into the saved file, which then names it when it loads.
-        model = with_test_time_augmentation(inference_copy(model), spec.test_time_augmentation)
+        model = with_test_time_augmentation(model, spec.test_time_augmentation)
     stopped_early = bool(early_stopping and early_stopping.stopped_epoch > 0)
     return TrainingResult(
         model=model,
@@ -327,7 +325,23 @@ def train(
 
 
 def inference_copy(model: keras.Model) -> keras.Model:
-    """The same network and weights without optimizer state: what the registry stores."""
-    clone = keras.Model.from_config(model.get_config())
+    """The same network and weights without optimizer state: what the registry stores.
+
+    A network nested in another (test-time views wrap the trained one) keeps its compile
+    settings in the outer config; they go too, so a saved file never names an optimizer
+    that the serving process would have to know.
+    """
+    clone = keras.Model.from_config(_without_compile_settings(model.get_config()))
     clone.set_weights(model.get_weights())
     return clone
+
+
+def _without_compile_settings(config: Any) -> Any:
+    if isinstance(config, dict):
+        return {
+            key: None if key == "compile_config" else _without_compile_settings(value)
+            for key, value in config.items()
+        }
+    if isinstance(config, list):
+        return [_without_compile_settings(value) for value in config]
+    return config
