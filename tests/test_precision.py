@@ -70,6 +70,17 @@ def test_a_changed_machine_or_library_is_measured_again(
     assert len(json.loads(precision.cache_file().read_text())) == 2
 
 
+def test_capping_onednns_instruction_set_is_measured_again(
+    measurements: list[Verdict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An AMX Xeon capped at AVX512_CORE_BF16 computes bfloat16 as a Xeon without AMX.
+    precision.bfloat16_trains_faster()
+    precision.preferred_verdict.cache_clear()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    precision.bfloat16_trains_faster()
+    assert len(measurements) == 2
+
+
 def test_a_damaged_cache_file_is_measured_over(measurements: list[Verdict]) -> None:
     precision.cache_file().parent.mkdir(parents=True)
     precision.cache_file().write_text("{not json")

@@ -9,7 +9,7 @@ a child process set up as a worker is, and the faster one is kept. Where the fla
 is absent, bfloat16 is emulated and float32 wins without measuring.
 
 The answer is stored under the user's cache directory, keyed by everything it
-depends on (CPU model and flags, core count, TensorFlow version, kernel setting),
+depends on (CPU model and flags, core count, TensorFlow version, kernel settings),
 so a machine measures once, and a changed machine or library measures again.
 
     python -m trainer.precision            # this machine's verdict (measured if new)
@@ -40,6 +40,10 @@ NATIVE_BFLOAT16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 # couple of percent is within what a busy machine adds to a short measurement.
 REQUIRED_SPEEDUP = 1.1
 PROBE_TIMEOUT_SECONDS = 300
+# oneDNN's instruction-set cap: AVX512_CORE_BF16 on an AMX Xeon leaves AMX aside and
+# computes bfloat16 as a Xeon without AMX does, 0.70x as fast as float32 where AMX
+# made it 3x as fast (docs/benchmarks.md). A capped machine trains as another CPU.
+ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ def machine_key() -> str:
         str(os.cpu_count()),
         _tensorflow_version(),
         training_environment().get(ONEDNN_VARIABLE, ""),
+        *(os.environ.get(variable, "") for variable in ONEDNN_ISA_VARIABLES),
     ]
     return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
 
