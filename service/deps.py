@@ -241,11 +241,10 @@ async def model_version_from_path(
 
 # TensorFlow Serving addresses versions by number or by label (alias) in separate paths.
 VersionNumberPath = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Version number.")]
-AliasPath = Annotated[str, Path(description="Alias (TF Serving's version label).")]
 
 
-# The versions of the TF Serving routes, as model_version_from_query: the registry from
-# the request, so that a prediction solves no dependency beyond the version's own.
+# The versions of the TF Serving status and metadata routes, as model_version_from_query:
+# the registry from the request (its predict routes resolve theirs in the endpoint).
 async def default_model_version(request: Request, model_name: ModelNamePath) -> ModelVersion:
     return await resolved_version(services_of(request).registry, model_name, None)
 
@@ -256,14 +255,7 @@ async def numbered_model_version(
     return await resolved_version(services_of(request).registry, model_name, version)
 
 
-async def labelled_model_version(
-    request: Request, model_name: ModelNamePath, alias: AliasPath
-) -> ModelVersion:
-    return await resolved_version(services_of(request).registry, model_name, alias)
-
-
 QueryModelVersionDep = Annotated[ModelVersion, Depends(model_version_from_query)]
 PathModelVersionDep = Annotated[ModelVersion, Depends(model_version_from_path)]
 DefaultModelVersionDep = Annotated[ModelVersion, Depends(default_model_version)]
 NumberedModelVersionDep = Annotated[ModelVersion, Depends(numbered_model_version)]
-LabelledModelVersionDep = Annotated[ModelVersion, Depends(labelled_model_version)]

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.images import PixelRange
 from service.schemas import MODEL_NAME_DOC, VERSION_DOC
+from trainer.spec_base import MAX_VERSION
 
 # TF Serving's one signature; every architecture's model answers it.
 SIGNATURE_NAME = "serving_default"
@@ -68,6 +69,20 @@ class TfServingRequest(BaseModel):
     signature_name: str | None = Field(None, description=f"Only {SIGNATURE_NAME!r} exists.")
     instances: list[Any] | None = Field(None, description="Row format: one input per item.")
     inputs: Any = Field(None, description="Columnar format: the batch, or {input name: batch}.")
+
+
+class TfServingModelPath(BaseModel):
+    """The path of a TF Serving predict route, read in the endpoint (service/query.py)."""
+
+    model_name: str = Field(description="Registered model name.")
+
+
+class TfServingVersionPath(TfServingModelPath):
+    version: int = Field(ge=1, le=MAX_VERSION, description="Version number.")
+
+
+class TfServingLabelPath(TfServingModelPath):
+    alias: str = Field(description="Alias (TF Serving's version label).")
 
 
 class TfServingPredictResponse(BaseModel):

@@ -577,6 +577,49 @@ def test_tf_serving_errors_carry_an_error_string(
     assert payload["error"] == payload["detail"]["message"] != ""
 
 
+@pytest.mark.parametrize(
+    ("version", "expected"), [("one", "valid integer"), ("0", "greater than or equal to 1")]
+)
+def test_a_tf_serving_version_that_is_not_a_number_says_what_was_expected(
+    client: TestClient, version: str, expected: str
+) -> None:
+    path = f"/v1/models/{DIGITS}/versions/{version}:predict"
+    response = client.post(path, json={"instances": [GOOD_PIXELS]})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]["errors"]
+    assert error["field"] == "path.version"
+    assert error["received"] == version
+    assert expected in error["expected"]
+
+
+def test_the_tf_serving_predict_routes_document_their_path_parameters(
+    client: TestClient,
+) -> None:
+    # The routes read their path themselves (service/query.py), so the docs come from
+    # openapi_extra: each path parameter must still be there, required and typed.
+    paths = client.get("/openapi.json").json()["paths"]
+    documented = {
+        path: [
+            (parameter["name"], parameter["in"], parameter["required"], parameter["schema"]["type"])
+            for parameter in paths[path]["post"]["parameters"]
+        ]
+        for path in paths
+        if path.startswith("/v1/models/") and path.endswith(":predict")
+    }
+    model_name = ("model_name", "path", True, "string")
+    assert documented == {
+        "/v1/models/{model_name}:predict": [model_name],
+        "/v1/models/{model_name}/versions/{version}:predict": [
+            model_name, ("version", "path", True, "integer")
+        ],
+        "/v1/models/{model_name}/labels/{alias}:predict": [
+            model_name, ("alias", "path", True, "string")
+        ],
+    }  # fmt: skip
+    version = paths["/v1/models/{model_name}/versions/{version}:predict"]["post"]
+    assert version["parameters"][1]["schema"]["minimum"] == 1
+
+
 def test_tf_serving_status_and_metadata(client: TestClient) -> None:
     status = client.get("/v1/models/digits")
     assert status.status_code == 200, status.text
