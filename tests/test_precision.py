@@ -76,9 +76,12 @@ def test_capping_onednns_instruction_set_is_measured_again(
     # An AMX Xeon capped at AVX512_CORE_BF16 computes bfloat16 as a Xeon without AMX.
     precision.bfloat16_trains_faster()
     precision.preferred_verdict.cache_clear()
+    uncapped = precision.machine_key()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
     precision.bfloat16_trains_faster()
     assert len(measurements) == 2
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "")  # set but empty: no cap
+    assert precision.machine_key() == uncapped
 
 
 def test_a_damaged_cache_file_is_measured_over(measurements: list[Verdict]) -> None:

@@ -89,7 +89,8 @@ def machine_key() -> str:
         str(os.cpu_count()),
         _tensorflow_version(),
         training_environment().get(ONEDNN_VARIABLE, ""),
-        *(os.environ.get(variable, "") for variable in ONEDNN_ISA_VARIABLES),
+        # Only when set, so that an uncapped machine keeps the key it measured under.
+        *(f"{name}={os.environ[name]}" for name in ONEDNN_ISA_VARIABLES if os.environ.get(name)),
     ]
     return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
 
