@@ -31,6 +31,7 @@ from service.errors import ModelLoadError
 from service.inference import CompiledModel, limit_intra_op_threads
 from trainer.card import ModelCard
 from trainer.errors import CorruptModelError, DaciaVisionError, NotFoundError
+from trainer.model_files import load_model
 from trainer.registry import FileModelRegistry
 
 CacheKey = tuple[str, int]
@@ -232,18 +233,11 @@ class ModelCache:
             ) from error
 
     def _load_and_warm(self, model_name: str, version: int) -> LoadedModel:
-        import keras  # deferred: TensorFlow loads only in the process that serves models
-
-        # Registers the custom layers saved models may hold (test-time views, whitening,
-        # fused batch norm).
-        from trainer import batch_norm, test_time, whitening  # noqa: F401
-
         limit_intra_op_threads(self.intra_op_threads)
         self.registry.verify_checksum(model_name, version)
         card = self.registry.get_card(model_name, version)
         path = self.registry.model_path(model_name, version)
-        # safe_mode refuses lambda layers and other code embedded in the file.
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        model = load_model(path)
         input_shape = _input_shape(card, model)
         class_names = tuple(card.class_names)
         compiled = CompiledModel(
