@@ -22,6 +22,7 @@ from service.routes import (
     health,
     jobs,
     metrics,
+    model_files,
     models,
     predict,
     reports,
@@ -59,7 +60,7 @@ built on these routes is at [`/`](/).
 **Access**: unless the server runs open on loopback, every route but the health
 probes needs an API key (`Authorization: Bearer <key>` or `X-API-Key`; use
 "Authorize" above). Scopes: `predict` (predict, read models and metrics), `train`
-(jobs), `admin` (aliases, deletions, telemetry, everything).
+(jobs, model files), `admin` (aliases, deletions, telemetry, everything).
 """
 
 # Which scope each router's reads and changes need. Health probes stay open.
@@ -73,6 +74,8 @@ ACCESS = [
     (studies.router, RouteAccess(read="predict", write="train")),
     (reports.router, RouteAccess(read="predict", write="admin")),
     (models.router, RouteAccess(read="predict", write="admin")),
+    # A model's weights are worth more than the predictions a predict key is for.
+    (model_files.router, RouteAccess(read="train", write="admin")),
     (metrics.router, RouteAccess(read="predict", write="admin")),
 ]
 TELEMETRY_ACCESS = RouteAccess(read="admin", write="admin")

@@ -9,6 +9,8 @@ and comparisons below are real figures from real models.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import shutil
 import warnings
@@ -909,3 +911,69 @@ def test_an_unexpected_error_keeps_the_error_shape(tmp_path: Path) -> None:
     assert response.status_code == 500
     assert response.json()["detail"]["code"] == "internal_error"
     assert "RuntimeError" in response.json()["detail"]["message"]
+
+
+def test_a_version_model_file_downloads_as_registered_and_predicts_as_served(
+    client: TestClient, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from trainer.model_files import load_model
+
+    card = registry(client).get_card(MODEL, 2)
+    response = client.get(f"/models/{MODEL}/versions/2/model.keras")
+    assert response.status_code == 200, response.text
+    assert response.content == registry(client).model_path(MODEL, 2).read_bytes()
+    checksum = hashlib.sha256(response.content).hexdigest()
+    assert checksum == card.checksum.value
+    assert response.headers["etag"] == f'"{checksum}"'
+    digest = base64.b64encode(bytes.fromhex(checksum)).decode()
+    assert response.headers["repr-digest"] == f"sha-256=:{digest}:"
+    assert 'filename="digits-tiny-v2.keras"' in response.headers["content-disposition"]
+    assert response.headers["content-type"] == "application/octet-stream"
+
+    # The file is the served model: loaded elsewhere it gives /predict's probabilities.
+    saved = tmp_path / "downloaded.keras"
+    saved.write_bytes(response.content)
+    pixels = np.random.default_rng(0).random((4, *card.input_shape), dtype=np.float32)
+    served = client.post(
+        "/predict",
+        params={"model_name": MODEL, "version": "2", "top_k": 10},
+        json={"instances": pixels.tolist(), "pixel_range": "0-1"},
+    ).json()["predictions"]
+    model = load_model(saved)
+    for row, prediction in zip(model.predict(pixels, verbose=0), served, strict=True):
+        by_label = {entry["label"]: entry["probability"] for entry in prediction["top_k"]}
+        np.testing.assert_allclose(row, [by_label[name] for name in DIGIT_CLASSES], atol=1e-5)
+
+    # A broken download resumes where it stopped.
+    part = client.get(f"/models/{MODEL}/versions/2/model.keras", headers={"Range": "bytes=100-"})
+    assert part.status_code == 206 and part.content == response.content[100:]
+
+
+def test_the_model_file_of_an_alias_or_the_default_is_named_by_its_version(
+    client: TestClient,
+) -> None:
+    def downloaded_name(path: str) -> str:
+        response = client.get(path)
+        assert response.status_code == 200, response.text
+        return response.headers["content-disposition"]
+
+    assert 'filename="digits-tiny-v3.keras"' in downloaded_name(f"/models/{MODEL}/model.keras")
+    client.put(f"/models/{MODEL}/aliases/production", json={"version": 1})
+    assert 'filename="digits-tiny-v1.keras"' in downloaded_name(f"/models/{MODEL}/model.keras")
+    path = f"/models/{MODEL}/versions/production/model.keras"
+    assert 'filename="digits-tiny-v1.keras"' in downloaded_name(path)
+
+    error = detail(client.get(f"/models/{MODEL}/versions/9/model.keras"), 404, "version_not_found")
+    assert "live versions: 1, 2, 3" in error["message"]
+    detail(client.get("/models/no-such-model/model.keras"), 404, "model_not_found")
+
+
+def test_a_model_file_changed_on_disk_is_refused_not_sent(client: TestClient) -> None:
+    model_file = registry(client).model_path(MODEL, 1)
+    model_file.write_bytes(model_file.read_bytes() + b"tampered")
+    response = client.get(f"/models/{MODEL}/versions/1/model.keras")
+    error = detail(response, 503, "corrupt_model")
+    assert "its card records" in error["message"]
+    assert b"tampered" not in response.content

@@ -53,6 +53,9 @@ def expected_scope(method: str, path: str) -> str:
     if path.startswith("/studies"):
         # Reading a study is reading results; starting or cancelling one is training.
         return "predict" if method == "GET" else "train"
+    if path.startswith("/models") and path.endswith("/model.keras"):
+        # Weights are worth more than the predictions a predict key is for.
+        return "train"
     if path.startswith("/models"):
         return "predict" if method == "GET" else "admin"
     if path.startswith(("/predict", "/v1/", "/metrics")):
