@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from service import client, local
+from service import client, download, local
 from service.spec_arguments import add_training_spec_arguments
 from service.study_cli import add_study_parser
 from trainer.errors import DaciaVisionError
@@ -62,8 +62,8 @@ def _add_server_parsers(commands: Any) -> None:
     new.add_argument(
         "--scopes",
         required=True,
-        help="comma-separated: predict (predict, read models and metrics), train (jobs), "
-        "admin (everything)",
+        help="comma-separated: predict (predict, read models and metrics), "
+        "train (jobs, model files), admin (everything)",
     )
     new.set_defaults(handler=local.keys_new_command)
 
@@ -104,7 +104,17 @@ def _add_client_parsers(commands: Any) -> None:
     predict.add_argument("--version", help="number or alias (default: production, else latest)")
     predict.add_argument("--top-k", type=int, default=3, help="classes shown per image (3)")
     predict.set_defaults(handler=client.predict_command)
-    for command in (submit, listing, *followers, predict, *add_study_parser(commands)):
+    fetch = commands.add_parser(
+        "download", help="save a version's model file (.keras), checked against its sha256"
+    )
+    fetch.add_argument("model_name", help="a registered model's name")
+    fetch.add_argument("--version", help="number or alias (default: production, else latest)")
+    fetch.add_argument(
+        "--output", "-o", help="file or folder (default: ./MODEL-vN.keras, as the server names it)"
+    )
+    fetch.set_defaults(handler=download.download_command)
+    commands_with_url = (submit, listing, *followers, predict, fetch)
+    for command in (*commands_with_url, *add_study_parser(commands)):
         command.add_argument(
             "--url", help="server URL (default: DACIAVISION_API_URL or http://127.0.0.1:8000)"
         )

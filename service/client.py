@@ -37,14 +37,20 @@ def api_call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any
         response = client.request(method, path, **kwargs)
     except httpx.TransportError as error:
         raise ServerError(f"cannot reach {client.base_url}: {error}") from error
-    if response.is_error:
-        try:
-            body = response.json()
-            message = body["detail"]["message"]
-        except (ValueError, KeyError, TypeError):
-            body, message = None, response.text
-        raise ServerError(f"{response.status_code} from {method} {path}: {message}", body)
+    raise_for_error(response, method, path)
     return response.json()
+
+
+def raise_for_error(response: httpx.Response, method: str, path: str) -> None:
+    """Raise ServerError with the server's message if the response is an error."""
+    if not response.is_error:
+        return
+    try:
+        body = response.json()
+        message = body["detail"]["message"]
+    except (ValueError, KeyError, TypeError):
+        body, message = None, response.text
+    raise ServerError(f"{response.status_code} from {method} {path}: {message}", body)
 
 
 def _print_json(value: Any) -> None:

@@ -32,9 +32,15 @@ def serve_app(app: FastAPI) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+def downloads_of(profile: Path) -> Path:
+    """The folder where the browser of ``chromium(profile)`` saves downloads."""
+    return profile / "downloads"
+
+
 @contextmanager
 def chromium(profile: Path) -> Iterator[webdriver.Chrome]:
-    """Headless Chromium with its own profile folder; its console log is readable."""
+    """Headless Chromium with its own profile folder; its console log is readable and
+    its downloads land in ``downloads_of(profile)`` without asking."""
     chromium = shutil.which("chromium")
     chromedriver = shutil.which("chromedriver")
     assert chromium and chromedriver, "./scripts/test installs chromium and chromium-driver"
@@ -47,6 +53,14 @@ def chromium(profile: Path) -> Iterator[webdriver.Chrome]:
     ):  # fmt: skip
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    downloads_of(profile).mkdir(parents=True, exist_ok=True)
+    options.add_experimental_option(
+        "prefs",
+        {
+            "download.default_directory": str(downloads_of(profile)),
+            "download.prompt_for_download": False,
+        },
+    )
     # An explicit driver path keeps Selenium Manager from trying to download one.
     driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -14,7 +15,8 @@ import pytest
 from PIL import Image
 
 from service.cli import main
-from service.client import progress_line
+from service.client import ServerError, progress_line
+from service.download import write_checked
 from tests.workers import Process, free_port, running, service_environment, wait_until
 from trainer.data import load_raw
 from trainer.registry import FileModelRegistry
@@ -119,6 +121,17 @@ def test_embedded_serve_runs_jobs_and_the_client_cli_talks_to_it(tmp_path: Path)
         assert "digits-served version 1" in predicted.stdout
         assert f"{image}:" in predicted.stdout
 
+        downloaded = subprocess.run(
+            [*CLI, "download", "digits-served", "--output", str(tmp_path)],
+            env=environment, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert downloaded.returncode == 0, downloaded.stderr
+        saved = tmp_path / "digits-served-v1.keras"
+        assert f"saved {saved}" in downloaded.stdout
+        registered = tmp_path / "home" / "registry" / "digits-served" / "1" / "model.keras"
+        assert saved.read_bytes() == registered.read_bytes()
+        assert not list(tmp_path.glob(".digits-served-v1.keras.*"))  # no partial file left
+
         missing = subprocess.run(
             [*CLI, "jobs", "show", "no-such-job"],
             env=environment, capture_output=True, text=True, timeout=60,
@@ -137,6 +150,24 @@ def test_embedded_serve_runs_jobs_and_the_client_cli_talks_to_it(tmp_path: Path)
     assert "celery@" not in start and "[tasks]" not in start and "Started server" not in start
     worker_log = (tmp_path / "home" / "logs" / "worker-0.log").read_text()
     assert "embedded0@" in worker_log and "ready" in worker_log
+
+
+def test_a_download_that_fails_its_checksum_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "model.keras"
+    target.write_bytes(b"the version saved before")
+    chunks = iter([b"half of a ", b"model file"])
+    with pytest.raises(ServerError, match="nothing was saved"):
+        write_checked(chunks, target, hashlib.sha256(b"the whole model file").hexdigest())
+    assert target.read_bytes() == b"the version saved before"
+    assert [path.name for path in tmp_path.iterdir()] == ["model.keras"]
+
+    write_checked(
+        iter([b"the whole ", b"model file"]),
+        target,
+        hashlib.sha256(b"the whole model file").hexdigest(),
+    )
+    assert target.read_bytes() == b"the whole model file"
+    assert [path.name for path in tmp_path.iterdir()] == ["model.keras"]
 
 
 def _ready(url: str) -> bool:

@@ -30,7 +30,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from service.app import create_app
 from service.security import new_key, settings_entry
-from tests.browser import chromium, serve_app
+from tests.browser import chromium, downloads_of, serve_app
 from tests.test_worker_integration import Deployment
 from tests.workers import (
     REDIS_HOST,
@@ -403,6 +403,26 @@ def test_promote_and_roll_back_an_alias(site: Site, browser: Chrome) -> None:
     assert [badge.text for badge in browser.find_elements(By.CSS_SELECTOR, badges)] == [
         "production"
     ]
+    assert not _errors(browser)
+
+
+def test_a_version_model_file_downloads_from_its_row(
+    site: Site, browser: Chrome, tmp_path: Path
+) -> None:
+    site.versions(1)
+    _open(browser, site)
+    _click(browser, f'[data-model="{MODEL}"] tr[data-version="1"] [data-action="download"]')
+    saved = downloads_of(tmp_path / "chrome") / f"{MODEL}-v1.keras"
+    served = httpx.get(f"{site.url}/models/{MODEL}/versions/1/model.keras", timeout=60)
+    # Chromium writes a .crdownload file and renames it once the download is whole.
+    wait_until(
+        lambda: saved.is_file() and saved.stat().st_size == len(served.content),
+        timeout=30,
+        what="the download",
+    )
+    assert saved.read_bytes() == served.content
+    message = _wait(browser, _shown_text("models-message"))
+    assert message == f"Downloaded {MODEL}-v1.keras."
     assert not _errors(browser)
 
 

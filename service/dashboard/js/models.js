@@ -18,6 +18,7 @@ function versionRow(model, summary, actions) {
     element("td", {}, [
       button("Metrics", () => actions.openMetrics(model.model_name, summary.version), { "data-action": "metrics" }),
       button("Report", () => actions.openReport(model.model_name, summary.version), { "data-action": "report" }),
+      button("Download", () => actions.download(model.model_name, summary.version), { "data-action": "download" }),
     ]),
   ]);
 }
@@ -88,6 +89,23 @@ function modelCard(model, actions) {
   ]);
 }
 
+// Fetched, not linked: a plain link would not carry the API key the user typed in.
+async function downloadModelFile(modelName, version) {
+  const response = await request(`/models/${segment(modelName)}/versions/${version}/model.keras`, {
+    accept: "application/octet-stream",
+  });
+  const disposition = response.headers.get("Content-Disposition") ?? "";
+  const name = /filename="([^"]+)"/.exec(disposition)?.[1] ?? `${modelName}-v${version}.keras`;
+  const url = URL.createObjectURL(await response.blob());
+  const link = element("a", { attributes: { href: url, download: name } });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  // Revoked later, not at once: the browser reads the file after the click returns.
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  return name;
+}
+
 export async function loadModels() {
   const summaries = await getJson("/models");
   return Promise.all(summaries.map((summary) => getJson(`/models/${segment(summary.model_name)}`)));
@@ -99,10 +117,18 @@ function describeChange(change) {
 }
 
 // actions: openMetrics(name, version), openReport(name, version), changed().
-// Alias changes report in the section's message, which survives the re-render.
+// Alias changes and downloads report in the section's message, which survives the re-render.
 export function renderModels(container, models, actions, message) {
   const withChange = {
     ...actions,
+    async download(modelName, version) {
+      try {
+        const name = await downloadModelFile(modelName, version);
+        showMessage(message, `Downloaded ${name}.`, "success");
+      } catch (error) {
+        showMessage(message, error.message);
+      }
+    },
     async change(call) {
       try {
         const change = await call();
