@@ -75,11 +75,19 @@ def _sha256_of(repr_digest: str) -> str:
     return digest.hex()
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_checked(chunks: Iterator[bytes], target: Path, expected: str) -> None:
     """Write ``chunks`` to ``target`` only if their SHA-256 is ``expected`` (hex)."""
     hasher = hashlib.sha256()
     handle, partial = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
+        # mkstemp makes the file private (0600); the saved model gets what the umask allows.
+        os.chmod(partial, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as file:
             for chunk in chunks:
                 hasher.update(chunk)

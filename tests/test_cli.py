@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -168,6 +170,10 @@ def test_a_download_that_fails_its_checksum_leaves_nothing(tmp_path: Path) -> No
     )
     assert target.read_bytes() == b"the whole model file"
     assert [path.name for path in tmp_path.iterdir()] == ["model.keras"]
+    # Not the temporary file's private mode: what the umask allows, as for any new file.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
 
 
 def _ready(url: str) -> bool:
