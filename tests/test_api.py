@@ -968,6 +968,10 @@ def test_the_model_file_of_an_alias_or_the_default_is_named_by_its_version(
     error = detail(client.get(f"/models/{MODEL}/versions/9/model.keras"), 404, "version_not_found")
     assert "live versions: 1, 2, 3" in error["message"]
     detail(client.get("/models/no-such-model/model.keras"), 404, "model_not_found")
+    entry = field_error(client.get("/models/Bad_Name/model.keras"), "invalid_model_name")
+    assert (entry["field"], entry["received"]) == ("model_name", "Bad_Name")
+    entry = field_error(client.get(f"/models/{MODEL}/versions/0/model.keras"))
+    assert (entry["field"], entry["received"]) == ("version", 0)
 
 
 def test_a_model_file_changed_on_disk_is_refused_not_sent(client: TestClient) -> None:

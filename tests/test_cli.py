@@ -154,6 +154,16 @@ def test_embedded_serve_runs_jobs_and_the_client_cli_talks_to_it(tmp_path: Path)
     assert "embedded0@" in worker_log and "ready" in worker_log
 
 
+def test_download_to_a_missing_folder_says_so_before_asking_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-folder" / "model.keras"
+    # No server listens on port 9: the folder is checked first.
+    arguments = ["download", "digits", "--output", str(missing), "--url", "http://127.0.0.1:9"]
+    assert main(arguments) == 2
+    assert f"--output {missing}: neither it nor its folder exists" in capsys.readouterr().err
+
+
 def test_a_download_that_fails_its_checksum_leaves_nothing(tmp_path: Path) -> None:
     target = tmp_path / "model.keras"
     target.write_bytes(b"the version saved before")
