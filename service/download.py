@@ -17,6 +17,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -29,10 +30,10 @@ _SHA256_DIGEST = re.compile(r"sha-256=:([A-Za-z0-9+/=]+):")
 
 
 def download_command(arguments: argparse.Namespace) -> int:
-    model_name = arguments.model_name
+    model_name = quote(arguments.model_name, safe="")
     path = f"/models/{model_name}/model.keras"
     if arguments.version:
-        path = f"/models/{model_name}/versions/{arguments.version}/model.keras"
+        path = f"/models/{model_name}/versions/{quote(arguments.version, safe='')}/model.keras"
     output = Path(arguments.output or ".")
     if not (output.is_dir() or output.parent.is_dir()):
         raise InvalidInputError(f"--output {output}: neither it nor its folder exists")
@@ -60,8 +61,9 @@ def download(client: httpx.Client, path: str, output: Path) -> Path:
 
 
 def _attachment_name(headers: httpx.Headers, fallback: str) -> str:
+    # Only a plain name: never a hidden file, a parent folder or a path elsewhere.
     match = _FILENAME.search(headers.get("content-disposition", ""))
-    return match.group(1) if match else fallback
+    return match.group(1) if match and not match.group(1).startswith(".") else fallback
 
 
 def _sha256_of(repr_digest: str) -> str:
