@@ -104,16 +104,18 @@ def _add_client_parsers(commands: Any) -> None:
     predict.add_argument("--version", help="number or alias (default: production, else latest)")
     predict.add_argument("--top-k", type=int, default=3, help="classes shown per image (3)")
     predict.set_defaults(handler=client.predict_command)
-    fetch = commands.add_parser(
+    download_parser = commands.add_parser(
         "download", help="save a version's model file (.keras), checked against its sha256"
     )
-    fetch.add_argument("model_name", help="a registered model's name")
-    fetch.add_argument("--version", help="number or alias (default: production, else latest)")
-    fetch.add_argument(
+    download_parser.add_argument("model_name", help="a registered model's name")
+    download_parser.add_argument(
+        "--version", help="number or alias (default: production, else latest)"
+    )
+    download_parser.add_argument(
         "--output", "-o", help="file or folder (default: ./MODEL-vN.keras, as the server names it)"
     )
-    fetch.set_defaults(handler=download.download_command)
-    commands_with_url = (submit, listing, *followers, predict, fetch)
+    download_parser.set_defaults(handler=download.download_command)
+    commands_with_url = (submit, listing, *followers, predict, download_parser)
     for command in (*commands_with_url, *add_study_parser(commands)):
         command.add_argument(
             "--url", help="server URL (default: DACIAVISION_API_URL or http://127.0.0.1:8000)"
