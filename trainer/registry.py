@@ -235,8 +235,8 @@ class FileModelRegistry:
         """Path of the model.keras file of a live version."""
         return self._require_version(model_name, version) / MODEL_FILE
 
-    def verify_checksum(self, model_name: str, version: int) -> None:
-        """Raise CorruptModelError unless model.keras still has the sha256 its card records."""
+    def verify_checksum(self, model_name: str, version: int) -> str:
+        """The sha256 of model.keras (hex); CorruptModelError unless its card records it."""
         expected = self.get_card(model_name, version).checksum.value
         model_file = self.model_path(model_name, version)
         actual = _sha256(model_file) if model_file.is_file() else "missing"
@@ -244,6 +244,7 @@ class FileModelRegistry:
             message = f"model {model_name!r} version {version}: {MODEL_FILE} has sha256 {actual} "
             message += f"but its card records {expected}; it changed since, register it again"
             raise CorruptModelError(message, model_name=model_name, version=version)
+        return actual
 
     def aliases(self, model_name: str) -> dict[str, int]:
         """Current aliases of a model, alias → version, sorted by alias."""

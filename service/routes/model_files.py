@@ -32,8 +32,7 @@ _RESPONSES = {**error_responses(404, 422, 503), 200: {"content": {MEDIA_TYPE: {}
 
 
 def _model_file(registry: FileModelRegistry, model: ModelVersion) -> FileResponse:
-    registry.verify_checksum(model.model_name, model.version)
-    checksum = registry.get_card(model.model_name, model.version).checksum.value
+    checksum = registry.verify_checksum(model.model_name, model.version)
     digest = base64.b64encode(bytes.fromhex(checksum)).decode("ascii")
     return FileResponse(
         registry.model_path(model.model_name, model.version),
