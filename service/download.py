@@ -3,7 +3,9 @@
 The file streams into a temporary file beside the target and replaces the target only
 once its SHA-256 matches the ``Repr-Digest`` the server sent (the checksum on the
 version's card), so an interrupted or damaged download never leaves a file that looks
-like a model.
+like a model. A target that holds the version already is left alone: a file named as the
+target is offered to the server by its checksum (``If-None-Match``, answered 304), and a
+folder's file of the name the server gives is compared once the headers are in.
 """
 
 from __future__ import annotations
@@ -38,15 +40,23 @@ def download_command(arguments: argparse.Namespace) -> int:
     if not (output.is_dir() or output.parent.is_dir()):
         raise InvalidInputError(f"--output {output}: neither it nor its folder exists")
     with api_client(arguments) as client:
-        saved = download(client, path, output)
-    print(f"saved {saved}")
+        target, written = download(client, path, output)
+    print(f"saved {target}" if written else f"{target} holds this version already; left as is")
     return 0
 
 
-def download(client: httpx.Client, path: str, output: Path) -> Path:
-    """Save the file at ``path`` as ``output``, or under its own name if that is a folder."""
+def download(client: httpx.Client, path: str, output: Path) -> tuple[Path, bool]:
+    """Save the file at ``path`` as ``output``, or under its own name if that is a folder.
+
+    Returns the target and whether it was written: not if it held the file already.
+    """
+    headers = {}
+    if output.is_file():
+        headers["If-None-Match"] = f'"{sha256_of_file(output)}"'
     try:
-        with client.stream("GET", path) as response:
+        with client.stream("GET", path, headers=headers) as response:
+            if response.status_code == 304:
+                return output, False
             if response.is_error:
                 response.read()
                 raise_for_error(response, "GET", path)
@@ -54,10 +64,17 @@ def download(client: httpx.Client, path: str, output: Path) -> Path:
             if output.is_dir():
                 target = output / _attachment_name(response.headers, fallback=Path(path).name)
             expected = _sha256_of(response.headers.get("repr-digest", ""))
+            if target.is_file() and sha256_of_file(target) == expected:
+                return target, False  # closing the stream unread ends the transfer
             write_checked(response.iter_bytes(), target, expected)
-            return target
+            return target, True
     except httpx.TransportError as error:
         raise ServerError(f"cannot reach {client.base_url}: {error}") from error
+
+
+def sha256_of_file(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _attachment_name(headers: httpx.Headers, fallback: str) -> str:

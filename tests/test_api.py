@@ -974,6 +974,37 @@ def test_the_model_file_of_an_alias_or_the_default_is_named_by_its_version(
     assert (entry["field"], entry["received"]) == ("version", 0)
 
 
+def test_a_model_file_the_client_holds_is_confirmed_not_sent_and_head_sends_headers_only(
+    client: TestClient,
+) -> None:
+    path = f"/models/{MODEL}/versions/2/model.keras"
+    whole = client.get(path)
+    etag = whole.headers["etag"]
+
+    head = client.head(path)
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len(whole.content)
+    assert (head.headers["etag"], head.headers["repr-digest"]) == (
+        etag,
+        whole.headers["repr-digest"],
+    )
+    assert 'filename="digits-tiny-v2.keras"' in head.headers["content-disposition"]
+    default = client.head(f"/models/{MODEL}/model.keras").headers["content-disposition"]
+    assert 'filename="digits-tiny-v3.keras"' in default
+
+    for if_none_match in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        held = client.get(path, headers={"If-None-Match": if_none_match})
+        assert held.status_code == 304, if_none_match
+        assert held.content == b"" and held.headers["etag"] == etag
+    other = client.get(path, headers={"If-None-Match": '"an-older-checksum"'})
+    assert other.status_code == 200 and other.content == whole.content
+
+    # The file is checked before the client's copy is confirmed as the version.
+    model_file = registry(client).model_path(MODEL, 2)
+    model_file.write_bytes(model_file.read_bytes() + b"tampered")
+    detail(client.get(path, headers={"If-None-Match": etag}), 503, "corrupt_model")
+
+
 def test_a_model_file_changed_on_disk_is_refused_not_sent(client: TestClient) -> None:
     model_file = registry(client).model_path(MODEL, 1)
     model_file.write_bytes(model_file.read_bytes() + b"tampered")

@@ -133,6 +133,16 @@ def test_embedded_serve_runs_jobs_and_the_client_cli_talks_to_it(tmp_path: Path)
         registered = tmp_path / "home" / "registry" / "digits-served" / "1" / "model.keras"
         assert saved.read_bytes() == registered.read_bytes()
         assert not list(tmp_path.glob(".digits-served-v1.keras.*"))  # no partial file left
+        # Again, into the folder and onto the file: the file holds the version, kept as is.
+        modified = saved.stat().st_mtime_ns
+        for output in (tmp_path, saved):
+            again = subprocess.run(
+                [*CLI, "download", "digits-served", "--output", str(output)],
+                env=environment, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert again.returncode == 0, again.stderr
+            assert f"{saved} holds this version already" in again.stdout
+        assert saved.stat().st_mtime_ns == modified
 
         missing = subprocess.run(
             [*CLI, "jobs", "show", "no-such-job"],

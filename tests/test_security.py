@@ -113,6 +113,15 @@ def test_every_route_needs_a_key_with_its_scope(protected: TestClient) -> None:
                 assert (detail["code"], detail["required_scope"]) == ("forbidden", scope)
 
 
+def test_a_model_file_head_needs_the_train_scope_as_its_get(protected: TestClient) -> None:
+    # HEAD is out of the OpenAPI document, so the sweep above does not reach it.
+    for path in ("/models/no-such-model/model.keras", "/models/m/versions/1/model.keras"):
+        assert protected.head(path).status_code == 401
+        assert protected.head(path, headers={"X-API-Key": KEYS["predict"]}).status_code == 403
+        allowed = protected.head(path, headers={"X-API-Key": KEYS["train"]})
+        assert allowed.status_code == 404 and allowed.content == b""
+
+
 def test_tf_serving_refusals_carry_its_error_string(protected: TestClient) -> None:
     # Its routes check keys in their route class, inside the one adding "error".
     for key in (None, KEYS["train"]):
