@@ -25,6 +25,7 @@ import httpx
 
 from service.client import ServerError, api_client, raise_for_error
 from trainer.errors import InvalidInputError
+from trainer.files import sha256_of_file
 
 # The name in `Content-Disposition: attachment; filename="digits-v3.keras"`, as sent.
 _FILENAME = re.compile(r'filename="([^"/\\]+)"')
@@ -70,11 +71,6 @@ def download(client: httpx.Client, path: str, output: Path) -> tuple[Path, bool]
             return target, True
     except httpx.TransportError as error:
         raise ServerError(f"cannot reach {client.base_url}: {error}") from error
-
-
-def sha256_of_file(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _attachment_name(headers: httpx.Headers, fallback: str) -> str:

@@ -6,6 +6,7 @@ rename": a reader sees the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -22,6 +23,12 @@ def utc_now() -> datetime:
 def utc_timestamp() -> str:
     """The current time as an ISO 8601 string in UTC."""
     return utc_now().isoformat()
+
+
+def sha256_of_file(path: Path) -> str:
+    """The file's SHA-256 as hex, as model cards record it."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def fsync_path(path: Path) -> None:

@@ -14,7 +14,6 @@ loaded before a worker forks hangs the child. ``write_model`` does the saving.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -38,7 +37,7 @@ from trainer.errors import (
     ModelNotFoundError,
     VersionNotFoundError,
 )
-from trainer.files import fsync_path, utc_timestamp, write_json_atomically
+from trainer.files import fsync_path, sha256_of_file, utc_timestamp, write_json_atomically
 from trainer.spec_base import validate_model_name
 
 PRODUCTION_ALIAS = "production"
@@ -63,11 +62,6 @@ class ModelSummary:
     versions: list[int]
     aliases: dict[str, int]
     latest_version: int | None
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _file_stamp(path: str) -> tuple[int, int, int, int] | None:
@@ -141,7 +135,7 @@ class FileModelRegistry:
                     "model_name": model_name,
                     "version": version,
                     "created_at": utc_timestamp(),
-                    "checksum": {"algorithm": "sha256", "value": _sha256(model_file)},
+                    "checksum": {"algorithm": "sha256", "value": sha256_of_file(model_file)},
                     "model_file": MODEL_FILE,
                     "model_file_bytes": model_file.stat().st_size,
                 }
@@ -239,7 +233,7 @@ class FileModelRegistry:
         """The sha256 of model.keras (hex); CorruptModelError unless its card records it."""
         expected = self.get_card(model_name, version).checksum.value
         model_file = self.model_path(model_name, version)
-        actual = _sha256(model_file) if model_file.is_file() else "missing"
+        actual = sha256_of_file(model_file) if model_file.is_file() else "missing"
         if actual != expected:
             message = f"model {model_name!r} version {version}: {MODEL_FILE} has sha256 {actual} "
             message += f"but its card records {expected}; it changed since, register it again"
