@@ -378,9 +378,13 @@ def host_policy(configured: str | None, keyring: Keyring) -> HostPolicy | None:
     (evil.example resolving to 127.0.0.1) then reaches nothing. With keys, such a
     page has no key to send, so any name is answered unless the operator lists them.
     """
-    if configured is None:
+    names = frozenset(
+        name.strip().lower() for name in (configured or "").split(",") if name.strip()
+    )
+    if not names:
+        # Unset or empty alike: `DACIAVISION_ALLOWED_HOSTS=` in an env file must not
+        # turn every request away with 400 invalid_host.
         return HostPolicy(frozenset(LOOPBACK_HOSTS), dotless=True) if keyring.open else None
-    names = frozenset(name.strip().lower() for name in configured.split(",") if name.strip())
     return None if "*" in names else HostPolicy(names)
 
 

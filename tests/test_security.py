@@ -258,6 +258,17 @@ def test_configured_hosts_are_the_only_ones_answered(tmp_path: Path) -> None:
     assert client.get("/jobs", headers={**headers, "Host": "evil.example"}).status_code == 400
 
 
+@pytest.mark.parametrize("configured", ["", " ", ","])
+def test_an_empty_host_list_means_the_default_not_no_host(tmp_path: Path, configured: str) -> None:
+    # As `DACIAVISION_ALLOWED_HOSTS=` in an env file leaves it: not a list of no names.
+    open_app = TestClient(create_app(Settings(home=tmp_path, allowed_hosts=configured)))
+    assert open_app.get("/jobs", headers={"Host": "localhost:8000"}).status_code == 200
+    assert open_app.get("/jobs", headers={"Host": "rebind.attacker.example"}).status_code == 400
+    keyed = Settings(home=tmp_path, api_keys=KEYS_SETTING, allowed_hosts=configured)
+    headers = {"X-API-Key": KEYS["train"], "Host": "api.example.org"}
+    assert TestClient(create_app(keyed)).get("/jobs", headers=headers).status_code == 200
+
+
 def test_cors_allows_only_configured_origins(tmp_path: Path, open_client: TestClient) -> None:
     preflight = {
         "Origin": "https://ui.example.org",

@@ -141,8 +141,8 @@ class Settings(BaseSettings):
     )
     allowed_hosts: str | None = Field(
         None,
-        description="Comma-separated Host names the API answers; empty means loopback names "
-        "when no keys are configured and any host once keys protect the API.",
+        description="Comma-separated Host names the API answers; unset or empty means "
+        "loopback names when no keys are configured and any host once keys protect the API.",
     )
 
     # Bounded requests (service/limits.py, service/images.py).
