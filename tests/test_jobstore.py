@@ -39,6 +39,7 @@ from worker.jobstore import (
 from worker.jobstore.base import Clock
 from worker.recovery import release_jobs_of_dead_local_workers, requeue_orphaned_jobs
 from worker.settings import Settings
+from worker.studies.runtime import ADVANCE_STUDY_TASK
 
 REDIS_URL = redis_url("jobstore")
 
@@ -390,7 +391,7 @@ def test_requeue_orphans_cancels_orphans_whose_cancel_was_requested(
     store.request_cancel(job.job_id)
     clock.advance(11)
 
-    assert store.requeue_orphans() == ([], [])
+    assert store.requeue_orphans() == ([], [job.job_id])
     assert store.get(job.job_id).status == "cancelled"
 
 
@@ -637,6 +638,44 @@ def test_one_failed_resend_does_not_strand_the_other_orphans(
     requeue_orphaned_jobs(store, broker, max_attempts=3)
     assert sorted(broker.sent) == sorted(job.job_id for job in orphans)
     assert all(store.get(job.job_id).status == "queued" for job in orphans)
+
+
+class RecordingBroker:
+    """A Celery app stand-in that keeps what it is asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[str]]] = []
+        self.conf = SimpleNamespace(broker_transport_options={})
+
+    def send_task(self, name: str, *, args: list[str], **options: Any) -> None:
+        self.sent.append((name, args))
+
+
+def test_the_sweep_has_the_study_of_a_job_it_ends_advance(
+    store: JobStore, clock: FakeClock
+) -> None:
+    # A study's job whose worker died for good: nothing else would advance the study
+    # until a worker starts, so it would show "running" with a stage that cannot end.
+    study_id = uuid.uuid4().hex
+    now = clock()
+    lost, cancelled, own = (
+        Job.new({"dataset": "digits"}, "digits").model_copy(
+            update={"job_id": job_id, "created_at": now, "updated_at": now, "enqueued_at": now}
+        )
+        for job_id in (f"{study_id}-variations-0", f"{study_id}-variations-1", uuid.uuid4().hex)
+    )
+    for job in (lost, cancelled, own):
+        store.create(job)
+        store.claim(job.job_id, "worker-1", 10)
+    store.request_cancel(cancelled.job_id)
+    clock.advance(11)
+    broker = RecordingBroker()
+
+    requeue_orphaned_jobs(store, broker, max_attempts=1)
+    assert store.get(lost.job_id).status == "failed"
+    assert store.get(cancelled.job_id).status == "cancelled"
+    assert store.get(own.job_id).status == "failed"
+    assert broker.sent == [(ADVANCE_STUDY_TASK, [study_id])]
 
 
 def test_jobs_of_dead_local_workers_are_released_others_kept(

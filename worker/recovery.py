@@ -8,8 +8,10 @@ import socket
 
 from celery import Celery
 
+from trainer.study_spec import study_of_job
 from worker.app import enqueue_training
 from worker.jobstore import JobStore
+from worker.studies.runtime import ADVANCE_STUDY_TASK, send_study_task
 
 logger = logging.getLogger(__name__)
 
@@ -22,17 +24,32 @@ def requeue_orphaned_jobs(
     max_attempts: int,
     resend_after_seconds: float = DEFAULT_RESEND_AFTER_SECONDS,
 ) -> list[str]:
-    """Put running jobs with an expired lease back on the queue; fail hopeless ones.
+    """Put running jobs with an expired lease back on the queue; end hopeless ones.
 
-    Then send every queued job that still has to be sent, including those.
+    Then send every queued job that still has to be sent, including those, and have
+    the studies of the jobs ended here advance.
     """
-    requeued, failed = store.requeue_orphans(max_attempts=max_attempts)
+    requeued, ended = store.requeue_orphans(max_attempts=max_attempts)
     for job_id in requeued:
         logger.warning("job %s lost its worker; requeued", job_id)
-    for job_id in failed:
-        logger.error("job %s lost its worker %d times; marked failed", job_id, max_attempts)
+    for job_id in ended:
+        logger.error("job %s lost its worker and was ended (failed or cancelled)", job_id)
     send_queued_jobs(store, celery_app, resend_after_seconds)
+    _advance_studies_of(ended, celery_app)
     return requeued
+
+
+def _advance_studies_of(ended_job_ids: list[str], celery_app: Celery) -> None:
+    # A study advances when one of its jobs ends, in the task's own `finally`; a job
+    # ended here never got there (its worker died), so without this its study would
+    # wait for the next worker start, showing "running" meanwhile.
+    studies = {study_of_job(job_id) for job_id in ended_job_ids}
+    for study_id in sorted(study for study in studies if study is not None):
+        try:
+            send_study_task(celery_app, ADVANCE_STUDY_TASK, study_id)
+        except Exception:
+            # A worker's start advances every running study anyway.
+            logger.warning("could not ask to advance study %s", study_id, exc_info=True)
 
 
 def send_queued_jobs(store: JobStore, celery_app: Celery, resend_after_seconds: float) -> list[str]:

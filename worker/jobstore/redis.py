@@ -155,9 +155,12 @@ class RedisJobStore(base.JobTransitions):
     def requeue_orphans(
         self, max_attempts: int = 3
     ) -> tuple[builtins.list[str], builtins.list[str]]:
-        """Requeue or fail running jobs whose lease expired; returns (requeued, failed) ids."""
+        """Requeue or end running jobs whose lease expired; returns (requeued, ended) ids.
+
+        Ended: failed after ``max_attempts``, or cancelled as was asked.
+        """
         requeued: builtins.list[str] = []
-        failed: builtins.list[str] = []
+        ended: builtins.list[str] = []
         for job_id in self.client.zrange(self._status_key("running"), 0, -1):
             # Each job is re-checked inside its own WATCH loop, so a worker that
             # renews its lease at this very moment keeps the job.
@@ -166,9 +169,9 @@ class RedisJobStore(base.JobTransitions):
             )
             if recovered is not None and recovered.status == "queued":
                 requeued.append(recovered.job_id)
-            elif recovered is not None and recovered.status == "failed":
-                failed.append(recovered.job_id)
-        return requeued, failed
+            elif recovered is not None:
+                ended.append(recovered.job_id)
+        return requeued, ended
 
     def jobs_to_send(self, resend_after_seconds: float) -> builtins.list[str]:
         """Queued jobs never sent or sent long ago, stamped as sent now; their ids."""

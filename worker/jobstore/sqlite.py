@@ -153,9 +153,12 @@ class SqliteJobStore(base.JobTransitions):
     def requeue_orphans(
         self, max_attempts: int = 3
     ) -> tuple[builtins.list[str], builtins.list[str]]:
-        """Requeue or fail running jobs whose lease expired; returns (requeued, failed) ids."""
+        """Requeue or end running jobs whose lease expired; returns (requeued, ended) ids.
+
+        Ended: failed after ``max_attempts``, or cancelled as was asked.
+        """
         requeued: list[str] = []
-        failed: list[str] = []
+        ended: list[str] = []
         with self._write() as connection:
             now = self.clock()
             rows = connection.execute(
@@ -170,9 +173,9 @@ class SqliteJobStore(base.JobTransitions):
                 self._save(connection, recovered)
                 if recovered.status == "queued":
                     requeued.append(recovered.job_id)
-                elif recovered.status == "failed":
-                    failed.append(recovered.job_id)
-        return requeued, failed
+                else:
+                    ended.append(recovered.job_id)
+        return requeued, ended
 
     def jobs_to_send(self, resend_after_seconds: float) -> builtins.list[str]:
         """Queued jobs never sent or sent long ago, stamped as sent now; their ids."""
