@@ -134,3 +134,16 @@ def test_a_cancel_after_the_last_batch_stops_before_registration(tmp_path: Path)
             should_cancel=lambda: cancelled,
         )
     assert registry.list_models() == []
+
+
+def test_a_stored_spec_this_release_refuses_fails_the_job_at_once(tmp_path: Path) -> None:
+    # As a job queued before an upgrade that no longer accepts its spec would be.
+    settings = Settings(home=tmp_path)
+    store = SqliteJobStore(settings.jobs_db_path)
+    job = queued_job(store, {**SPEC, "epochs": -1})
+
+    assert runner.run_job(job.job_id, settings) == {"job_id": job.job_id, "status": "failed"}
+    failed = store.get(job.job_id)
+    assert failed.status == "failed" and failed.lease_expires_at is None
+    assert failed.error is not None and failed.error.type == "InvalidSpec"
+    assert "epochs" in failed.error.message

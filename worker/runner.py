@@ -116,7 +116,16 @@ def _run_claimed(
         store.finish(job_id, "succeeded", version=earlier_version, worker=worker)
         return {"job_id": job_id, "version": earlier_version}
 
-    spec = parse_training_spec(job.spec)
+    try:
+        spec = parse_training_spec(job.spec)
+    except ValueError as error:  # pydantic's ValidationError is one
+        # A spec stored by an older release that this one no longer accepts: end the job
+        # now with the reason, rather than leave it running until its lease runs out.
+        logger.error("job %s: its stored spec is not valid: %s", job_id, error)
+        message = f"the job's stored spec is not valid for this version of the service: {error}"
+        reason = JobError(type="InvalidSpec", message=message[:2000])
+        store.finish(job_id, "failed", error=reason, worker=worker)
+        return {"job_id": job_id, "status": "failed"}
     time_limit = spec.time_limit_seconds or settings.job_time_limit_seconds
     lease = _LeaseKeeper(store, job_id, worker, settings.job_lease_seconds, time_limit)
     lease.start()
