@@ -234,7 +234,7 @@ async def model_version_from_query(
 async def model_version_from_path(
     registry: RegistryDep,
     model_name: ModelNamePath,
-    version: Annotated[str, Path(description="Version number or alias.")],
+    version: Annotated[str, Path(description="Version number or alias.", max_length=64)],
 ) -> ModelVersion:
     return await resolved_version(registry, model_name, version)
 

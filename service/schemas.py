@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field, computed_field
 
 from trainer.evaluate import EvaluationReport
+from trainer.spec_base import MAX_VERSION
 from worker.jobstore import EpochProgress, Job, JobError, JobStatus
 
 # How the query parameters naming a model and a version are documented.
@@ -19,6 +20,9 @@ VERSION_DOC: dict[str, Any] = {
     "description": "Version number or alias; empty means the `production` alias if set, "
     "else the latest version.",
     "examples": ["3", "production"],
+    # An alias has at most 64 characters and a version number 10 digits; a longer
+    # digit string would cost Python's int() and then be refused anyway.
+    "max_length": 64,
 }
 
 
@@ -78,7 +82,7 @@ class ModelDetail(BaseModel):
 
 
 class AliasUpdate(BaseModel):
-    version: int = Field(ge=1, description="The version the alias should point to.")
+    version: int = Field(ge=1, le=MAX_VERSION, description="The version the alias should point to.")
 
     model_config = {"json_schema_extra": {"examples": [{"version": 2}]}}
 

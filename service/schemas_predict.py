@@ -66,7 +66,9 @@ class PredictResponse(BaseModel):
 class TfServingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    signature_name: str | None = Field(None, description=f"Only {SIGNATURE_NAME!r} exists.")
+    signature_name: str | None = Field(
+        None, max_length=64, description=f"Only {SIGNATURE_NAME!r} exists."
+    )
     instances: list[Any] | None = Field(None, description="Row format: one input per item.")
     inputs: Any = Field(None, description="Columnar format: the batch, or {input name: batch}.")
 
@@ -82,7 +84,7 @@ class TfServingVersionPath(TfServingModelPath):
 
 
 class TfServingLabelPath(TfServingModelPath):
-    alias: str = Field(description="Alias (TF Serving's version label).")
+    alias: str = Field(description="Alias (TF Serving's version label).", max_length=64)
 
 
 class TfServingPredictResponse(BaseModel):

@@ -485,7 +485,17 @@ def test_alias_errors(client: TestClient) -> None:
     assert (entry["field"], entry["received"]) == ("alias", "Bad_Alias")
     assert "lowercase letters, digits or '-'" in entry["expected"]
 
-    for body, received, expected in (({}, {}, "Field required"), ({"version": 0}, 0, "greater")):
+    # Digits alone name a version wherever an alias could go: such an alias could never be used.
+    entry = field_error(client.put(f"{aliases}/7", json={"version": 1}))
+    assert (entry["field"], entry["received"]) == ("alias", "7")
+    assert "not digits alone" in entry["expected"]
+
+    too_big = (2**31, 2**31, "less than or equal to 2147483647")
+    for body, received, expected in (
+        ({}, {}, "Field required"),
+        ({"version": 0}, 0, "greater"),
+        ({"version": too_big[0]}, too_big[1], too_big[2]),
+    ):
         entry = field_error(client.put(f"{aliases}/production", json=body))
         assert entry["field"] == "body.version"
         assert entry["received"] == received and expected in entry["expected"]
@@ -502,6 +512,26 @@ def test_alias_errors(client: TestClient) -> None:
     error = detail(client.post(f"{aliases}/staging/rollback"), 409, "conflict")
     assert "has no earlier version" in error["message"] and "version 2" in error["message"]
     assert client.get(f"/models/{MODEL}").json()["aliases"] == {"staging": 2}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", f"/models/{MODEL}/versions/{{version}}"),
+        ("get", f"/models/{MODEL}/versions/{{version}}/model.keras"),
+        ("get", f"/metrics?model_name={MODEL}&version={{version}}"),
+        ("get", f"/metrics/compare?model_name={MODEL}&a=1&b={{version}}"),
+        ("post", f"/predict?model_name={MODEL}&version={{version}}"),
+        ("post", f"/v1/models/{MODEL}/labels/{{version}}:predict"),
+    ],
+)
+def test_a_version_longer_than_any_alias_is_refused_with_a_422(
+    client: TestClient, method: str, path: str
+) -> None:
+    # 5,000 digits: past what Python converts to an int, so unbounded it was a 500.
+    response = getattr(client, method)(path.format(version="9" * 5000))
+    assert response.status_code == 422, response.text[:300]
+    assert "64" in response.text
 
 
 def test_rollback_to_a_deleted_version_is_a_conflict(make_client: ClientFactory) -> None:

@@ -592,6 +592,17 @@ def test_a_tf_serving_version_that_is_not_a_number_says_what_was_expected(
     assert expected in error["expected"]
 
 
+def test_a_tf_serving_signature_name_is_bounded_before_it_is_echoed(client: TestClient) -> None:
+    # An unknown signature is named in the error: a megabyte one would come back several times.
+    body = {"signature_name": "s" * 1_000_000, "instances": [GOOD_PIXELS]}
+    response = client.post(f"/v1/models/{DIGITS}:predict", json=body)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]["errors"]
+    assert error["field"] == "body.signature_name"
+    assert "at most 64 characters" in error["expected"]
+    assert len(response.content) < 20_000
+
+
 def test_the_tf_serving_predict_routes_document_their_path_parameters(
     client: TestClient,
 ) -> None:

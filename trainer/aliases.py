@@ -24,7 +24,8 @@ from typing import Any
 from trainer.errors import AliasNotFoundError, ConflictError, CorruptModelError, InvalidInputError
 from trainer.files import utc_timestamp, write_json_atomically
 
-ALIAS_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+# Not digits alone: a digit string names a version wherever an alias could go.
+ALIAS_PATTERN = r"^(?![0-9]+$)[a-z0-9][a-z0-9-]{0,63}$"
 ALIASES_FILE = "aliases.json"
 HISTORY_FILE = "alias-history.json"
 _ALIASES_LOCK_FILE = ".aliases.lock"
@@ -40,7 +41,8 @@ def check_alias(alias: str) -> str:
     """Return ``alias`` if it is a valid alias name, else raise InvalidInputError."""
     if not isinstance(alias, str) or not _ALIAS_RE.fullmatch(alias):
         message = f"alias {alias!r} is not allowed: use 1-64 lowercase letters, digits or '-', "
-        message += f"starting with a letter or digit (pattern {ALIAS_PATTERN}), e.g. 'production'"
+        message += "starting with a letter or digit and not digits alone, which name versions "
+        message += f"(pattern {ALIAS_PATTERN}), e.g. 'production'"
         raise InvalidInputError(message, alias=alias)
     return alias
 

@@ -37,8 +37,10 @@ def get_metrics(registry: RegistryDep, model: QueryModelVersionDep) -> MetricsRe
 def compare_metrics(
     registry: RegistryDep,
     model_name: Annotated[str, Query(description="Model of version `a` (and `b` by default).")],
-    a: Annotated[str, Query(description="Version number or alias of the baseline.")],
-    b: Annotated[str, Query(description="Version number or alias to compare with it.")],
+    a: Annotated[str, Query(description="Version number or alias of the baseline.", max_length=64)],
+    b: Annotated[
+        str, Query(description="Version number or alias to compare with it.", max_length=64)
+    ],
     model_name_b: Annotated[
         str | None, Query(description="Model of version `b`, to compare two models.")
     ] = None,
