@@ -13,7 +13,8 @@ from worker.jobstore import Job, JobError, JobStore
 from worker.settings import Settings
 
 
-def _check_augmentation_targets(spec: AnyTrainingSpec, registry: FileModelRegistry) -> None:
+def check_augmentation_targets(spec: AnyTrainingSpec, registry: FileModelRegistry) -> None:
+    """InvalidInputError (422) for target classes the dataset lacks; 404 for no reference."""
     targets = spec.augmentation.target_classes
     if targets == "weak":
         reference = spec.augmentation.reference_model
@@ -65,7 +66,7 @@ def submit_job(
     with the reason instead of waiting forever.
     """
     check_resources(spec, settings)
-    _check_augmentation_targets(spec, registry)
+    check_augmentation_targets(spec, registry)
     job = Job.new(spec=spec.model_dump(mode="json"), model_name=spec.registered_name)
     store.create(job)
     try:

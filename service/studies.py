@@ -11,10 +11,12 @@ from kombu.exceptions import OperationalError
 
 from service.deps import JobDispatcher
 from service.errors import BrokerUnavailableError
+from service.jobs import check_augmentation_targets, check_resources
 from service.schemas_studies import StageJobView, StageView, StudyView
-from trainer.errors import ConflictError, JobNotFoundError
+from trainer.errors import ConflictError, DaciaVisionError, JobNotFoundError
+from trainer.registry import FileModelRegistry
 from trainer.study_presets import expand
-from trainer.study_spec import StudyRequest, check_stages
+from trainer.study_spec import StageSpec, StudyRequest, check_stages, training_specs
 from worker.jobstore import JobStore
 from worker.settings import Settings
 from worker.studies import Study, StudyStore
@@ -30,9 +32,11 @@ def create_study(
     studies: StudyStore,
     jobs: JobStore,
     dispatcher: JobDispatcher,
+    registry: FileModelRegistry,
 ) -> Study:
     """Store the study with its whole plan, then start the stages that can start."""
     stages = check_stages(expand(request))
+    _check_trainings(stages, settings, registry)
     study = Study.new(request.model_dump(mode="json", exclude_none=True), stages, request.name)
     studies.create(study)
     try:
@@ -43,6 +47,24 @@ def create_study(
             f"the job queue is unreachable ({error}); study {study.study_id} was stored and "
             "starts when a worker starts"
         ) from error
+
+
+def _check_trainings(
+    stages: list[StageSpec], settings: Settings, registry: FileModelRegistry
+) -> None:
+    # What POST /jobs checks, for every spec a study's trainings may run with: a study
+    # must not be a way around the service's limits.
+    for training in training_specs(stages):
+        try:
+            check_resources(training.spec, settings)
+            if not training.reference_from_winner:
+                check_augmentation_targets(training.spec, registry)
+        except DaciaVisionError as error:
+            error.message = (
+                f"stage {training.stage!r}, training {training.label!r}: {error.message}"
+            )
+            error.args = (error.message,)
+            raise
 
 
 def cancel_study(study_id: str, studies: StudyStore, jobs: JobStore) -> Study:

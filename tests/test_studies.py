@@ -458,6 +458,50 @@ def test_a_study_seed_beyond_what_the_trainings_take_is_a_422(client: TestClient
     assert "seed" in response.text
 
 
+def _one_stage(spec: dict[str, Any], **retrain: Any) -> dict[str, Any]:
+    stages: list[dict[str, Any]] = [
+        {"name": "base", "pick": "validation_accuracy",
+         "trainings": [{"label": "small", "spec": {"dataset": "digits", "epochs": 1}},
+                       {"label": "asked", "spec": spec}]},
+    ]  # fmt: skip
+    if retrain:
+        training = {"label": "retrain", "from_winner": "base", **retrain}
+        stages.append({"name": "again", "depends_on": ["base"], "trainings": [training]})
+    return {"stages": stages}
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "said"),
+    [
+        # What POST /jobs refuses, a study refuses too: it is no way around the limits.
+        (_one_stage({"dataset": "cifar10", "architecture": "custom_cnn",
+                     "hyperparameters": {"filters1": 1024, "filters2": 1024, "dense_units": 2048}}),
+         "resource_budget_exceeded", "larger than the service allows"),
+        (_one_stage({"dataset": "digits", "hyperparameters": {"dense_units": 4096}}),
+         "invalid_input", "hyperparameters.dense_units: Input should be less than or equal"),
+        (_one_stage({"dataset": "digits", "time_limit_seconds": 600_000}),
+         "invalid_input", "time_limit_seconds"),
+        (_one_stage({"dataset": "digits",
+                     "augmentation": {"enabled": True, "target_classes": ["nope"]}}),
+         "invalid_input", "not classes of digits"),
+        # A retrain of whichever training wins must be valid whichever it is.
+        (_one_stage({"dataset": "digits"}, overrides={"epochs": -5}), "invalid_input", "epochs"),
+        (_one_stage({"dataset": "digits"}, overrides={"time_limit_seconds": 600_000}),
+         "invalid_input", "time_limit_seconds"),
+    ],
+)  # fmt: skip
+def test_a_study_is_held_to_what_a_job_is_held_to(
+    client: TestClient, body: dict[str, Any], code: str, said: str
+) -> None:
+    response = client.post("/studies", json=body)
+    assert response.status_code == 422, response.text
+    error = _error(response)
+    assert error["code"] == code
+    assert said in error["message"] and "stage '" in error["message"]
+    assert client.get("/studies").json()["total"] == 0
+    assert client.get("/jobs").json()["total"] == 0
+
+
 def test_a_preset_its_trainings_refuse_is_invalid_input(monkeypatch: pytest.MonkeyPatch) -> None:
     # Should a preset ever pass on a value its training specs refuse, the caller gets a
     # clear invalid-input error (422), not a validation traceback (500).

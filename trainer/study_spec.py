@@ -10,19 +10,24 @@ imports it.
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from trainer.architectures import ARCHITECTURES
 from trainer.datasets import DATASET_NAMES
 from trainer.errors import InvalidInputError
-from trainer.spec import parse_training_spec
+from trainer.spec import AnyTrainingSpec, parse_training_spec
 from trainer.spec_base import MAX_SEED
 
 STAGE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,23}$"
 PRESETS = ("cnn-lab",)
 MAX_STAGES = 16
+# Specs one stage may run through the winners it builds on (the lab's preset: 8 at most).
+MAX_CANDIDATE_SPECS = 256
 # What "picking" compares. Only validation figures: the test split is for the report.
 PICK_RULE = "highest validation accuracy; ties go to the lower validation loss"
 
@@ -156,8 +161,6 @@ def check_stages(stages: list[StageSpec]) -> list[StageSpec]:
         used = {*stage.depends_on}
         for training in stage.trainings:
             used |= {name for name in (training.from_winner, training.reference_winner) if name}
-            if training.spec is not None:
-                _validate_spec(stage.name, training.spec)
         unknown = sorted(used - earlier)
         if unknown:
             raise InvalidInputError(
@@ -177,7 +180,65 @@ def check_stages(stages: list[StageSpec]) -> list[StageSpec]:
             )
         earlier.add(stage.name)
         by_name[stage.name] = stage
+    training_specs(stages)
     return stages
+
+
+def training_specs(stages: list[StageSpec]) -> list[StageTrainingSpec]:
+    """Every spec the stages' trainings can run with, parsed; InvalidInputError for one that fails.
+
+    A training "from the winner of X" runs with whichever of X's trainings wins, so
+    each of them with its overrides on top must be a valid spec: checked when the
+    study is created, not when the stage starts hours later. ``stages`` in order.
+    """
+    candidates: dict[str, list[dict[str, Any]]] = {}  # stage → specs its winner may have
+    parsed: dict[str, StageTrainingSpec] = {}
+    for stage in stages:
+        if stage.kind == "select":
+            candidates[stage.name] = [
+                spec for name in stage.depends_on for spec in candidates.get(name, [])
+            ]
+            continue
+        specs: list[dict[str, Any]] = []
+        for training in stage.trainings:
+            if training.spec is not None:
+                bases = [training.spec]
+            else:
+                bases = candidates[training.from_winner or ""]
+            for base in bases:
+                spec = merged(base, training.overrides)
+                if training.reference_winner is not None:
+                    # The winner's name is known only then; any valid name checks the rest.
+                    reference = {"model_name": "reference-winner", "version": 1}
+                    spec = merged(spec, {"augmentation": {"reference_model": reference}})
+                specs.append(spec)
+                key = f"{stage.name}\0{training.label}\0{json.dumps(spec, sort_keys=True)}"
+                if key not in parsed:
+                    parsed[key] = StageTrainingSpec(
+                        stage.name,
+                        training.label,
+                        _parsed(stage.name, training.label, spec),
+                        reference_from_winner=training.reference_winner is not None,
+                    )
+        if len(specs) > MAX_CANDIDATE_SPECS:
+            raise InvalidInputError(
+                f"stage {stage.name!r} could run {len(specs)} different specs through the winners "
+                f"it builds on; at most {MAX_CANDIDATE_SPECS} are allowed",
+                field="body.stages",
+            )
+        candidates[stage.name] = specs
+    return list(parsed.values())
+
+
+@dataclass(frozen=True)
+class StageTrainingSpec:
+    """One spec a study's training may run with."""
+
+    stage: str
+    label: str
+    spec: AnyTrainingSpec
+    # Its augmentation.reference_model stands in for a winner not known yet.
+    reference_from_winner: bool = False
 
 
 def has_winner(stage: StageSpec) -> bool:
@@ -199,13 +260,23 @@ def _check_winners(stage: StageSpec, by_name: dict[str, StageSpec]) -> None:
         )
 
 
-def _validate_spec(stage: str, spec: dict[str, Any]) -> None:
+def _parsed(stage: str, label: str, spec: dict[str, Any]) -> AnyTrainingSpec:
     try:
-        parse_training_spec(spec)
+        return parse_training_spec(spec)
+    except ValidationError as error:
+        problems = "; ".join(_problem(item) for item in error.errors()[:5])
     except ValueError as error:
-        raise InvalidInputError(
-            f"stage {stage!r} has an invalid training spec: {error}", field="body.stages"
-        ) from None
+        problems = str(error)
+    raise InvalidInputError(
+        f"stage {stage!r}, training {label!r}, has an invalid training spec: {problems}",
+        field="body.stages",
+    )
+
+
+def _problem(item: Any) -> str:
+    # Without the architecture tag pydantic puts first for the union of specs.
+    location = [str(part) for part in item["loc"] if part not in ARCHITECTURES]
+    return f"{'.'.join(location) or 'spec'}: {item['msg']}"
 
 
 def stage_title(stage: str, label: str) -> str:

@@ -12,6 +12,7 @@ from service.deps import (
     JobStoreDep,
     LimitQuery,
     OffsetQuery,
+    RegistryDep,
     SettingsDep,
     StudyStoreDep,
 )
@@ -49,10 +50,12 @@ def post_study(
     studies: StudyStoreDep,
     jobs: JobStoreDep,
     dispatcher: DispatcherDep,
+    registry: RegistryDep,
 ) -> StudyView:
     """Store the study's stages and queue the ones without dependencies; the workers start
     each later stage when the stages it depends on have succeeded."""
-    return study_view(create_study(request, settings, studies, jobs, dispatcher), jobs)
+    study = create_study(request, settings, studies, jobs, dispatcher, registry)
+    return study_view(study, jobs)
 
 
 @router.get(
