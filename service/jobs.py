@@ -5,7 +5,7 @@ from __future__ import annotations
 from service.deps import JobDispatcher
 from service.errors import BrokerUnavailableError
 from trainer.budget import Budget, check_budget
-from trainer.datasets import dataset_info
+from trainer.datasets import check_split_sizes, dataset_info
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
 from trainer.spec import AnyTrainingSpec
@@ -33,7 +33,9 @@ def check_augmentation_targets(spec: AnyTrainingSpec, registry: FileModelRegistr
 
 
 def check_resources(spec: AnyTrainingSpec, settings: Settings) -> None:
-    """ResourceBudgetError / InvalidInputError (422) for a job larger than the service allows."""
+    """ResourceBudgetError / InvalidInputError (422) for a job larger than the service allows,
+    or with a sample too small to split."""
+    check_split_sizes(spec.dataset, spec.sample_fraction, spec.validation_fraction)
     check_budget(
         spec,
         Budget(

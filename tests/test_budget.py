@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.routes.jobs import SPEC_EXAMPLES
 from trainer.budget import Budget, check_budget, estimate_cost
-from trainer.data import load_raw
-from trainer.datasets import dataset_info
+from trainer.data import load_raw, prepare, stratified_sample
+from trainer.datasets import check_split_sizes, dataset_info
 from trainer.errors import InvalidInputError
 from trainer.spec import parse_training_spec
 from worker.settings import Settings
@@ -90,6 +90,51 @@ def test_cost_grows_with_what_the_spec_asks_for() -> None:
 def test_the_budget_scales_by_the_real_training_split() -> None:
     # The one dataset every machine has: its definition must count what the loader gives.
     assert dataset_info("digits").train_images == len(load_raw("digits", None).y_train)
+
+
+def test_the_digits_definition_counts_the_real_test_split() -> None:
+    assert dataset_info("digits").test_images == len(load_raw("digits", None).y_test)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"sample_fraction": 1e-9}, "body.sample_fraction"),
+        ({"sample_fraction": 0.9999}, "body.sample_fraction"),
+        ({"validation_fraction": 0.999}, "body.validation_fraction"),
+        ({"sample_fraction": 0.05, "validation_fraction": 0.01}, "body.validation_fraction"),
+    ],
+)
+def test_a_sample_too_small_to_split_is_a_422_not_a_failure_in_the_worker(
+    client: TestClient, body: dict[str, Any], field: str
+) -> None:
+    response = client.post("/jobs", json={"dataset": "digits", **body})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail["errors"][0]["field"] == field
+    assert "each of its 10 classes" in detail["message"] or "the 10 classes" in detail["message"]
+    assert client.get("/jobs").json()["total"] == 0
+
+
+def test_the_split_check_draws_the_line_where_the_stratified_splits_do() -> None:
+    # Both sides of the line, against the splits themselves on the bundled digits.
+    raw = load_raw("digits", None)
+    train, test = dataset_info("digits").train_images, dataset_info("digits").test_images
+    smallest = max(10 / train, 10 / test)  # every split keeps one image per class
+    for fraction, fits in ((smallest * 1.2, True), (smallest * 0.5, False)):
+        refused = None
+        try:
+            check_split_sizes("digits", fraction, 0.5)
+        except InvalidInputError as error:
+            refused = error
+        assert (refused is None) == fits, fraction
+        if fits:
+            # The sampling and validation split the trainer makes, all stratified.
+            prepared_ok = prepare("digits", None, sample_fraction=fraction, validation_fraction=0.5)
+            assert set(prepared_ok.validation.y) == set(range(10))
+        else:
+            with pytest.raises(ValueError, match="greater or equal to the number of classes"):
+                stratified_sample(raw.x_test, raw.y_test, fraction)
 
 
 def test_too_many_poolings_are_a_422_not_a_worker_crash(client: TestClient) -> None:

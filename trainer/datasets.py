@@ -8,6 +8,7 @@ error messages all derive from ``DATASETS``. Adding a dataset means adding one
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class DatasetDefinition:
     # Images in the training split before sampling: what the resource budget scales by
     # (the test split is never trained on).
     train_images: int
+    test_images: int
     # A left-right flip turns a '2' into something that is not a digit.
     flip_safe: bool
     # keras.datasets.<name>, used when no local copy exists and the machine is online.
@@ -50,6 +52,7 @@ DATASETS: dict[str, DatasetDefinition] = {
              "dog", "frog", "horse", "ship", "truck"),
             (32, 32, 3),
             train_images=50_000,
+            test_images=10_000,
             flip_safe=True,
             keras_loader="cifar10",
         ),
@@ -59,6 +62,7 @@ DATASETS: dict[str, DatasetDefinition] = {
             _DIGIT_NAMES,
             (28, 28, 1),
             train_images=60_000,
+            test_images=10_000,
             flip_safe=False,
             keras_loader="mnist",
         ),
@@ -69,6 +73,7 @@ DATASETS: dict[str, DatasetDefinition] = {
              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
             (28, 28, 1),
             train_images=60_000,
+            test_images=10_000,
             flip_safe=True,
             keras_loader="fashion_mnist",
             # Debian's dataset-fashion-mnist package.
@@ -81,6 +86,7 @@ DATASETS: dict[str, DatasetDefinition] = {
             (28, 28, 1),
             # 80% of the 1,797 images (trainer/data.py holds out a stratified 20%).
             train_images=1_437,
+            test_images=360,
             flip_safe=False,
             bundled=True,
         ),
@@ -98,3 +104,48 @@ def dataset_info(name: str) -> DatasetDefinition:
         raise InvalidInputError(
             f"unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}", dataset=name
         ) from None
+
+
+def check_split_sizes(name: str, sample_fraction: float, validation_fraction: float) -> None:
+    """InvalidInputError unless each stratified split can hold one image of every class.
+
+    Sampling and the validation split use scikit-learn's stratified split, as the lab
+    did; it needs at least as many images on each side as there are classes, or the
+    job would fail in the worker after waiting in the queue. Counts are the
+    dataset's own (a smaller local copy can still fall short).
+    """
+    info = dataset_info(name)
+    classes = info.num_classes
+    if sample_fraction < 1:
+        for split, total in (("training", info.train_images), ("test", info.test_images)):
+            kept, left = _split(total, sample_fraction)
+            if min(kept, left) < classes:
+                low, high = classes / total, 1 - classes / total
+                raise InvalidInputError(
+                    f"sample_fraction {sample_fraction:g} keeps {kept} of {name}'s {total:,} "
+                    f"{split} images and leaves {left}; each side needs at least one "
+                    f"image of each of its {classes} classes: use 1, or a fraction from "
+                    f"{low:.4g} to {high:.4g}",
+                    field="body.sample_fraction",
+                    received=sample_fraction,
+                )
+    sampled = (
+        info.train_images
+        if sample_fraction == 1
+        else math.ceil(sample_fraction * info.train_images)
+    )
+    held_out, trained = _split(sampled, validation_fraction)
+    if min(held_out, trained) < classes:
+        raise InvalidInputError(
+            f"validation_fraction {validation_fraction:g} holds out {held_out} of the "
+            f"{sampled:,} sampled training images and trains on {trained}; each "
+            f"side needs at least one image of each of the {classes} classes: use a fraction "
+            f"from {classes / sampled:.4g} to {1 - classes / sampled:.4g}",
+            field="body.validation_fraction",
+            received=validation_fraction,
+        )
+
+
+def _split(total: int, fraction: float) -> tuple[int, int]:
+    # The two sides of train_test_split(test_size=fraction), rounded as it rounds them.
+    return math.ceil(fraction * total), math.floor((1 - fraction) * total)
