@@ -981,6 +981,37 @@ def test_a_version_model_file_downloads_as_registered_and_predicts_as_served(
     assert part.status_code == 206 and part.content == response.content[100:]
 
 
+@pytest.mark.parametrize(
+    "header", ["bytes=10-5", "bytes=abc", "bytes=0-" + "9" * 5000, "items=0-9", "bytes=-", "bytes="]
+)
+def test_a_range_header_that_is_not_valid_is_ignored_and_the_whole_file_sent(
+    client: TestClient, header: str
+) -> None:
+    # RFC 9110 14.2: a server ignores a Range header it cannot use.
+    whole = registry(client).model_path(MODEL, 2).read_bytes()
+    response = client.get(f"/models/{MODEL}/versions/2/model.keras", headers={"Range": header})
+    assert response.status_code == 200, response.text[:200]
+    assert response.content == whole
+
+
+def test_ranges_inside_the_file_are_served_and_one_past_its_end_is_a_416(
+    client: TestClient,
+) -> None:
+    path = f"/models/{MODEL}/versions/2/model.keras"
+    whole = registry(client).model_path(MODEL, 2).read_bytes()
+    first = client.get(path, headers={"Range": "bytes=0-9"})
+    assert first.status_code == 206 and first.content == whole[:10]
+    last = client.get(path, headers={"Range": "bytes=-10"})
+    assert last.status_code == 206 and last.content == whole[-10:]
+    several = client.get(path, headers={"Range": "bytes=0-1, 4-5"})
+    assert several.status_code == 206
+    assert several.headers["content-type"].startswith("multipart/byteranges")
+    past = client.get(path, headers={"Range": f"bytes={len(whole)}-"})
+    error = detail(past, 416, "range_not_satisfiable")
+    assert f"{len(whole):,} bytes" in error["message"]
+    assert past.headers["content-range"] == f"bytes */{len(whole)}"
+
+
 def test_the_model_file_of_an_alias_or_the_default_is_named_by_its_version(
     client: TestClient,
 ) -> None:

@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse
 
 from service.deps import DefaultModelVersionDep, ModelVersion, PathModelVersionDep, RegistryDep
 from service.errors import error_responses
+from service.ranges import RangeAwareFileResponse
 from trainer.registry import FileModelRegistry
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -51,7 +52,7 @@ def _model_file(request: Request, registry: FileModelRegistry, model: ModelVersi
     headers = {"ETag": f'"{checksum}"', "Repr-Digest": f"sha-256=:{digest}:"}
     if none_match(request.headers.get("if-none-match", ""), headers["ETag"]):
         return Response(status_code=304, headers=headers)
-    return FileResponse(
+    return RangeAwareFileResponse(
         registry.model_path(model.model_name, model.version),
         media_type=MEDIA_TYPE,
         filename=download_name(model.model_name, model.version),
