@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from trainer import run as run_module
 from trainer.errors import TrainingCancelledError
 from trainer.progress import EpochProgress
 from trainer.registry import FileModelRegistry
@@ -147,3 +148,27 @@ def test_a_stored_spec_this_release_refuses_fails_the_job_at_once(tmp_path: Path
     assert failed.status == "failed" and failed.lease_expires_at is None
     assert failed.error is not None and failed.error.type == "InvalidSpec"
     assert "epochs" in failed.error.message
+
+
+def test_a_cancel_while_the_version_is_saved_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cancel lands after the last check of the background flag, while the model is
+    # copied and saved (seconds on a large model): the job still ends cancelled, and
+    # the registry shows no version and keeps no staging folder.
+    settings = Settings(home=tmp_path)
+    store = SqliteJobStore(settings.jobs_db_path)
+    job = queued_job(store, {**TINY, "epochs": 1})
+    copy_for_serving = run_module.inference_copy
+
+    def cancel_meanwhile(model: Any) -> Any:
+        store.request_cancel(job.job_id)
+        return copy_for_serving(model)
+
+    monkeypatch.setattr(run_module, "inference_copy", cancel_meanwhile)
+    assert runner.run_job(job.job_id, settings)["status"] == "cancelled"
+    assert store.get(job.job_id).status == "cancelled"
+    registry = FileModelRegistry(settings.resolved_registry_dir)
+    assert registry.list_models() == []
+    leftovers = [path for path in settings.resolved_registry_dir.rglob("*") if path.is_file()]
+    assert leftovers == []

@@ -111,9 +111,17 @@ class FileModelRegistry:
         self._root_text = os.fspath(self.root)
 
     def register(
-        self, model_name: str, write_model: Callable[[Path], object], record: TrainingRecord
+        self,
+        model_name: str,
+        write_model: Callable[[Path], object],
+        record: TrainingRecord,
+        before_publish: Callable[[], object] | None = None,
     ) -> int:
-        """Save a new version through ``write_model``, publish it atomically, return its number."""
+        """Save a new version through ``write_model``, publish it atomically, return its number.
+
+        ``before_publish`` runs once everything is written, just before publication: an
+        exception from it (a cancel that came meanwhile) publishes nothing.
+        """
         model_dir = self.root / _check_model_name(model_name)
         if not isinstance(record, TrainingRecord):
             raise InvalidInputError(f"record must be a TrainingRecord, got {type(record).__name__}")
@@ -141,6 +149,8 @@ class FileModelRegistry:
                 }
             )
             write_json_atomically(staging / CARD_FILE, card.model_dump(mode="json"))
+            if before_publish is not None:
+                before_publish()
             # The rename is the moment of publication: readers see the whole directory or nothing.
             os.rename(staging, model_dir / str(version))
         except BaseException:

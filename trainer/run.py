@@ -192,12 +192,15 @@ def train_and_register(
     job_id: str | None = None,
     progress: Sequence[ProgressListener] = (),
     should_cancel: CancelCheck | None = None,
+    cancel_requested_now: CancelCheck | None = None,
     verbose: int = 0,
 ) -> RegisteredModel:
     """Train ``spec``, evaluate once on the test split, register the result as a new version.
 
     ``should_cancel`` is honoured between every phase (data, each training batch,
-    evaluation, registration), not only while Keras trains.
+    evaluation, registration), not only while Keras trains. ``cancel_requested_now``,
+    slower and exact (it asks the job store), is asked once more right before the
+    version is published.
     """
 
     def check_cancel(phase: str) -> None:
@@ -218,7 +221,17 @@ def train_and_register(
     record = build_record(spec, result, job_id)
     check_cancel("before registration")
     servable = inference_copy(result.model)
-    version = registry.register(spec.registered_name, servable.save, record)
+
+    def check_cancel_before_publishing() -> None:
+        # Saving takes seconds, and a flag polled in the background may lag a cancel:
+        # ask the source itself, so a cancel accepted until now registers nothing.
+        check_cancel("before publishing")
+        if cancel_requested_now is not None and cancel_requested_now():
+            raise TrainingCancelledError("training was cancelled on request (before publishing)")
+
+    version = registry.register(
+        spec.registered_name, servable.save, record, check_cancel_before_publishing
+    )
     return RegisteredModel(
         spec.registered_name, version, registry.get_card(spec.registered_name, version)
     )

@@ -141,6 +141,7 @@ def _run_claimed(
             job_id=job_id,
             progress=[record_epoch],
             should_cancel=lease.cancel_requested.is_set,
+            cancel_requested_now=lambda: store.is_cancel_requested(job_id),
         )
     except TrainingCancelledError:
         if lease.lease_lost.is_set():
