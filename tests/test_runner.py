@@ -21,6 +21,7 @@ from trainer.progress import EpochProgress
 from trainer.registry import FileModelRegistry
 from trainer.run import train_and_register
 from trainer.spec import parse_training_spec
+from trainer.train import inference_copy
 from worker import runner
 from worker.jobstore import Job, SqliteJobStore
 from worker.settings import Settings
@@ -159,7 +160,7 @@ def test_a_cancel_while_the_version_is_saved_publishes_nothing(
     settings = Settings(home=tmp_path)
     store = SqliteJobStore(settings.jobs_db_path)
     job = queued_job(store, {**TINY, "epochs": 1})
-    copy_for_serving = run_module.inference_copy
+    copy_for_serving = inference_copy
 
     def cancel_meanwhile(model: Any) -> Any:
         store.request_cancel(job.job_id)
