@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
@@ -95,7 +97,9 @@ TAGS = [
 async def _recover_orphaned_jobs_forever(services: Services) -> None:
     # Workers die; their leases expire. Whoever notices first requeues the job,
     # so a crash never leaves a job "running" forever.
-    interval = max(1.0, services.settings.job_lease_seconds / 2)
+    settings = services.settings
+    interval = max(1.0, settings.job_lease_seconds / 2)
+    staging_checked = -math.inf  # at the first sweep, then every quarter of the age
     while True:
         await asyncio.sleep(interval)
         try:
@@ -103,11 +107,24 @@ async def _recover_orphaned_jobs_forever(services: Services) -> None:
                 requeue_orphaned_jobs,
                 services.job_store,
                 services.dispatcher.celery_app,
-                services.settings.job_max_attempts,
-                services.settings.job_resend_after_seconds,
+                settings.job_max_attempts,
+                settings.job_resend_after_seconds,
             )
         except Exception:
             logger.warning("could not check for orphaned jobs", exc_info=True)
+        if time.monotonic() - staging_checked >= settings.staging_max_age_seconds / 4:
+            # A training process killed while saving leaves its staging folder, and its
+            # worker may live on for weeks (only the child died): workers clean up at
+            # their start, the API here, so that the disk is given back either way.
+            staging_checked = time.monotonic()
+            try:
+                removed = await asyncio.to_thread(
+                    services.registry.cleanup_staging, settings.staging_max_age_seconds
+                )
+                if removed:
+                    logger.info("removed %d staging folder(s) of crashed registrations", removed)
+            except Exception:
+                logger.warning("could not clean up staging folders", exc_info=True)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -1073,3 +1075,25 @@ def test_a_model_file_changed_on_disk_is_refused_not_sent(client: TestClient) ->
     error = detail(response, 503, "corrupt_model")
     assert "its card records" in error["message"]
     assert b"tampered" not in response.content
+
+
+def test_the_api_gives_back_the_disk_of_registrations_that_crashed(
+    make_client: ClientFactory, home: Path
+) -> None:
+    # A training process killed while saving leaves its staging folder; its worker may
+    # run on for weeks (only the child died), so the API's sweep removes it too.
+    staging = home / "registry" / "crashed" / ".staging"
+    old, fresh = staging / "old", staging / "fresh"
+    for folder in (old, fresh):
+        folder.mkdir(parents=True)
+        (folder / "model.keras").write_bytes(b"half a model")
+    long_ago = time.time() - 600
+    for path in (old / "model.keras", old):
+        os.utime(path, (long_ago, long_ago))
+
+    make_client(job_lease_seconds=2, staging_max_age_seconds=300)
+    deadline = time.monotonic() + 30
+    while old.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not old.exists()
+    assert fresh.is_dir(), "a registration that may still be writing is left alone"
