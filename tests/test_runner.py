@@ -7,6 +7,7 @@ each test takes a second or two instead of a training's minutes.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -173,3 +174,41 @@ def test_a_cancel_while_the_version_is_saved_publishes_nothing(
     assert registry.list_models() == []
     leftovers = [path for path in settings.resolved_registry_dir.rglob("*") if path.is_file()]
     assert leftovers == []
+
+
+def _run_a_training_that_never_checks(home: str, job_id: str) -> None:
+    # In a process of its own, as a worker child: the stuck training ends the process.
+    def stuck(*_: Any, **__: Any) -> Any:
+        time.sleep(600)  # a stalled download or file system: no cancel check in here
+
+    pytest.MonkeyPatch().setattr(runner, "train_and_register", stuck)
+    settings = Settings(home=Path(home), job_lease_seconds=4, job_stop_grace_seconds=2)
+    runner.run_job(job_id, settings)
+
+
+@pytest.mark.parametrize("stopped_by", ["time limit", "cancel"])
+def test_a_training_that_does_not_stop_is_ended_with_its_process(
+    tmp_path: Path, stopped_by: str
+) -> None:
+    store = SqliteJobStore(Settings(home=tmp_path).jobs_db_path)
+    spec = {**SPEC, "time_limit_seconds": 1} if stopped_by == "time limit" else SPEC
+    job = queued_job(store, spec)
+    child = multiprocessing.get_context("spawn").Process(
+        target=_run_a_training_that_never_checks, args=(str(tmp_path), job.job_id)
+    )
+    child.start()
+    if stopped_by == "cancel":
+        deadline = time.monotonic() + 60
+        while store.get(job.job_id).status != "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        store.request_cancel(job.job_id)
+    child.join(timeout=90)
+    assert child.exitcode == runner.EXIT_UNRESPONSIVE_TRAINING
+    ended = store.get(job.job_id)
+    if stopped_by == "time limit":
+        assert ended.status == "failed"
+        assert ended.error is not None and ended.error.type == "TimeLimitExceeded"
+        assert "did not stop within 2 s" in ended.error.message
+    else:
+        assert ended.status == "cancelled"
+    assert ended.finished_at is not None and ended.lease_expires_at is None

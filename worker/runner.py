@@ -6,6 +6,7 @@ Imported only from inside the Celery task, so TensorFlow loads in the child.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -20,6 +21,9 @@ from worker.jobstore import EpochProgress, Job, JobError, JobStore, open_job_sto
 from worker.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
+
+# The exit status of a worker child ended because its training would not stop.
+EXIT_UNRESPONSIVE_TRAINING = 70
 
 
 class _LeaseKeeper(threading.Thread):
@@ -36,11 +40,14 @@ class _LeaseKeeper(threading.Thread):
         worker: str,
         lease_seconds: float,
         time_limit_seconds: float,
+        stop_grace_seconds: float = math.inf,
     ) -> None:
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.store, self.job_id, self.worker = store, job_id, worker
         self.lease_seconds = lease_seconds
         self.deadline = time.monotonic() + time_limit_seconds
+        self.stop_grace_seconds = stop_grace_seconds
+        self.stop_asked_at: float | None = None
         self.cancel_requested = threading.Event()
         self.lease_lost = threading.Event()
         self.time_exceeded = threading.Event()
@@ -67,6 +74,37 @@ class _LeaseKeeper(threading.Thread):
                     self.cancel_requested.set()
             except Exception:
                 logger.exception("could not renew the lease of job %s", self.job_id)
+            if self.cancel_requested.is_set() and self.stop_asked_at is None:
+                self.stop_asked_at = time.monotonic()
+            if (
+                self.stop_asked_at is not None
+                and time.monotonic() - self.stop_asked_at >= self.stop_grace_seconds
+                and not self.stopped.is_set()
+            ):
+                self._end_unresponsive_training()
+
+    def _end_unresponsive_training(self) -> None:
+        # The training checks for a stop between steps and phases; one stuck inside a
+        # step (a stalled download or file system, a deadlock) never would. Ending the
+        # job and this worker child is the only way left to keep the promise that a
+        # cancel or a time limit ends it: Celery replaces the child.
+        grace = f"{self.stop_grace_seconds:g}"
+        try:
+            if self.lease_lost.is_set():
+                pass  # another worker owns the job: write nothing
+            elif self.time_exceeded.is_set():
+                message = f"the job ran past its time limit and did not stop within {grace} s "
+                message += "after it; its process was ended. Train fewer epochs or a smaller "
+                message += "model, or raise time_limit_seconds"
+                error = JobError(type="TimeLimitExceeded", message=message)
+                self.store.finish(self.job_id, "failed", error=error, worker=self.worker)
+            else:
+                self.store.finish(self.job_id, "cancelled", worker=self.worker)
+        except Exception:
+            logger.exception("could not end job %s", self.job_id)  # its lease will run out
+        logger.error("job %s did not stop within %s s; ending its process", self.job_id, grace)
+        logging.shutdown()
+        os._exit(EXIT_UNRESPONSIVE_TRAINING)
 
 
 def _find_registered_version(registry: FileModelRegistry, job: Job) -> int | None:
@@ -127,7 +165,14 @@ def _run_claimed(
         store.finish(job_id, "failed", error=reason, worker=worker)
         return {"job_id": job_id, "status": "failed"}
     time_limit = spec.time_limit_seconds or settings.job_time_limit_seconds
-    lease = _LeaseKeeper(store, job_id, worker, settings.job_lease_seconds, time_limit)
+    lease = _LeaseKeeper(
+        store,
+        job_id,
+        worker,
+        settings.job_lease_seconds,
+        time_limit,
+        settings.job_stop_grace_seconds,
+    )
     lease.start()
 
     def record_epoch(progress: EpochProgress) -> None:

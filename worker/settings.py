@@ -113,6 +113,13 @@ class Settings(BaseSettings):
         60.0, gt=1, description="A running job whose worker is silent this long is requeued."
     )
     job_max_attempts: int = Field(3, ge=1)
+    job_stop_grace_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="A training still running this long after a cancel or its time limit "
+        "(stuck outside the steps where it checks) is ended with its worker child, and the "
+        "job with it.",
+    )
     alias_history_limit: int = Field(
         100, ge=2, le=100_000, description="Moves kept in each alias' history (oldest dropped)."
     )
