@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 import struct
 import warnings
 from collections.abc import Sequence
@@ -115,6 +116,10 @@ def _unreadable(description: str) -> UnsupportedMediaTypeError:
     )
 
 
+# Pillow's text: "Image size (3600000000 pixels) exceeds limit of 178956970 pixels, ..."
+_BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
+
+
 def image_pixels(data: bytes, description: str) -> int:
     """Width × height from the image's header; nothing is decoded."""
     # A PNG keeps its size at a fixed place, in the IHDR chunk that must come first: read
@@ -131,7 +136,12 @@ def image_pixels(data: bytes, description: str) -> int:
             with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
                 return int(image.width) * int(image.height)
     except Image.DecompressionBombError as error:
-        raise _too_many_pixels(description, str(error)) from None
+        # Past twice Pillow's own limit it refuses to open the file, but says its size:
+        # the caller then refuses it against the service's limit, as any other.
+        claimed = _BOMB_SIZE.search(str(error))
+        if claimed is None:
+            raise _too_many_pixels(description, str(error)) from None
+        return int(claimed.group(1))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
         raise _unreadable(description) from None
 

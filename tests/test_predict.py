@@ -25,7 +25,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.errors import ModelLoadError, PayloadTooLargeError, UnsupportedMediaTypeError
-from service.images import decode_image, pixels_to_batch
+from service.images import check_pixel_budget, decode_image, pixels_to_batch
 from service.model_cache import ModelCache
 from service.monitoring import TELEMETRY
 from tests.conftest import make_record
@@ -346,6 +346,19 @@ def test_decode_image_refuses_decompression_bombs(monkeypatch: pytest.MonkeyPatc
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)
         with pytest.raises(PayloadTooLargeError, match=r"\(300x200 pixels\); at most 50000"):
             decode_image(data, (28, 28, 1))
+
+
+def test_an_image_pillow_will_not_open_is_refused_against_the_service_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Past twice Pillow's limit Image.open refuses the file; the error still names the
+    # service's own limit, which is what the client can act on.
+    data = encode(Image.new("L", (300, 200)), "GIF")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)
+    with pytest.raises(
+        PayloadTooLargeError, match="has 60000 pixels; each image may have at most 10000"
+    ):
+        check_pixel_budget([("file 'big.gif'", data)], 10_000, 1_000_000)
 
 
 def test_decode_image_refuses_other_formats() -> None:
