@@ -250,6 +250,13 @@ def _error(response: Any) -> dict[str, Any]:
 def test_routes_answer_with_the_one_error_shape(client: TestClient) -> None:
     missing = client.get("/studies/" + "0" * 32)
     assert missing.status_code == 404 and _error(missing)["code"] == "study_not_found"
+    # Bounded before it is echoed back in the 404.
+    for path in (
+        "/studies/" + "0" * 5000,
+        "/studies/" + "0" * 32 + "/plots/" + "x" * 5000 + ".svg",
+    ):
+        too_long = client.get(path)
+        assert too_long.status_code == 422 and "at most" in _error(too_long)["message"]
     bad = client.post("/studies", json={"preset": "cnn-lab", "stages": []})
     assert bad.status_code == 422 and _error(bad)["code"] == "invalid_input"
     unknown = client.post("/studies", json={"preset": "cnn-lab", "primary_dataset": "imagenet"})

@@ -26,7 +26,7 @@ from worker.studies import StudyStatus
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
-StudyIdPath = Annotated[str, Path(description="The id `POST /studies` returned.")]
+StudyIdPath = Annotated[str, Path(max_length=64, description="The id `POST /studies` returned.")]
 
 EXAMPLES: dict[str, Any] = {
     "cnn_lab": {"summary": "The whole CNN lab (hours on CPU)", "value": {"preset": "cnn-lab"}},
@@ -139,7 +139,7 @@ def get_study_plot(
     settings: SettingsDep,
     studies: StudyStoreDep,
     study_id: StudyIdPath,
-    name: str,
+    name: Annotated[str, Path(max_length=100, description="The plot's name in the report.")],
     image_format: ImageFormat,
 ) -> Response:
     """Stable URLs for embedding: `accuracy_vs_cost`, `f1_{stage}_{index}`, ... as
