@@ -7,9 +7,14 @@ request, pixels per image read from headers — before anything is decoded.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +38,13 @@ UPLOAD_FIELD_LIMIT = 16
 # hop to a worker thread and back costs far more on a busy machine.
 INLINE_FILES = 8
 BodyT = TypeVar("BodyT", bound=BaseModel)
+ResultT = TypeVar("ResultT")
+# JSON bodies past this size are parsed at most LARGE_JSON_PARSES at a time per process.
+LARGE_JSON_BYTES = 1 << 20
+LARGE_JSON_PARSES = 2
+_LARGE_JSON_LIMITERS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, anyio.CapacityLimiter
+] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,7 @@ async def read_predict_inputs(request: Request, settings: Settings) -> PredictIn
     if content_type == JSON_TYPE:
         # Parsed, base64-decoded and checked in one worker-thread call: each hop to a
         # thread and back costs the event loop a wake-up and the interpreter lock twice.
-        return await run_in_threadpool(_parse_predict_json, await request.body(), settings)
+        return await _parse_off_loop(_parse_predict_json, await request.body(), settings)
     raise UnsupportedMediaTypeError(
         f"content type {quoted(content_type, 100) or 'none'!r} is not accepted; send "
         f"{MULTIPART_TYPE} with image files in the field 'files', or {JSON_TYPE} with "
@@ -92,7 +104,30 @@ async def read_predict_inputs(request: Request, settings: Settings) -> PredictIn
 async def read_json_body(request: Request, settings: Settings, schema: type[BodyT]) -> BodyT:
     """Read a JSON body (bounded by the body limit) and validate it in a worker thread."""
     body = await request.body()
-    return await run_in_threadpool(_validate_json, schema, body)
+    return await _parse_off_loop(_validate_json, schema, body)
+
+
+async def _parse_off_loop(parse: Callable[..., ResultT], *arguments: Any) -> ResultT:
+    """``parse(*arguments)`` in a worker thread; large bodies a few at a time.
+
+    A JSON body of numbers takes about ten times its size in Python objects while it
+    is parsed: many large ones at once could take gigabytes. The wait for a turn
+    holds no thread, and bodies the size of real requests (64 images as PNG are
+    about 200 KB) never wait.
+    """
+    size = max((len(argument) for argument in arguments if isinstance(argument, bytes)), default=0)
+    if size <= LARGE_JSON_BYTES:
+        return await run_in_threadpool(parse, *arguments)
+    return await anyio.to_thread.run_sync(parse, *arguments, limiter=_large_json_limiter())
+
+
+def _large_json_limiter() -> anyio.CapacityLimiter:
+    # One per event loop: an anyio limiter belongs to the loop it was first used in.
+    loop = asyncio.get_running_loop()
+    limiter = _LARGE_JSON_LIMITERS.get(loop)
+    if limiter is None:
+        limiter = _LARGE_JSON_LIMITERS[loop] = anyio.CapacityLimiter(LARGE_JSON_PARSES)
+    return limiter
 
 
 def _validate_json(schema: type[BodyT], body: bytes) -> BodyT:

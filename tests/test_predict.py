@@ -6,6 +6,7 @@ so a wrong preprocessing step shows up as a wrong class, not just a shape mismat
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -23,6 +24,7 @@ from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 from PIL import Image
 
+from service import bodies
 from service.app import create_app
 from service.errors import ModelLoadError, PayloadTooLargeError, UnsupportedMediaTypeError
 from service.images import check_pixel_budget, decode_image, pixels_to_batch
@@ -822,3 +824,29 @@ def test_alias_switch_under_load_fails_no_request(
     assert cache.stats().loads == 2  # no request ever met a cold model
     after = client.post("/predict", params=by_alias, json=body)
     assert after.json()["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body_bytes", "most_at_once"),
+    [(bodies.LARGE_JSON_BYTES + 1, bodies.LARGE_JSON_PARSES), (1_000, 6)],
+)
+def test_large_json_bodies_are_parsed_a_few_at_a_time(body_bytes: int, most_at_once: int) -> None:
+    # A JSON body of numbers takes about ten times its size while it is parsed.
+    active, peak, lock = 0, 0, threading.Lock()
+
+    def slow_parse(body: bytes) -> int:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.3)
+        with lock:
+            active -= 1
+        return len(body)
+
+    async def six_at_once() -> list[int]:
+        body = b" " * body_bytes
+        return await asyncio.gather(*(bodies._parse_off_loop(slow_parse, body) for _ in range(6)))
+
+    assert asyncio.run(six_at_once()) == [body_bytes] * 6
+    assert peak == most_at_once
