@@ -212,3 +212,30 @@ def test_a_training_that_does_not_stop_is_ended_with_its_process(
     else:
         assert ended.status == "cancelled"
     assert ended.finished_at is not None and ended.lease_expires_at is None
+
+
+def test_a_worker_that_lost_its_job_while_saving_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This worker stalled past its lease while saving and another took the job over:
+    # that one publishes the job's version, so this one must not publish a second.
+    settings = Settings(home=tmp_path)
+    store = SqliteJobStore(settings.jobs_db_path)
+    job = queued_job(store, {**TINY, "epochs": 1})
+    copy_for_serving = inference_copy
+
+    def taken_over_meanwhile(model: Any) -> Any:
+        store._update(
+            job.job_id,
+            lambda current, now: current.model_copy(
+                update={"lease_expires_at": now - timedelta(seconds=1)}
+            ),
+        )
+        assert store.claim(job.job_id, "worker-2:1", 60) is not None
+        return copy_for_serving(model)
+
+    monkeypatch.setattr(run_module, "inference_copy", taken_over_meanwhile)
+    assert runner.run_job(job.job_id, settings)["status"] == "lease_lost"
+    assert FileModelRegistry(settings.resolved_registry_dir).list_models() == []
+    current = store.get(job.job_id)
+    assert (current.status, current.worker) == ("running", "worker-2:1")

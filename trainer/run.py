@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -192,15 +192,15 @@ def train_and_register(
     job_id: str | None = None,
     progress: Sequence[ProgressListener] = (),
     should_cancel: CancelCheck | None = None,
-    cancel_requested_now: CancelCheck | None = None,
+    confirm_publish: Callable[[], object] | None = None,
     verbose: int = 0,
 ) -> RegisteredModel:
     """Train ``spec``, evaluate once on the test split, register the result as a new version.
 
     ``should_cancel`` is honoured between every phase (data, each training batch,
-    evaluation, registration), not only while Keras trains. ``cancel_requested_now``,
-    slower and exact (it asks the job store), is asked once more right before the
-    version is published.
+    evaluation, registration), not only while Keras trains. ``confirm_publish`` runs
+    right before the version is published, to stop it by raising: the worker asks the
+    job store itself there, whose answer a background poll may not have brought yet.
     """
 
     def check_cancel(phase: str) -> None:
@@ -223,11 +223,10 @@ def train_and_register(
     servable = inference_copy(result.model)
 
     def check_cancel_before_publishing() -> None:
-        # Saving takes seconds, and a flag polled in the background may lag a cancel:
-        # ask the source itself, so a cancel accepted until now registers nothing.
+        # Saving takes seconds: whatever came meanwhile stops the version now or never.
         check_cancel("before publishing")
-        if cancel_requested_now is not None and cancel_requested_now():
-            raise TrainingCancelledError("training was cancelled on request (before publishing)")
+        if confirm_publish is not None:
+            confirm_publish()
 
     version = registry.register(
         spec.registered_name, servable.save, record, check_cancel_before_publishing

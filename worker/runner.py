@@ -107,6 +107,17 @@ class _LeaseKeeper(threading.Thread):
         os._exit(EXIT_UNRESPONSIVE_TRAINING)
 
 
+def _confirm_publish(store: JobStore, job_id: str, worker: str, settings: Settings) -> None:
+    # Asked of the store right before the registry's rename, not of the lease thread's
+    # flags, which lag by up to a poll: a cancel accepted until now publishes nothing,
+    # and neither does a worker whose job another worker has taken over meanwhile (that
+    # one publishes its own version; two for one job would be one too many).
+    if not store.renew_lease(job_id, worker, settings.job_lease_seconds):
+        raise LeaseLostError(f"job {job_id}: lease lost before publishing")
+    if store.is_cancel_requested(job_id):
+        raise TrainingCancelledError("training was cancelled on request (before publishing)")
+
+
 def _find_registered_version(registry: FileModelRegistry, job: Job) -> int | None:
     """The version an earlier delivery of this job already registered, if any."""
     try:
@@ -186,7 +197,7 @@ def _run_claimed(
             job_id=job_id,
             progress=[record_epoch],
             should_cancel=lease.cancel_requested.is_set,
-            cancel_requested_now=lambda: store.is_cancel_requested(job_id),
+            confirm_publish=lambda: _confirm_publish(store, job_id, worker, settings),
         )
     except TrainingCancelledError:
         if lease.lease_lost.is_set():
