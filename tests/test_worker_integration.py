@@ -232,6 +232,33 @@ def test_a_killed_worker_loses_no_job_and_leaves_no_half_written_model(
         assert [entry["version"] for entry in versions] == [1]
 
 
+def test_a_worker_told_to_stop_gives_its_job_back_without_spending_an_attempt(
+    deployment: Deployment,
+) -> None:
+    # `docker stop`: SIGTERM to the worker's main process alone. Celery's warm shutdown
+    # waits for the training; the job is given back at once and the training stops.
+    first = deployment.start_worker("stopped")
+    with TestClient(create_app(deployment.settings)) as client:
+        job_id = _submit(client, epochs=12, batch_size=16, model_name="digits-stopped")
+
+        def training() -> bool:
+            job = _job(client, job_id)
+            return job["status"] == "running" and len(job["history"]) >= 1
+
+        wait_until(training, timeout=180, what="the job to be training")
+        first.popen.send_signal(signal.SIGTERM)
+        first.popen.wait(timeout=60)  # well within an orchestrator's grace period
+        assert "given back to the queue: this worker is stopping" in first.log()
+        assert _job(client, job_id)["status"] == "queued"
+
+        deployment.start_worker("successor")
+        job = _wait_for_status(client, job_id, TERMINAL, timeout=300)
+        assert job["status"] == "succeeded", job["error"]
+        assert job["attempts"] == 1  # the stop did not count against the job
+        versions = client.get("/models/digits-stopped").json()["versions"]
+        assert [entry["version"] for entry in versions] == [1]
+
+
 def test_a_starting_worker_sweeps_staging_folders_left_by_crashes(
     deployment: Deployment,
 ) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
+from pathlib import Path
 
 from celery import Celery
 
@@ -83,18 +85,42 @@ def _process_is_gone(pid: int) -> bool:
     return False
 
 
+def _parent_of(pid: int) -> int | None:
+    try:
+        # /proc/PID/stat: "pid (command) state ppid ..."; the command may hold spaces.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def release_jobs_of_dead_local_workers(store: JobStore) -> list[str]:
     """Requeue, without spending an attempt, running jobs of this host's dead workers.
 
     For a server that has just stopped its own embedded workers: their jobs did not
     fail, the server was restarted. Workers are named ``host:pid``.
     """
+    return _release_local_jobs(store, _process_is_gone)
+
+
+def release_jobs_of_this_workers_children(store: JobStore) -> list[str]:
+    """Requeue, without spending an attempt, the running jobs of this process's children.
+
+    For a Celery worker told to stop (``docker stop``, SIGTERM): its pool children are
+    training; each sees its lease gone at the next renewal and stops, so the warm
+    shutdown ends before the orchestrator's kill would spend an attempt of each job.
+    """
+    me = os.getpid()
+    return _release_local_jobs(store, lambda pid: _parent_of(pid) == me)
+
+
+def _release_local_jobs(store: JobStore, applies: Callable[[int], bool]) -> list[str]:
     hostname = socket.gethostname()
     released: list[str] = []
     jobs, _ = store.list(status="running", limit=1000)
     for job in jobs:
         host, _, pid = (job.worker or "").rpartition(":")
-        if host != hostname or not pid.isdigit() or not _process_is_gone(int(pid)):
+        if host != hostname or not pid.isdigit() or not applies(int(pid)):
             continue
         if store.release(job.job_id, job.worker or ""):
             released.append(job.job_id)

@@ -14,7 +14,7 @@ from celery import signals
 from trainer.registry import FileModelRegistry
 from worker.app import TRAIN_TASK, app
 from worker.jobstore import open_job_store
-from worker.recovery import requeue_orphaned_jobs
+from worker.recovery import release_jobs_of_this_workers_children, requeue_orphaned_jobs
 from worker.settings import get_settings
 from worker.studies.runtime import advance_after_job
 
@@ -56,3 +56,25 @@ def _requeue_orphaned_jobs(**_: Any) -> None:
         socket_timeout=settings.redis_socket_timeout_seconds,
     )
     requeue_orphaned_jobs(store, app, settings.job_max_attempts, settings.job_resend_after_seconds)
+
+
+@signals.worker_shutting_down.connect
+def _give_back_running_jobs(**_: Any) -> None:
+    # A warm shutdown (docker stop, SIGTERM) waits for running tasks, and a training
+    # outlasts any grace period: the orchestrator's kill would then spend one of the
+    # job's attempts and lose its progress, as a crash does. A stop on purpose is not
+    # the job's fault: give the jobs back now; each training stops at its next lease
+    # renewal, and the next sweep sends the jobs again.
+    settings = get_settings()
+    try:
+        store = open_job_store(
+            settings.redis_url,
+            settings.jobs_db_path,
+            socket_timeout=settings.redis_socket_timeout_seconds,
+        )
+        released = release_jobs_of_this_workers_children(store)
+    except Exception:
+        logger.warning("could not give back the running jobs at shutdown", exc_info=True)
+        return
+    for job_id in released:
+        logger.warning("job %s given back to the queue: this worker is stopping", job_id)
