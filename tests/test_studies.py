@@ -15,6 +15,7 @@ import redis
 from fastapi.testclient import TestClient
 from scipy.stats import binomtest
 
+from service.studies import cancel_study
 from tests.conftest import make_record
 from tests.workers import ensure_redis, redis_url
 from trainer import study_presets
@@ -303,6 +304,30 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any
     client = redis.Redis.from_url(REDIS_URL)
     for key in client.scan_iter(f"{prefix}:*"):
         client.delete(key)
+
+
+def test_jobs_created_while_the_study_is_cancelled_are_cancelled_too(
+    stores: tuple[Any, Any], tmp_path: Path
+) -> None:
+    studies, jobs = stores
+    study = _study()
+    studies.create(study)
+    sent: list[str] = []
+
+    def cancel_the_study_meanwhile(job_id: str) -> None:
+        # cancel_study runs between the advancer's read and its job creation: it cancels
+        # the jobs that exist, which are not all of them yet.
+        if not sent:
+            cancel_study(study.study_id, studies, jobs)
+        sent.append(job_id)
+
+    ended = advance_study(
+        study.study_id, studies=studies, jobs=jobs, registry=FileModelRegistry(tmp_path / "r"),
+        enqueue_training=cancel_the_study_meanwhile, enqueue_report=sent.append,
+    )  # fmt: skip
+    assert ended.status == "cancelled"
+    assert len(sent) > 1
+    assert {jobs.get(job_id).status for job_id in sent} == {"cancelled"}
 
 
 def test_advancing_twice_starts_each_training_once(stores: tuple[Any, Any], tmp_path: Path) -> None:

@@ -152,14 +152,27 @@ def advance_study(
     for _ in range(10):  # a job failing at creation may finish a stage: look again
         study = studies.get(study_id)
         outcomes = collect_outcomes(study, jobs, registry)
-        study = studies.update(study_id, _advancer(outcomes)) or study
+        # Read again when the update declines: the study may have been cancelled since.
+        study = studies.update(study_id, _advancer(outcomes)) or studies.get(study_id)
         started = ensure_jobs(study, jobs, registry, enqueue_training)
+        if started and studies.get(study_id).is_terminal:
+            # Ended (cancelled) while these were created: cancel_study could not see them.
+            _cancel_jobs(jobs, started)
+            return studies.get(study_id)
         if started or not _has_unstarted_failures(study, jobs):
             break
     report = next((s for s in study.stages if s.spec.kind == "report"), None)
     if report is not None and report.status == "running" and not study.is_terminal:
         enqueue_report(study_id)
     return study
+
+
+def _cancel_jobs(jobs: JobStore, job_ids: list[str]) -> None:
+    for job_id in job_ids:
+        try:
+            jobs.request_cancel(job_id)
+        except (ConflictError, JobNotFoundError):
+            continue  # ended already
 
 
 def _advancer(outcomes: dict[str, JobOutcome]) -> Change:
