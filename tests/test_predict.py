@@ -578,6 +578,8 @@ def test_a_model_computing_nan_gets_a_clear_500(
          "invalid_input"),
         ("POST", "/v1/models/digits:predict", {"instances": [], "inputs": []}, 422,
          "invalid_input"),
+        ("POST", "/v1/models/digits:predict",
+         {"inputs": {"image": [GOOD_PIXELS], "other": [GOOD_PIXELS]}}, 422, "invalid_input"),
         ("GET", "/v1/models/nope", None, 404, "model_not_found"),
         ("GET", "/v1/models/digits/versions/5/metadata", None, 404, "version_not_found"),
     ],
@@ -605,6 +607,14 @@ def test_a_tf_serving_version_that_is_not_a_number_says_what_was_expected(
     assert error["field"] == "path.version"
     assert error["received"] == version
     assert expected in error["expected"]
+
+
+def test_tf_serving_inputs_naming_more_than_the_one_input_say_so(client: TestClient) -> None:
+    body = {"inputs": {"image": [GOOD_PIXELS], "other": [GOOD_PIXELS]}}
+    response = client.post(f"/v1/models/{DIGITS}:predict", json=body)
+    assert response.status_code == 422
+    message = response.json()["detail"]["message"]
+    assert "names 2 inputs ('image', 'other')" in message and "the model has one" in message
 
 
 def test_a_tf_serving_signature_name_is_bounded_before_it_is_echoed(client: TestClient) -> None:

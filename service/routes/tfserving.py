@@ -98,9 +98,16 @@ router = APIRouter(
 
 def _unwrap_named_input(value: Any) -> Any:
     # {"image": tensor} names the model's single input; {"b64": ...} is an image file.
-    if isinstance(value, dict) and len(value) == 1 and "b64" not in value:
-        return next(iter(value.values()))
-    return value
+    if not isinstance(value, dict) or "b64" in value:
+        return value
+    if len(value) != 1:
+        names = ", ".join(repr(str(name))[:40] for name in list(value)[:5])
+        raise InvalidInputError(
+            f'"inputs" names {len(value)} inputs ({names}); the model has one, '
+            f"{INPUT_NAME!r}: send {{{INPUT_NAME!r}: batch}} or the batch itself",
+            field="body.inputs",
+        )
+    return next(iter(value.values()))
 
 
 def _instances(request: TfServingRequest) -> tuple[list[Any], bool]:
