@@ -239,3 +239,26 @@ def test_a_worker_that_lost_its_job_while_saving_publishes_nothing(
     assert FileModelRegistry(settings.resolved_registry_dir).list_models() == []
     current = store.get(job.job_id)
     assert (current.status, current.worker) == ("running", "worker-2:1")
+
+
+def test_a_store_hiccup_after_publishing_does_not_cost_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(home=tmp_path)
+    store = SqliteJobStore(settings.jobs_db_path)
+    job = queued_job(store, {**TINY, "epochs": 1})
+    original_finish = store.finish
+    refusals: list[str] = []
+
+    def finish_after_a_hiccup(*arguments: Any, **options: Any) -> Any:
+        if arguments[1] == "succeeded" and not refusals:
+            refusals.append("once")
+            raise ConnectionError("the store is briefly unreachable")
+        return original_finish(*arguments, **options)
+
+    monkeypatch.setattr(store, "finish", finish_after_a_hiccup)
+    monkeypatch.setattr(runner, "open_job_store", lambda *_, **__: store)
+    outcome = runner.run_job(job.job_id, settings)
+    assert outcome["version"] == 1 and refusals == ["once"]
+    ended = store.get(job.job_id)
+    assert (ended.status, ended.version) == ("succeeded", 1)

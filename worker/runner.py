@@ -226,5 +226,22 @@ def _run_claimed(
     finally:
         lease.stopped.set()
         lease.join()
-    store.finish(job_id, "succeeded", version=registered.version, worker=worker)
+    _record_success(store, job_id, registered.version, worker)
     return {"job_id": job_id, "model_name": registered.model_name, "version": registered.version}
+
+
+def _record_success(store: JobStore, job_id: str, version: int, worker: str) -> None:
+    # The version is published: a store hiccup now must not cost the job. Unrecorded,
+    # the job would be run again (and find its version), or on its last attempt end
+    # failed with a model registered for it.
+    for delay in (1.0, 2.0, 4.0, None):
+        try:
+            store.finish(job_id, "succeeded", version=version, worker=worker)
+            return
+        except LeaseLostError:
+            raise
+        except Exception:
+            if delay is None:
+                raise
+            logger.warning("job %s: could not record its version yet; retrying", job_id)
+            time.sleep(delay)
