@@ -12,9 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import shutil
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from service.app import create_app
 from service.deps import JobDispatcher, Services, get_dispatcher, get_job_store
 from service.errors import BrokerUnavailableError
 from tests.conftest import ClientFactory
+from tests.workers import crashed_registration, wait_until
 from trainer.card import TrainingRecord
 from trainer.registry import FileModelRegistry
 from trainer.run import train_and_register
@@ -1082,18 +1081,8 @@ def test_the_api_gives_back_the_disk_of_registrations_that_crashed(
 ) -> None:
     # A training process killed while saving leaves its staging folder; its worker may
     # run on for weeks (only the child died), so the API's sweep removes it too.
-    staging = home / "registry" / "crashed" / ".staging"
-    old, fresh = staging / "old", staging / "fresh"
-    for folder in (old, fresh):
-        folder.mkdir(parents=True)
-        (folder / "model.keras").write_bytes(b"half a model")
-    long_ago = time.time() - 600
-    for path in (old / "model.keras", old):
-        os.utime(path, (long_ago, long_ago))
+    old, fresh = crashed_registration(home / "registry", 600)
 
     make_client(job_lease_seconds=2, staging_max_age_seconds=300)
-    deadline = time.monotonic() + 30
-    while old.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not old.exists()
+    wait_until(lambda: not old.exists(), timeout=30, what="the old staging folder to go")
     assert fresh.is_dir(), "a registration that may still be writing is left alone"

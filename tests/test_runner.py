@@ -52,6 +52,17 @@ def queued_job(store: SqliteJobStore, spec: dict[str, Any]) -> Job:
     return job
 
 
+def take_over(store: SqliteJobStore, job_id: str) -> None:
+    """Another worker claims the job, as if its worker had stalled past its lease."""
+    store._update(
+        job_id,
+        lambda current, now: current.model_copy(
+            update={"lease_expires_at": now - timedelta(seconds=1)}
+        ),
+    )
+    assert store.claim(job_id, "worker-2:1", 60) is not None
+
+
 def test_a_stale_worker_is_refused_and_stops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -59,18 +70,13 @@ def test_a_stale_worker_is_refused_and_stops(
     store = SqliteJobStore(settings.jobs_db_path)
     job = queued_job(store, SPEC)
 
-    def take_over(number: int) -> None:
+    def take_over_at_the_third_epoch(number: int) -> None:
         if number == 3:
-            # The first worker stalled past its lease; another worker claims the job.
-            store._update(
-                job.job_id,
-                lambda current, now: current.model_copy(
-                    update={"lease_expires_at": now - timedelta(seconds=1)}
-                ),
-            )
-            assert store.claim(job.job_id, "worker-2:1", 60) is not None
+            take_over(store, job.job_id)
 
-    monkeypatch.setattr(runner, "train_and_register", endless_training(take_over))
+    monkeypatch.setattr(
+        runner, "train_and_register", endless_training(take_over_at_the_third_epoch)
+    )
     started = time.monotonic()
     outcome = runner.run_job(job.job_id, settings)
     assert outcome == {"job_id": job.job_id, "status": "lease_lost"}
@@ -152,23 +158,34 @@ def test_a_stored_spec_this_release_refuses_fails_the_job_at_once(tmp_path: Path
     assert "epochs" in failed.error.message
 
 
+def run_with_while_saving(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    meanwhile: Callable[[SqliteJobStore, str], object],
+) -> tuple[dict[str, Any], SqliteJobStore, Job, Settings]:
+    """Run a one-epoch job for real, with ``meanwhile`` happening as its model is saved."""
+    settings = Settings(home=tmp_path)
+    store = SqliteJobStore(settings.jobs_db_path)
+    job = queued_job(store, {**TINY, "epochs": 1})
+
+    def copy_and_meanwhile(model: Any) -> Any:
+        meanwhile(store, job.job_id)
+        return inference_copy(model)
+
+    monkeypatch.setattr(run_module, "inference_copy", copy_and_meanwhile)
+    return runner.run_job(job.job_id, settings), store, job, settings
+
+
 def test_a_cancel_while_the_version_is_saved_publishes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The cancel lands after the last check of the background flag, while the model is
     # copied and saved (seconds on a large model): the job still ends cancelled, and
     # the registry shows no version and keeps no staging folder.
-    settings = Settings(home=tmp_path)
-    store = SqliteJobStore(settings.jobs_db_path)
-    job = queued_job(store, {**TINY, "epochs": 1})
-    copy_for_serving = inference_copy
-
-    def cancel_meanwhile(model: Any) -> Any:
-        store.request_cancel(job.job_id)
-        return copy_for_serving(model)
-
-    monkeypatch.setattr(run_module, "inference_copy", cancel_meanwhile)
-    assert runner.run_job(job.job_id, settings)["status"] == "cancelled"
+    outcome, store, job, settings = run_with_while_saving(
+        tmp_path, monkeypatch, lambda store, job_id: store.request_cancel(job_id)
+    )
+    assert outcome["status"] == "cancelled"
     assert store.get(job.job_id).status == "cancelled"
     registry = FileModelRegistry(settings.resolved_registry_dir)
     assert registry.list_models() == []
@@ -219,23 +236,8 @@ def test_a_worker_that_lost_its_job_while_saving_publishes_nothing(
 ) -> None:
     # This worker stalled past its lease while saving and another took the job over:
     # that one publishes the job's version, so this one must not publish a second.
-    settings = Settings(home=tmp_path)
-    store = SqliteJobStore(settings.jobs_db_path)
-    job = queued_job(store, {**TINY, "epochs": 1})
-    copy_for_serving = inference_copy
-
-    def taken_over_meanwhile(model: Any) -> Any:
-        store._update(
-            job.job_id,
-            lambda current, now: current.model_copy(
-                update={"lease_expires_at": now - timedelta(seconds=1)}
-            ),
-        )
-        assert store.claim(job.job_id, "worker-2:1", 60) is not None
-        return copy_for_serving(model)
-
-    monkeypatch.setattr(run_module, "inference_copy", taken_over_meanwhile)
-    assert runner.run_job(job.job_id, settings)["status"] == "lease_lost"
+    outcome, store, job, settings = run_with_while_saving(tmp_path, monkeypatch, take_over)
+    assert outcome["status"] == "lease_lost"
     assert FileModelRegistry(settings.resolved_registry_dir).list_models() == []
     current = store.get(job.job_id)
     assert (current.status, current.worker) == ("running", "worker-2:1")

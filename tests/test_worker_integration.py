@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from tests.workers import (
     REDIS_PORT,
     Process,
     celery_worker,
+    crashed_registration,
     ensure_redis,
     redis_database,
     running,
@@ -104,6 +103,30 @@ def _wait_for_status(
         return job if job["status"] in statuses else None
 
     job: dict[str, Any] = wait_until(reached, timeout=timeout, what=f"job {job_id} → {statuses}")
+    return job
+
+
+def _start_training(client: TestClient, model_name: str) -> str:
+    """Submit a job of 12 epochs and wait until its first epoch is done; its id."""
+    job_id = _submit(client, epochs=12, batch_size=16, model_name=model_name)
+
+    def training() -> bool:
+        job = _job(client, job_id)
+        return job["status"] == "running" and len(job["history"]) >= 1
+
+    wait_until(training, timeout=180, what="the job to be training")
+    return job_id
+
+
+def _finished_by_another_worker(
+    deployment: Deployment, client: TestClient, job_id: str, model_name: str
+) -> dict[str, Any]:
+    """Start a new worker; the job succeeds there, with exactly one version registered."""
+    deployment.start_worker("successor")
+    job = _wait_for_status(client, job_id, TERMINAL, timeout=300)
+    assert job["status"] == "succeeded", job["error"]
+    versions = client.get(f"/models/{model_name}").json()["versions"]
+    assert [entry["version"] for entry in versions] == [1]
     return job
 
 
@@ -213,23 +236,13 @@ def test_a_killed_worker_loses_no_job_and_leaves_no_half_written_model(
 ) -> None:
     first = deployment.start_worker("doomed")
     with TestClient(create_app(deployment.settings)) as client:
-        job_id = _submit(client, epochs=12, batch_size=16, model_name="digits-survivor")
-
-        def training() -> bool:
-            job = _job(client, job_id)
-            return job["status"] == "running" and len(job["history"]) >= 1
-
-        wait_until(training, timeout=180, what="the job to be training")
+        job_id = _start_training(client, "digits-survivor")
         first.kill_group(signal.SIGKILL)  # the worker and its child die mid-epoch
         first.popen.wait(timeout=10)
 
-        deployment.start_worker("rescuer")
-        job = _wait_for_status(client, job_id, TERMINAL, timeout=300)
-        assert job["status"] == "succeeded", job["error"]
+        job = _finished_by_another_worker(deployment, client, job_id, "digits-survivor")
         assert job["attempts"] == 2
         assert [epoch["epoch"] for epoch in job["history"]] == list(range(1, 13))
-        versions = client.get("/models/digits-survivor").json()["versions"]
-        assert [entry["version"] for entry in versions] == [1]
 
 
 def test_a_worker_told_to_stop_gives_its_job_back_without_spending_an_attempt(
@@ -239,37 +252,20 @@ def test_a_worker_told_to_stop_gives_its_job_back_without_spending_an_attempt(
     # waits for the training; the job is given back at once and the training stops.
     first = deployment.start_worker("stopped")
     with TestClient(create_app(deployment.settings)) as client:
-        job_id = _submit(client, epochs=12, batch_size=16, model_name="digits-stopped")
-
-        def training() -> bool:
-            job = _job(client, job_id)
-            return job["status"] == "running" and len(job["history"]) >= 1
-
-        wait_until(training, timeout=180, what="the job to be training")
+        job_id = _start_training(client, "digits-stopped")
         first.popen.send_signal(signal.SIGTERM)
         first.popen.wait(timeout=60)  # well within an orchestrator's grace period
         assert "given back to the queue: this worker is stopping" in first.log()
         assert _job(client, job_id)["status"] == "queued"
 
-        deployment.start_worker("successor")
-        job = _wait_for_status(client, job_id, TERMINAL, timeout=300)
-        assert job["status"] == "succeeded", job["error"]
+        job = _finished_by_another_worker(deployment, client, job_id, "digits-stopped")
         assert job["attempts"] == 1  # the stop did not count against the job
-        versions = client.get("/models/digits-stopped").json()["versions"]
-        assert [entry["version"] for entry in versions] == [1]
 
 
 def test_a_starting_worker_sweeps_staging_folders_left_by_crashes(
     deployment: Deployment,
 ) -> None:
-    staging = deployment.settings.resolved_registry_dir / "crashed" / ".staging"
-    old, fresh = staging / "old", staging / "fresh"
-    for folder in (old, fresh):
-        folder.mkdir(parents=True)
-        (folder / "model.keras").write_bytes(b"half a model")
-    two_hours_ago = time.time() - 7200
-    for path in (old / "model.keras", old):
-        os.utime(path, (two_hours_ago, two_hours_ago))
+    old, fresh = crashed_registration(deployment.settings.resolved_registry_dir, 7200)
 
     worker = deployment.start_worker("sweeper")
     wait_until(lambda: not old.exists(), timeout=120, what="the old staging folder to go")

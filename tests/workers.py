@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+from pathlib import Path
 
 import redis
 
@@ -82,3 +84,17 @@ def _pings(client: redis.Redis) -> bool:
 def celery_worker(name: str) -> list[str]:
     """The product's own worker command, under a test node name."""
     return celery_worker_command(node_name=f"{name}@%h")
+
+
+def crashed_registration(registry_dir: Path, idle_seconds: float) -> tuple[Path, Path]:
+    """Two staging folders of a model, as registrations leave them: one idle for
+    ``idle_seconds`` (a crash's leftover), one just written (maybe still writing)."""
+    staging = registry_dir / "crashed" / ".staging"
+    old, fresh = staging / "old", staging / "fresh"
+    for folder in (old, fresh):
+        folder.mkdir(parents=True)
+        (folder / "model.keras").write_bytes(b"half a model")
+    long_ago = time.time() - idle_seconds
+    for path in (old / "model.keras", old):
+        os.utime(path, (long_ago, long_ago))
+    return old, fresh
