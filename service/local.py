@@ -142,9 +142,10 @@ def serve_command(arguments: argparse.Namespace) -> int:
         _run_api(settings, arguments, processes)
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
+        running = _running_job_ids(settings) if workers else []
         _stop_embedded_workers(workers)
         if workers:
-            _release_jobs_of_stopped_workers(settings)
+            _release_jobs_of_stopped_workers(settings, running)
     return 0
 
 
@@ -204,16 +205,33 @@ def _wait_until_group_is_gone(group: int, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
-def _release_jobs_of_stopped_workers(settings: Settings) -> None:
+def _running_job_ids(settings: Settings) -> list[str]:
+    from worker.jobstore import open_job_store
+
+    try:
+        jobs, _ = open_job_store(settings.redis_url, settings.jobs_db_path).list(
+            status="running", limit=1000
+        )
+    except Exception:  # noqa: BLE001 - shutting down; only the report below needs them
+        return []
+    return [job.job_id for job in jobs]
+
+
+def _release_jobs_of_stopped_workers(settings: Settings, were_running: list[str]) -> None:
     # We stopped these workers ourselves: their jobs go back to the queue at once and
-    # without spending an attempt, instead of waiting for their leases to expire.
+    # without spending an attempt, instead of waiting for their leases to expire. A
+    # worker gives its jobs back itself when told to stop; this catches the rest.
     from worker.jobstore import open_job_store
     from worker.recovery import release_jobs_of_dead_local_workers
 
     try:
         store = open_job_store(settings.redis_url, settings.jobs_db_path)
-        for job_id in release_jobs_of_dead_local_workers(store):
-            print(f"job {job_id} goes back to the queue (its worker was stopped with the server)")
+        release_jobs_of_dead_local_workers(store)
+        for job_id in were_running:
+            if store.get(job_id).status == "queued":
+                print(
+                    f"job {job_id} goes back to the queue (its worker was stopped with the server)"
+                )
     except Exception as error:  # noqa: BLE001 - shutting down; the lease sweep catches up
         print(f"could not release the stopped workers' jobs: {type(error).__name__}")
 
