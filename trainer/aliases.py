@@ -24,8 +24,7 @@ from typing import Any
 from trainer.errors import AliasNotFoundError, ConflictError, CorruptModelError, InvalidInputError
 from trainer.files import utc_timestamp, write_json_atomically
 
-# Not digits alone: a digit string names a version wherever an alias could go.
-ALIAS_PATTERN = r"^(?![0-9]+$)[a-z0-9][a-z0-9-]{0,63}$"
+ALIAS_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 ALIASES_FILE = "aliases.json"
 HISTORY_FILE = "alias-history.json"
 _ALIASES_LOCK_FILE = ".aliases.lock"
@@ -37,12 +36,20 @@ def joined(values: list[int] | list[str]) -> str:
     return ", ".join(str(value) for value in values) or "none"
 
 
-def check_alias(alias: str) -> str:
-    """Return ``alias`` if it is a valid alias name, else raise InvalidInputError."""
+def check_alias(alias: str, *, new: bool = False) -> str:
+    """Return ``alias`` if it is a valid alias name, else raise InvalidInputError.
+
+    A ``new`` alias may not be digits alone: a digit string names a version wherever
+    an alias could go, so it could never be used. One made before that rule can still
+    be moved, rolled back and deleted.
+    """
     if not isinstance(alias, str) or not _ALIAS_RE.fullmatch(alias):
         message = f"alias {alias!r} is not allowed: use 1-64 lowercase letters, digits or '-', "
-        message += "starting with a letter or digit and not digits alone, which name versions "
-        message += f"(pattern {ALIAS_PATTERN}), e.g. 'production'"
+        message += f"starting with a letter or digit (pattern {ALIAS_PATTERN}), e.g. 'production'"
+        raise InvalidInputError(message, alias=alias)
+    if new and alias.isdigit():
+        message = f"alias {alias!r} is not allowed: digits alone name a version, so the alias "
+        message += "could never be used; include a letter, e.g. 'v" + alias + "'"
         raise InvalidInputError(message, alias=alias)
     return alias
 

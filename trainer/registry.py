@@ -257,7 +257,7 @@ class FileModelRegistry:
 
     def set_alias(self, model_name: str, alias: str, version: int) -> AliasChange:
         """Point ``alias`` at a live version; a real move is appended to the alias history."""
-        check_alias(alias)
+        check_alias(alias, new=alias not in self.aliases(model_name))
         self._require_version(model_name, version)
         with self._aliases.lock(model_name):
             # Checked again under the lock, which delete_version also holds.
