@@ -18,7 +18,7 @@ from scipy.stats import binomtest
 from service.studies import cancel_study
 from tests.conftest import make_record
 from tests.workers import ensure_redis, redis_url
-from trainer import study_presets
+from trainer import study_presets, study_spec
 from trainer.architectures import ARCHITECTURES
 from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
@@ -540,3 +540,32 @@ def test_a_preset_its_trainings_refuse_is_invalid_input(monkeypatch: pytest.Monk
     monkeypatch.setattr(study_presets, "LAB_FRACTION", 0.0)
     with pytest.raises(InvalidInputError, match="cnn-lab preset cannot build"):
         study_presets.expand(StudyRequest(preset="cnn-lab"))
+
+
+def test_a_study_with_too_many_candidate_specs_is_refused_before_they_are_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def sixteen(stage: str, **source: Any) -> dict[str, Any]:
+        trainings = [{"label": f"t{index}", **source} for index in range(16)]
+        return {"name": stage, "trainings": trainings, "pick": "validation_accuracy"}
+
+    spec = {"spec": {"dataset": "digits"}}
+    stages: list[dict[str, Any]] = [
+        sixteen("a", **spec),
+        {"name": "b", "kind": "select", "depends_on": ["a"]},
+        {**sixteen("c", from_winner="b"), "depends_on": ["b"]},  # 256: the most allowed
+        {"name": "d", "kind": "select", "depends_on": ["c"]},
+        {**sixteen("e", from_winner="d"), "depends_on": ["d"]},  # 4,096
+    ]
+    parsed: list[str] = []
+    parse = study_spec._parsed
+
+    def counted(stage: str, label: str, spec: dict[str, Any]) -> Any:
+        parsed.append(stage)
+        return parse(stage, label, spec)
+
+    monkeypatch.setattr(study_spec, "_parsed", counted)
+    request = StudyRequest(stages=stages)
+    with pytest.raises(InvalidInputError, match="stage 'e' could run 4096 different specs"):
+        study_spec.training_specs(check_stages(request.stages or []))
+    assert "e" not in parsed

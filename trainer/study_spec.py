@@ -180,7 +180,6 @@ def check_stages(stages: list[StageSpec]) -> list[StageSpec]:
             )
         earlier.add(stage.name)
         by_name[stage.name] = stage
-    training_specs(stages)
     return stages
 
 
@@ -198,13 +197,16 @@ def training_specs(stages: list[StageSpec]) -> list[StageTrainingSpec]:
             candidates[stage.name] = [
                 spec for name in stage.depends_on for spec in candidates.get(name, [])
             ]
+            _check_candidate_count(stage.name, len(candidates[stage.name]))
             continue
+        bases_of = [
+            [training.spec] if training.spec is not None else candidates[training.from_winner or ""]
+            for training in stage.trainings
+        ]
+        # Counted before any is parsed: a few KB of request must not cost seconds of CPU.
+        _check_candidate_count(stage.name, sum(len(bases) for bases in bases_of))
         specs: list[dict[str, Any]] = []
-        for training in stage.trainings:
-            if training.spec is not None:
-                bases = [training.spec]
-            else:
-                bases = candidates[training.from_winner or ""]
+        for training, bases in zip(stage.trainings, bases_of, strict=True):
             for base in bases:
                 spec = merged(base, training.overrides)
                 if training.reference_winner is not None:
@@ -220,14 +222,17 @@ def training_specs(stages: list[StageSpec]) -> list[StageTrainingSpec]:
                         _parsed(stage.name, training.label, spec),
                         reference_from_winner=training.reference_winner is not None,
                     )
-        if len(specs) > MAX_CANDIDATE_SPECS:
-            raise InvalidInputError(
-                f"stage {stage.name!r} could run {len(specs)} different specs through the winners "
-                f"it builds on; at most {MAX_CANDIDATE_SPECS} are allowed",
-                field="body.stages",
-            )
         candidates[stage.name] = specs
     return list(parsed.values())
+
+
+def _check_candidate_count(stage: str, count: int) -> None:
+    if count > MAX_CANDIDATE_SPECS:
+        raise InvalidInputError(
+            f"stage {stage!r} could run {count} different specs through the winners it builds "
+            f"on; at most {MAX_CANDIDATE_SPECS} are allowed",
+            field="body.stages",
+        )
 
 
 @dataclass(frozen=True)
