@@ -1007,10 +1007,22 @@ def test_ranges_inside_the_file_are_served_and_one_past_its_end_is_a_416(
     several = client.get(path, headers={"Range": "bytes=0-1, 4-5"})
     assert several.status_code == 206
     assert several.headers["content-type"].startswith("multipart/byteranges")
-    past = client.get(path, headers={"Range": f"bytes={len(whole)}-"})
-    error = detail(past, 416, "range_not_satisfiable")
-    assert f"{len(whole):,} bytes" in error["message"]
-    assert past.headers["content-range"] == f"bytes */{len(whole)}"
+    # Of a set, the ranges the file can serve are served (RFC 9110 14.2).
+    some_past = client.get(path, headers={"Range": f"bytes=0-9,{len(whole) + 5}-"})
+    assert some_past.status_code == 206 and some_past.content == whole[:10]
+    for header in (f"bytes={len(whole)}-", f"bytes={len(whole)}-,-0"):
+        past = client.get(path, headers={"Range": header})
+        error = detail(past, 416, "range_not_satisfiable")
+        assert f"{len(whole):,} bytes" in error["message"]
+        assert past.headers["content-range"] == f"bytes */{len(whole)}"
+    # If-Range names what the client holds: another file's ETag gets the whole file.
+    etag = first.headers["etag"]
+    for if_range, status in ((etag, 206), ('"another-file"', 200), (f"W/{etag}", 200)):
+        response = client.get(path, headers={"Range": "bytes=0-9", "If-Range": if_range})
+        assert response.status_code == status
+        assert response.content == (whole[:10] if status == 206 else whole)
+    moved_on = client.get(path, headers={"Range": f"bytes={len(whole)}-", "If-Range": '"old"'})
+    assert moved_on.status_code == 200 and moved_on.content == whole
 
 
 def test_the_model_file_of_an_alias_or_the_default_is_named_by_its_version(
