@@ -243,22 +243,26 @@ def test_a_worker_that_lost_its_job_while_saving_publishes_nothing(
     assert (current.status, current.worker) == ("running", "worker-2:1")
 
 
-def test_a_store_hiccup_after_publishing_does_not_cost_the_job(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("failing", ["renew_lease", "finish"])
+def test_a_store_hiccup_around_publishing_does_not_cost_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
+    # Before publishing (the lease and cancel are confirmed) and after (the version is
+    # recorded), one failed store call is tried again, not the training thrown away.
     settings = Settings(home=tmp_path)
     store = SqliteJobStore(settings.jobs_db_path)
     job = queued_job(store, {**TINY, "epochs": 1})
-    original_finish = store.finish
+    original = getattr(store, failing)
     refusals: list[str] = []
 
-    def finish_after_a_hiccup(*arguments: Any, **options: Any) -> Any:
-        if arguments[1] == "succeeded" and not refusals:
+    def after_a_hiccup(*arguments: Any, **options: Any) -> Any:
+        publishing = failing != "finish" or arguments[1] == "succeeded"
+        if publishing and not refusals:
             refusals.append("once")
             raise ConnectionError("the store is briefly unreachable")
-        return original_finish(*arguments, **options)
+        return original(*arguments, **options)
 
-    monkeypatch.setattr(store, "finish", finish_after_a_hiccup)
+    monkeypatch.setattr(store, failing, after_a_hiccup)
     monkeypatch.setattr(runner, "open_job_store", lambda *_, **__: store)
     outcome = runner.run_job(job.job_id, settings)
     assert outcome["version"] == 1 and refusals == ["once"]

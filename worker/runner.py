@@ -11,7 +11,8 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from trainer.errors import CorruptModelError, LeaseLostError, TrainingCancelledError
 from trainer.registry import FileModelRegistry
@@ -21,6 +22,7 @@ from worker.jobstore import EpochProgress, Job, JobError, JobStore, open_job_sto
 from worker.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
+ResultT = TypeVar("ResultT")
 
 # The exit status of a worker child ended because its training would not stop.
 EXIT_UNRESPONSIVE_TRAINING = 70
@@ -112,9 +114,11 @@ def _confirm_publish(store: JobStore, job_id: str, worker: str, settings: Settin
     # flags, which lag by up to a poll: a cancel accepted until now publishes nothing,
     # and neither does a worker whose job another worker has taken over meanwhile (that
     # one publishes its own version; two for one job would be one too many).
-    if not store.renew_lease(job_id, worker, settings.job_lease_seconds):
+    # Retried like the success record: a store hiccup here must not cost the training.
+    renewed = _retrying(lambda: store.renew_lease(job_id, worker, settings.job_lease_seconds))
+    if not renewed:
         raise LeaseLostError(f"job {job_id}: lease lost before publishing")
-    if store.is_cancel_requested(job_id):
+    if _retrying(lambda: store.is_cancel_requested(job_id)):
         raise TrainingCancelledError("training was cancelled on request (before publishing)")
 
 
@@ -234,14 +238,17 @@ def _record_success(store: JobStore, job_id: str, version: int, worker: str) -> 
     # The version is published: a store hiccup now must not cost the job. Unrecorded,
     # the job would be run again (and find its version), or on its last attempt end
     # failed with a model registered for it.
-    for delay in (1.0, 2.0, 4.0, None):
+    _retrying(lambda: store.finish(job_id, "succeeded", version=version, worker=worker))
+
+
+def _retrying(call: Callable[[], ResultT]) -> ResultT:
+    """``call()``, tried again over about seven seconds while the job store fails."""
+    for delay in (1.0, 2.0, 4.0):
         try:
-            store.finish(job_id, "succeeded", version=version, worker=worker)
-            return
+            return call()
         except LeaseLostError:
-            raise
+            raise  # an answer, not a failure
         except Exception:
-            if delay is None:
-                raise
-            logger.warning("job %s: could not record its version yet; retrying", job_id)
+            logger.warning("the job store failed; trying again in %g s", delay, exc_info=True)
             time.sleep(delay)
+    return call()
