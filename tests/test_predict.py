@@ -614,7 +614,11 @@ def test_tf_serving_inputs_naming_more_than_the_one_input_say_so(client: TestCli
     response = client.post(f"/v1/models/{DIGITS}:predict", json=body)
     assert response.status_code == 422
     message = response.json()["detail"]["message"]
-    assert "names 2 inputs ('image', 'other')" in message and "the model has one" in message
+    assert "inputs names 2 inputs ('image', 'other')" in message and "the model has one" in message
+    body = {"instances": [GOOD_PIXELS, {"image": GOOD_PIXELS, "other": GOOD_PIXELS}]}
+    response = client.post(f"/v1/models/{DIGITS}:predict", json=body)
+    assert response.status_code == 422
+    assert "instances[1] names 2 inputs" in response.json()["detail"]["message"]
 
 
 def test_a_tf_serving_signature_name_is_bounded_before_it_is_echoed(client: TestClient) -> None:

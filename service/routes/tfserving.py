@@ -96,16 +96,16 @@ router = APIRouter(
 )
 
 
-def _unwrap_named_input(value: Any) -> Any:
+def _unwrap_named_input(value: Any, where: str) -> Any:
     # {"image": tensor} names the model's single input; {"b64": ...} is an image file.
     if not isinstance(value, dict) or "b64" in value:
         return value
     if len(value) != 1:
         names = ", ".join(repr(str(name))[:40] for name in list(value)[:5])
         raise InvalidInputError(
-            f'"inputs" names {len(value)} inputs ({names}); the model has one, '
-            f"{INPUT_NAME!r}: send {{{INPUT_NAME!r}: batch}} or the batch itself",
-            field="body.inputs",
+            f"{where} names {len(value)} inputs ({names}); the model has one, "
+            f"{INPUT_NAME!r}: send {{{INPUT_NAME!r}: ...}} or the value itself",
+            field=f"body.{where}",
         )
     return next(iter(value.values()))
 
@@ -120,10 +120,12 @@ def _instances(request: TfServingRequest) -> tuple[list[Any], bool]:
             signature_name=request.signature_name,
         )
     columnar = request.inputs is not None
-    batch = _unwrap_named_input(request.inputs) if columnar else request.instances
+    batch = _unwrap_named_input(request.inputs, "inputs") if columnar else request.instances
     if not isinstance(batch, list) or not batch:
         raise InvalidInputError("the batch must be a non-empty list of instances")
-    return [_unwrap_named_input(instance) for instance in batch], columnar
+    where = "inputs" if columnar else "instances"
+    instances = [_unwrap_named_input(item, f"{where}[{index}]") for index, item in enumerate(batch)]
+    return instances, columnar
 
 
 async def _predict(request: Request, model_name: str, reference: str | int | None) -> Response:
