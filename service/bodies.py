@@ -7,8 +7,6 @@ request, pixels per image read from headers — before anything is decoded.
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -42,9 +40,8 @@ ResultT = TypeVar("ResultT")
 # JSON bodies past this size are parsed at most LARGE_JSON_PARSES at a time per process.
 LARGE_JSON_BYTES = 1 << 20
 LARGE_JSON_PARSES = 2
-_LARGE_JSON_LIMITERS: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, anyio.CapacityLimiter
-] = weakref.WeakKeyDictionary()
+# anyio creates a limiter's events when a caller first waits: one serves every loop.
+_LARGE_JSON_LIMITER = anyio.CapacityLimiter(LARGE_JSON_PARSES)
 
 
 @dataclass(frozen=True)
@@ -118,16 +115,7 @@ async def _parse_off_loop(parse: Callable[..., ResultT], *arguments: Any) -> Res
     size = max((len(argument) for argument in arguments if isinstance(argument, bytes)), default=0)
     if size <= LARGE_JSON_BYTES:
         return await run_in_threadpool(parse, *arguments)
-    return await anyio.to_thread.run_sync(parse, *arguments, limiter=_large_json_limiter())
-
-
-def _large_json_limiter() -> anyio.CapacityLimiter:
-    # One per event loop: an anyio limiter belongs to the loop it was first used in.
-    loop = asyncio.get_running_loop()
-    limiter = _LARGE_JSON_LIMITERS.get(loop)
-    if limiter is None:
-        limiter = _LARGE_JSON_LIMITERS[loop] = anyio.CapacityLimiter(LARGE_JSON_PARSES)
-    return limiter
+    return await anyio.to_thread.run_sync(parse, *arguments, limiter=_LARGE_JSON_LIMITER)
 
 
 def _validate_json(schema: type[BodyT], body: bytes) -> BodyT:

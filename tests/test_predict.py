@@ -610,7 +610,7 @@ def test_a_tf_serving_version_that_is_not_a_number_says_what_was_expected(
 
 
 def test_tf_serving_inputs_naming_more_than_the_one_input_say_so(client: TestClient) -> None:
-    body = {"inputs": {"image": [GOOD_PIXELS], "other": [GOOD_PIXELS]}}
+    body: dict[str, Any] = {"inputs": {"image": [GOOD_PIXELS], "other": [GOOD_PIXELS]}}
     response = client.post(f"/v1/models/{DIGITS}:predict", json=body)
     assert response.status_code == 422
     message = response.json()["detail"]["message"]
