@@ -36,8 +36,10 @@ def requeue_orphaned_jobs(
         logger.warning("job %s lost its worker; requeued", job_id)
     for job_id in ended:
         logger.error("job %s lost its worker and was ended (failed or cancelled)", job_id)
-    send_queued_jobs(store, celery_app, resend_after_seconds)
-    _advance_studies_of(ended, celery_app)
+    try:
+        send_queued_jobs(store, celery_app, resend_after_seconds)
+    finally:
+        _advance_studies_of(ended, celery_app)  # these jobs have ended whatever else fails
     return requeued
 
 
