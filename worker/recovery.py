@@ -109,7 +109,7 @@ def release_jobs_of_this_workers_children(store: JobStore) -> list[str]:
     """Requeue, without spending an attempt, the running jobs of this process's children.
 
     For a Celery worker told to stop (``docker stop``, SIGTERM): its pool children are
-    training; each sees its lease gone at the next renewal and stops, so the warm
+    training; each sees its job given back within a second and stops, so the warm
     shutdown ends before the orchestrator's kill would spend an attempt of each job.
     """
     me = os.getpid()

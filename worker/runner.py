@@ -65,7 +65,13 @@ class _LeaseKeeper(threading.Thread):
                 self.time_exceeded.set()
                 self.cancel_requested.set()
             try:
-                if self.store.is_cancel_requested(self.job_id):
+                job = self.store.get(self.job_id)
+                if job.cancel_requested:
+                    self.cancel_requested.set()
+                if job.status != "running" or job.worker != self.worker:
+                    # Given back (its worker is stopping) or taken over: stop now, not at
+                    # the next renewal, and write nothing more.
+                    self.lease_lost.set()
                     self.cancel_requested.set()
                 if ticks % renew_every == 0 and not self.store.renew_lease(
                     self.job_id, self.worker, self.lease_seconds

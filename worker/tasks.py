@@ -63,8 +63,8 @@ def _give_back_running_jobs(**_: Any) -> None:
     # A warm shutdown (docker stop, SIGTERM) waits for running tasks, and a training
     # outlasts any grace period: the orchestrator's kill would then spend one of the
     # job's attempts and lose its progress, as a crash does. A stop on purpose is not
-    # the job's fault: give the jobs back now; each training stops at its next lease
-    # renewal, and the next sweep sends the jobs again.
+    # the job's fault: give the jobs back now; each training sees that within a second
+    # and stops, and the next sweep sends the jobs again.
     settings = get_settings()
     try:
         store = open_job_store(
