@@ -122,9 +122,9 @@ def check_split_sizes(name: str, sample_fraction: float, validation_fraction: fl
             if min(kept, left) < classes:
                 low, high = classes / total, 1 - classes / total
                 raise InvalidInputError(
-                    f"sample_fraction {sample_fraction:g} keeps {kept} of {name}'s {total:,} "
-                    f"{split} images and leaves {left}; each side needs at least one "
-                    f"image of each of its {classes} classes: use 1, or a fraction from "
+                    f"sample_fraction {sample_fraction:g} keeps {kept} of the {total:,} "
+                    f"{split} images of {name} and leaves {left}; each side needs at least "
+                    f"one image of each of its {classes} classes: use 1, or a fraction from "
                     f"{low:.4g} to {high:.4g}",
                     field="body.sample_fraction",
                     received=sample_fraction,
