@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -711,3 +712,36 @@ def test_redis_clients_have_explicit_socket_timeouts(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, redis_url=REDIS_URL, redis_socket_timeout_seconds=3)
     _, transport = broker_options(settings)
     assert (transport["socket_timeout"], transport["socket_connect_timeout"]) == (3, 3)
+
+
+def test_redis_leases_run_on_the_servers_clock_not_the_hosts(
+    redis_server: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # API and workers on several machines stamp and check the same leases: a host
+    # whose clock is an hour off must neither shorten nor stretch them.
+    prefix = f"test-jobstore-{uuid.uuid4().hex}"
+    store = RedisJobStore(REDIS_URL, prefix=prefix)
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        job = Job.new({"dataset": "digits"}, "digits")
+        store.create(job)
+        seconds, microseconds = client.time()
+        server_now = datetime.fromtimestamp(seconds + microseconds / 1e6, UTC)
+
+        class HourAhead(datetime):
+            @classmethod
+            def now(cls, tz: Any = None) -> HourAhead:
+                return cls.fromtimestamp(time.time() + 3600, tz)
+
+        monkeypatch.setattr("trainer.files.datetime", HourAhead)  # this host's clock
+        claimed = store.claim(job.job_id, "worker-1", 60)
+        assert claimed is not None and claimed.lease_expires_at is not None
+        lease = (claimed.lease_expires_at - server_now).total_seconds()
+        assert 59 <= lease <= 65
+        assert store.requeue_orphans() == ([], [])  # not expired, whatever this host says
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+        store.close()

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
 from redis.client import Pipeline
-
-from trainer.files import utc_now
 
 from . import base
 from .models import JOB_STATUSES, Job, JobStatus
@@ -32,7 +30,7 @@ class RedisJobStore(base.JobTransitions):
         url: str,
         prefix: str = "daciavision",
         *,
-        clock: base.Clock = utc_now,
+        clock: base.Clock | None = None,
         socket_timeout: float = 5.0,
     ) -> None:
         # Explicit timeouts: without them a half-open connection blocks a request
@@ -45,7 +43,14 @@ class RedisJobStore(base.JobTransitions):
             health_check_interval=30,
         )
         self.prefix = prefix
-        self.clock = clock
+        # Redis' clock, not this host's: leases are stamped by one machine and checked by
+        # another, and clocks that differ by more than a lease would have a sweep take
+        # back healthy jobs (or leave dead ones running).
+        self.clock = clock or self._server_time
+
+    def _server_time(self) -> datetime:
+        seconds, microseconds = self.client.time()
+        return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=microseconds)
 
     def _job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
