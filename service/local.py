@@ -22,6 +22,7 @@ from service.api_processes import api_process_count, shared_telemetry
 from service.security import Keyring, check_scopes, new_key, parse_api_keys, settings_entry
 from service.spec_arguments import spec_from_arguments
 from trainer.card import ModelCard
+from trainer.datasets import check_split_sizes
 from trainer.errors import InvalidInputError
 from trainer.kernels import use_training_kernels
 from trainer.registry import FileModelRegistry
@@ -246,6 +247,12 @@ def train_command(arguments: argparse.Namespace) -> int:
         spec = parse_training_spec(spec_from_arguments(arguments))
     except ValidationError as error:
         print(f"error: invalid training spec:\n{error}", file=sys.stderr)
+        return 2
+    try:
+        # As POST /jobs checks it, before minutes of data loading could fail on it.
+        check_split_sizes(spec.dataset, spec.sample_fraction, spec.validation_fraction)
+    except InvalidInputError as error:
+        print(f"error: {error.message}", file=sys.stderr)
         return 2
     settings = get_settings()
     registry = FileModelRegistry(settings.resolved_registry_dir)

@@ -72,6 +72,16 @@ def test_train_rejects_a_bad_spec_with_the_field_named(
     assert not (home / "registry" / "digits-custom-cnn").exists()
 
 
+def test_train_rejects_a_sample_too_small_to_split_as_the_api_does(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["train", "--dataset", "digits", "--sample-fraction", "0.001"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "sample_fraction 0.001 keeps 2 of the 1,437 training images of digits" in error
+    assert not (home / "registry").exists() or not any((home / "registry").iterdir())
+
+
 def test_progress_line_draws_finished_epochs() -> None:
     job = {
         "status": "running",
