@@ -74,8 +74,9 @@ def submit_job(
     try:
         dispatcher.enqueue(job.job_id)
     except Exception as error:
-        # Whatever stopped the hand-over, no worker will ever see this job: end it
-        # now rather than leave it queued forever (the orphan sweep only sees running jobs).
+        # Whatever stopped the hand-over, no worker has this job: end it now, with the
+        # reason, rather than leave it queued until the sweep sends it again (15 min)
+        # while the client, told 503, may submit it a second time.
         if isinstance(error, BrokerUnavailableError):
             reason = JobError(type="BrokerUnavailable", message=error.message)
         else:
