@@ -7,6 +7,7 @@ import json
 import mimetypes
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from service.spec_arguments import spec_from_arguments
 from worker.settings import get_settings
 
 TERMINAL_STATUSES = {"succeeded", "failed", "cancelled"}
+RETRY_PAUSE_SECONDS = 1.0
 
 
 class ServerError(Exception):
@@ -41,6 +43,29 @@ def api_call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any
     return response.json()
 
 
+def create_call(client: httpx.Client, path: str, body: Any, *, attempts: int = 3) -> Any:
+    """POST a new job or study, retried when the connection fails.
+
+    A timeout or a reset connection leaves the client unsure whether the server created
+    it; every attempt carries the same Idempotency-Key, so the server answers a retry
+    with what the first attempt created instead of training it twice.
+    """
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    for attempt in range(1, attempts + 1):
+        try:
+            response = client.post(path, json=body, headers=headers)
+        except httpx.TransportError as error:
+            if attempt == attempts:
+                raise ServerError(
+                    f"cannot reach {client.base_url} after {attempts} attempts: {error}"
+                ) from error
+            time.sleep(RETRY_PAUSE_SECONDS * attempt)
+            continue
+        raise_for_error(response, "POST", path)
+        return response.json()
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 def raise_for_error(response: httpx.Response, method: str, path: str) -> None:
     """Raise ServerError with the server's message if the response is an error."""
     if not response.is_error:
@@ -61,7 +86,7 @@ def submit_command(arguments: argparse.Namespace) -> int:
     """Queue a job with the spec the user gave; the server fills in the recipe's defaults."""
     spec = spec_from_arguments(arguments)
     with api_client(arguments) as client:
-        job = api_call(client, "POST", "/jobs", json=spec)
+        job = create_call(client, "/jobs", spec)
         print(f"queued job {job['job_id']} → model {job['model_name']}")
         if arguments.follow:
             return _follow(client, job["job_id"])

@@ -75,6 +75,7 @@ class OverloadedError(DaciaVisionError):
 STATUS_BY_CODE: dict[str, int] = {
     "invalid_input": 422,
     "resource_budget_exceeded": 422,
+    "idempotency_key_reused": 422,
     "unauthenticated": 401,
     "forbidden": 403,
     "invalid_host": 400,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from service.deps import JobDispatcher
 from service.errors import BrokerUnavailableError
+from service.idempotency import check_same_request
 from trainer.budget import Budget, check_budget
 from trainer.datasets import check_split_sizes, dataset_info
-from trainer.errors import InvalidInputError
+from trainer.errors import ConflictError, InvalidInputError, JobNotFoundError
 from trainer.registry import FileModelRegistry
 from trainer.spec import AnyTrainingSpec
 from worker.jobstore import Job, JobError, JobStore
@@ -60,17 +63,28 @@ def submit_job(
     dispatcher: JobDispatcher,
     registry: FileModelRegistry,
     settings: Settings,
-) -> Job:
-    """Store the job as queued, then hand it to the workers.
+    job_id: str | None = None,
+) -> tuple[Job, bool]:
+    """Store the job as queued, then hand it to the workers; the job, and whether it
+    already existed under ``job_id`` (an idempotency key's replay).
 
     The job is stored first so a worker can never receive an id the store
     does not know; if the broker then refuses it, the job ends ``failed``
     with the reason instead of waiting forever.
     """
+    received = spec.model_dump(mode="json")
+    if job_id is not None and (existing := _existing(store, job_id, received)) is not None:
+        return existing, True
     check_resources(spec, settings)
     check_augmentation_targets(spec, registry)
-    job = Job.new(spec=spec.model_dump(mode="json"), model_name=spec.registered_name)
-    store.create(job)
+    job = Job.new(spec=received, model_name=spec.registered_name, job_id=job_id)
+    try:
+        store.create(job)
+    except ConflictError:
+        # Two requests with one idempotency key at once: the other one created it.
+        if job_id is None or (existing := _existing(store, job_id, received)) is None:
+            raise
+        return existing, True
     try:
         dispatcher.enqueue(job.job_id)
     except Exception as error:
@@ -83,4 +97,13 @@ def submit_job(
             reason = JobError(type=type(error).__name__, message=f"could not be queued: {error}")
         store.finish(job.job_id, "failed", error=reason)
         raise
+    return job, False
+
+
+def _existing(store: JobStore, job_id: str, received: dict[str, Any]) -> Job | None:
+    try:
+        job = store.get(job_id)
+    except JobNotFoundError:
+        return None
+    check_same_request("job", job_id, job.spec, received)
     return job

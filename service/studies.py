@@ -6,11 +6,13 @@ The API only starts a study; the workers advance it as its jobs end.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from kombu.exceptions import OperationalError
 
 from service.deps import JobDispatcher
 from service.errors import BrokerUnavailableError
+from service.idempotency import check_same_request
 from service.jobs import check_augmentation_targets, check_resources
 from service.schemas_studies import StageJobView, StageView, StudyView
 from trainer.errors import ConflictError, DaciaVisionError, JobNotFoundError
@@ -20,7 +22,7 @@ from trainer.study_spec import StageSpec, StudyRequest, check_stages, training_s
 from worker.jobstore import JobStore
 from worker.settings import Settings
 from worker.studies import Study, StudyStore
-from worker.studies.base import cancelled
+from worker.studies.base import StudyNotFoundError, cancelled
 from worker.studies.runtime import advance
 
 logger = logging.getLogger(__name__)
@@ -33,20 +35,42 @@ def create_study(
     jobs: JobStore,
     dispatcher: JobDispatcher,
     registry: FileModelRegistry,
-) -> Study:
-    """Store the study with its whole plan, then start the stages that can start."""
+    study_id: str | None = None,
+) -> tuple[Study, bool]:
+    """Store the study with its whole plan, then start the stages that can start; the
+    study, and whether it already existed under ``study_id`` (an idempotency key's replay)."""
+    received = request.model_dump(mode="json", exclude_none=True)
+    if study_id is not None and (existing := _existing(studies, study_id, received)) is not None:
+        return existing, True
     stages = check_stages(expand(request))
     _check_trainings(stages, settings, registry)
-    study = Study.new(request.model_dump(mode="json", exclude_none=True), stages, request.name)
-    studies.create(study)
+    study = Study.new(received, stages, request.name, study_id)
     try:
-        return advance(study.study_id, settings, dispatcher.celery_app, studies=studies, jobs=jobs)
+        studies.create(study)
+    except ConflictError:
+        # Two requests with one idempotency key at once: the other one created it.
+        if study_id is None or (existing := _existing(studies, study_id, received)) is None:
+            raise
+        return existing, True
+    try:
+        return advance(
+            study.study_id, settings, dispatcher.celery_app, studies=studies, jobs=jobs
+        ), False
     except (OperationalError, OSError) as error:
         # Stored but not started: the next worker to start advances it.
         raise BrokerUnavailableError(
             f"the job queue is unreachable ({error}); study {study.study_id} was stored and "
             "starts when a worker starts"
         ) from error
+
+
+def _existing(studies: StudyStore, study_id: str, received: dict[str, Any]) -> Study | None:
+    try:
+        study = studies.get(study_id)
+    except StudyNotFoundError:
+        return None
+    check_same_request("study", study_id, study.request, received)
+    return study
 
 
 def _check_trainings(

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from service.client import ServerError, api_call, api_client
+from service.client import ServerError, api_call, api_client, create_call
 from trainer.datasets import DATASET_NAMES
 from trainer.spec_base import TrainingSpecBase
 from trainer.study_spec import PRESETS
@@ -58,7 +58,7 @@ def _request_body(arguments: argparse.Namespace) -> dict[str, Any]:
 
 def run_command(arguments: argparse.Namespace) -> int:
     with api_client(arguments) as client:
-        study = api_call(client, "POST", "/studies", json=_request_body(arguments))
+        study = create_call(client, "/studies", _request_body(arguments))
         print(f"started study {study['study_id']}")
         if arguments.follow:
             return _follow(client, study["study_id"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query, status
+from fastapi import APIRouter, Body, Path, Query, Request, Response, status
 
 from service.deps import (
     DispatcherDep,
@@ -15,6 +15,7 @@ from service.deps import (
     SettingsDep,
 )
 from service.errors import error_responses
+from service.idempotency import IdempotencyKeyHeader, derived_id, mark_replayed
 from service.jobs import submit_job
 from service.limits import OffLoopJsonRoute
 from service.schemas import JobList, JobView
@@ -54,12 +55,19 @@ def create_job(
     dispatcher: DispatcherDep,
     registry: RegistryDep,
     settings: SettingsDep,
+    request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobView:
     """Validate the spec against the architecture's hyperparameter schema, store the job as
     `queued` and hand it to a worker. Poll `GET /jobs/{job_id}` for per-epoch progress; on
-    success the job names the registered `model_name` and `version`."""
+    success the job names the registered `model_name` and `version`. Send an
+    `Idempotency-Key` to make retries safe."""
     typed_spec: AnyTrainingSpec = spec
-    return JobView.from_job(submit_job(typed_spec, store, dispatcher, registry, settings))
+    job_id = derived_id(request, idempotency_key)
+    job, replayed = submit_job(typed_spec, store, dispatcher, registry, settings, job_id)
+    mark_replayed(response, replayed)
+    return JobView.from_job(job)
 
 
 @router.get(

@@ -17,6 +17,7 @@ from service.deps import (
     StudyStoreDep,
 )
 from service.errors import error_responses
+from service.idempotency import IdempotencyKeyHeader, derived_id, mark_replayed
 from service.plots import MEDIA_TYPES, ImageFormat, study_plot
 from service.schemas_studies import StudyList, StudyView
 from service.studies import cancel_study, create_study, study_view
@@ -51,10 +52,16 @@ def post_study(
     jobs: JobStoreDep,
     dispatcher: DispatcherDep,
     registry: RegistryDep,
+    http_request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> StudyView:
     """Store the study's stages and queue the ones without dependencies; the workers start
-    each later stage when the stages it depends on have succeeded."""
-    study = create_study(request, settings, studies, jobs, dispatcher, registry)
+    each later stage when the stages it depends on have succeeded. Send an
+    `Idempotency-Key` to make retries safe."""
+    study_id = derived_id(http_request, idempotency_key)
+    study, replayed = create_study(request, settings, studies, jobs, dispatcher, registry, study_id)
+    mark_replayed(response, replayed)
     return study_view(study, jobs)
 
 

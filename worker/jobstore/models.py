@@ -61,11 +61,11 @@ class Job(BaseModel):
         return self.status in TERMINAL
 
     @classmethod
-    def new(cls, spec: dict[str, Any], model_name: str) -> Job:
-        """A fresh queued job with a random id, created now."""
+    def new(cls, spec: dict[str, Any], model_name: str, job_id: str | None = None) -> Job:
+        """A fresh queued job, created now, with a random id unless one is given."""
         now = utc_now()
         return cls(
-            job_id=uuid.uuid4().hex,
+            job_id=job_id or uuid.uuid4().hex,
             status="queued",
             spec=spec,
             model_name=model_name,

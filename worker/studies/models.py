@@ -69,10 +69,17 @@ class Study(BaseModel):
         return next(stage for stage in self.stages if stage.name == name)
 
     @classmethod
-    def new(cls, request: dict[str, Any], stages: list[StageSpec], name: str | None) -> Study:
-        """A fresh study with a random id; every stage pending, its job ids already fixed."""
+    def new(
+        cls,
+        request: dict[str, Any],
+        stages: list[StageSpec],
+        name: str | None,
+        study_id: str | None = None,
+    ) -> Study:
+        """A fresh study, with a random id unless one is given; every stage pending, its
+        job ids already fixed."""
         now = utc_now()
-        study_id = uuid.uuid4().hex
+        study_id = study_id or uuid.uuid4().hex
         records = [
             StageRecord(
                 spec=stage,
