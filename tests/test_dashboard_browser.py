@@ -21,7 +21,7 @@ import pytest
 import redis
 from PIL import Image
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver import Chrome
+from selenium.webdriver import ActionChains, Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -235,11 +235,16 @@ def test_a_job_queued_from_the_form_trains_to_a_full_progress_bar(
     # The second version of the model the other tests use.
     form.find_element(By.NAME, "model_name").send_keys(MODEL)
     form.find_element(By.NAME, "hyperparameters").send_keys(json.dumps(SMALL_CNN))
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    before = site.api("GET", f"/jobs?model_name={MODEL}")["total"]
+    # An impatient double click queues one job.
+    ActionChains(browser).double_click(
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]")
+    ).perform()
 
     queued = _wait(browser, _shown_text("train-message"))
     assert queued.startswith("Queued job "), queued
     job_id = queued.removeprefix("Queued job ").split(" ")[0]
+    assert site.api("GET", f"/jobs?model_name={MODEL}")["total"] == before + 1
     spec = site.api("GET", f"/jobs/{job_id}")["spec"]
     assert (spec["dataset"], spec["epochs"], spec["batch_size"]) == ("digits", 2, 32)
     assert spec["hyperparameters"] | SMALL_CNN == spec["hyperparameters"]

@@ -56,8 +56,11 @@ async function errorDetail(response) {
   }
 }
 
-export async function request(path, { method = "GET", json, body, accept = "application/json" } = {}) {
-  const headers = { Accept: accept };
+export async function request(
+  path,
+  { method = "GET", json, body, accept = "application/json", headers: extra = {} } = {},
+) {
+  const headers = { Accept: accept, ...extra };
   const key = storedKey();
   if (key) {
     headers.Authorization = `Bearer ${key}`;
@@ -84,8 +87,15 @@ export async function getJson(path) {
   return (await request(path)).json();
 }
 
-export async function sendJson(method, path, json) {
-  return (await request(path, { method, json })).json();
+export async function sendJson(method, path, json, headers = {}) {
+  return (await request(path, { method, json, headers })).json();
+}
+
+// A random Idempotency-Key. crypto.randomUUID exists only on HTTPS and localhost pages;
+// getRandomValues everywhere, so a dashboard opened over plain HTTP on a LAN works too.
+export function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
 }
 
 // Builds "path?name=value&..." leaving out empty values, so the service's own

@@ -2,7 +2,7 @@
 // OpenAPI document (the schema POST /jobs validates against), so a new
 // architecture or dataset appears here without touching the dashboard.
 
-import { getJson, sendJson } from "./api.js";
+import { getJson, newIdempotencyKey, sendJson } from "./api.js";
 import { clearMessage, element, showMessage } from "./dom.js";
 
 function resolve(document, schema) {
@@ -92,6 +92,7 @@ export async function setUpTrainingForm({ form, message, description, onSubmitte
   form.elements.architecture.addEventListener("change", () =>
     showArchitecture(form, byName.get(form.elements.architecture.value), description),
   );
+  let pending = null; // the spec being sent and its Idempotency-Key
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearMessage(message);
@@ -102,12 +103,26 @@ export async function setUpTrainingForm({ form, message, description, onSubmitte
       showMessage(message, `The hyperparameters are not valid JSON: ${error.message}`);
       return;
     }
+    // One key per spec until the service answers: sending the same spec again after it
+    // did not answer returns the job it may have queued, rather than a second one.
+    const text = JSON.stringify(spec);
+    if (pending?.text !== text) {
+      pending = { text, key: newIdempotencyKey() };
+    }
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true; // a double click queues one job
     try {
-      const job = await sendJson("POST", "/jobs", spec);
+      const job = await sendJson("POST", "/jobs", spec, { "Idempotency-Key": pending.key });
+      pending = null;
       showMessage(message, `Queued job ${job.job_id} for ${job.model_name}.`, "success");
       onSubmitted(job);
     } catch (error) {
+      if (error.status !== 0) {
+        pending = null; // the service answered: nothing is in doubt
+      }
       showMessage(message, error.message);
+    } finally {
+      button.disabled = false;
     }
   });
 }
