@@ -31,6 +31,7 @@ def metrics_report(model_name: str, version: int, card: ModelCard) -> MetricsRep
         final_train_accuracy=card.metrics.final_train_accuracy,
         validation_accuracy=card.metrics.validation_accuracy,
         generalization_gap=card.metrics.generalization_gap,
+        train_accuracy=card.metrics.train_accuracy,
         history=card.history,
     )
 

@@ -105,9 +105,18 @@ class MetricsReport(EvaluationReport):
     parameter_count: int
     training_seconds: float
     epochs_run: int
-    final_train_accuracy: float
+    final_train_accuracy: float = Field(
+        description="The last epoch's running training accuracy, with dropout and augmentation on."
+    )
     validation_accuracy: float
-    generalization_gap: float = Field(description="Final train accuracy minus validation accuracy.")
+    generalization_gap: float = Field(
+        description="final_train_accuracy minus validation accuracy (the lab's gap)."
+    )
+    train_accuracy: float | None = Field(
+        None,
+        description="The training split after training, measured as validation is (no "
+        "dropout, no augmentation); null for versions trained before 2026-12-05.",
+    )
     history: list[EpochProgress]
 
     @computed_field  # type: ignore[prop-decorator]

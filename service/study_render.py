@@ -14,7 +14,7 @@ from service.plot_render import plotly_div, plotly_js
 from service.plots import Figure, slug, study_figures
 from trainer.errors import DaciaVisionError
 from trainer.statistics import Interval
-from trainer.study_report import StudyReport
+from trainer.study_report import StudyReport, verdict
 from worker.settings import Settings
 from worker.studies.runtime import reports_dir
 
@@ -61,12 +61,14 @@ def tables(report: StudyReport) -> dict[str, Table]:
     models = report.models
     comparison: Table = (
         ["model", "stage", "dataset", "test accuracy (95% CI)", "test loss", "val accuracy",
-         "train s", "epochs", "parameters", "model MB", "latency ms", "gap"],
+         "train s", "epochs", "parameters", "model MB", "latency ms", "train accuracy",
+         "lab's gap"],
         [[m.label, m.stage, m.dataset,
           _interval(m.test_accuracy),
           f"{m.test_loss:.4f}", _pct(m.validation_accuracy), f"{m.fit_seconds:.1f}",
           str(m.epochs_run), f"{m.parameter_count:,}", f"{m.model_file_bytes / 1e6:.2f}",
           f"{m.inference_batch1_milliseconds:.2f}" if m.inference_batch1_milliseconds else "-",
+          "-" if m.train_accuracy is None else _pct(m.train_accuracy),
           f"{m.generalization_gap:.3f}"] for m in models],
     )  # fmt: skip
     selection_rows = []
@@ -75,12 +77,19 @@ def tables(report: StudyReport) -> dict[str, Table]:
             mark = "winner" if c.model_name == winner.model_name else ""
             selection_rows.append([stage, c.label, _pct(c.validation_accuracy),
                                    f"{c.validation_loss:.4f}", mark])  # fmt: skip
+    # Every test once, with the family whose Holm adjustment decided its verdict.
+    tests = [(c.a, c.b, c.mcnemar, "models", c.verdict) for c in report.comparisons] + [
+        (e.base, e.variant, e.mcnemar, "retrains",
+         verdict(report.model(e.base), report.model(e.variant), e.mcnemar))
+        for e in report.augmentation
+    ]  # fmt: skip
     mcnemar: Table = (
-        ["a", "b", "test set", "only a right", "only b right", "p", "verdict"],
-        [[report.model(c.a).label,
-          report.model(c.b).label, c.test_set,
-          str(c.mcnemar.only_a_correct), str(c.mcnemar.only_b_correct),
-          f"{c.mcnemar.p_value:.4g}", c.verdict] for c in report.comparisons],
+        ["a", "b", "test set", "only a right", "only b right", "p", "Holm family",
+         "Holm-adjusted p", "verdict"],
+        [[report.model(a).label, report.model(b).label, report.model(a).test_set,
+          str(test.only_a_correct), str(test.only_b_correct), f"{test.p_value:.4g}", family,
+          "-" if test.p_value_holm is None else f"{test.p_value_holm:.4g}", text]
+         for a, b, test, family, text in tests],
     )  # fmt: skip
     result = {
         "comparison": comparison,

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from httpx2 import Response
@@ -28,6 +29,8 @@ from service.errors import BrokerUnavailableError
 from tests.conftest import ClientFactory
 from tests.workers import crashed_registration, wait_until
 from trainer.card import TrainingRecord
+from trainer.data import prepare
+from trainer.model_files import load_model
 from trainer.registry import FileModelRegistry
 from trainer.run import train_and_register
 from trainer.spec import parse_training_spec
@@ -610,6 +613,15 @@ def test_metrics_report_matches_the_card(client: TestClient) -> None:
     assert report["generalization_gap"] == pytest.approx(
         report["final_train_accuracy"] - report["validation_accuracy"], abs=1e-5
     )
+    # Training accuracy as validation's is measured: the model on its own training split.
+    spec = registry(client).get_card(MODEL, 1).spec
+    data = prepare(
+        "digits", None, sample_fraction=spec.sample_fraction,
+        validation_fraction=spec.validation_fraction, seed=spec.seed,
+    )  # fmt: skip
+    model = load_model(registry(client).model_path(MODEL, 1))
+    predicted = model.predict(data.train.x, verbose=0).argmax(axis=1)
+    assert report["train_accuracy"] == pytest.approx(np.mean(predicted == data.train.y), abs=1e-6)
 
 
 def test_metrics_version_by_alias_and_default(client: TestClient) -> None:

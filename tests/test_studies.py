@@ -145,6 +145,19 @@ def test_the_preset_is_the_labs_protocol_from_the_definitions() -> None:
     }
 
 
+def test_the_second_dataset_stages_run_only_on_a_second_dataset() -> None:
+    def names(**request: Any) -> list[str]:
+        return [s.name for s in expand(StudyRequest(preset="cnn-lab", **request))]
+
+    lab = ["variations", "alexnet", "best", "augmentation", "reference", "report"]
+    secondary = ["secondary_custom", "secondary_alexnet"]
+    assert names() == [*lab[:2], *secondary, *lab[2:]]
+    # On digits twice, they would train the first two stages' models again.
+    assert names(quick=True) == lab
+    assert names(primary_dataset="mnist", secondary_dataset="mnist") == lab
+    assert names(quick=True, secondary_dataset="fashion_mnist") == names()
+
+
 def test_explicit_stages_must_come_after_what_they_use() -> None:
     request = StudyRequest(stages=[
         {"name": "retrain", "trainings": [{"label": "x", "from_winner": "base"}],
@@ -156,7 +169,9 @@ def test_explicit_stages_must_come_after_what_they_use() -> None:
 
 
 def _study() -> Study:
-    request = StudyRequest(preset="cnn-lab", quick=True, include_reference=False)
+    request = StudyRequest(
+        preset="cnn-lab", quick=True, include_reference=False, secondary_dataset="mnist"
+    )
     return Study.new(request.model_dump(mode="json"), check_stages(expand(request)), None)
 
 
@@ -276,7 +291,8 @@ def test_a_study_is_listed_cancelled_and_has_no_report_before_its_end(
     study = created.json()
     assert {job["job_id"] for s in study["stages"] if s["status"] == "running"
             for job in s["jobs"]} == set(sent)  # fmt: skip
-    assert len(sent) == 6  # 3 variations, alexnet, secondary alexnet, reference
+    # 3 variations, alexnet, reference; quick mode trains on digits only, so no second dataset
+    assert len(sent) == 5
     for job_id in sent:
         assert client.get(f"/jobs/{job_id}").json()["status"] == "queued"
     not_ready = client.get(f"/studies/{study['study_id']}/report")

@@ -54,9 +54,22 @@ class DatasetSample(_CardPart):
 class CardMetrics(_CardPart):
     test: EvaluationReport = Field(description="Measured once, on the held-out test split.")
     validation: EvaluationReport = Field(description="What model selection may look at.")
-    final_train_accuracy: float
+    final_train_accuracy: float = Field(
+        description="The last epoch's running training accuracy, as Keras reports it: "
+        "averaged while the weights changed, with dropout and augmentation on."
+    )
     validation_accuracy: float
-    generalization_gap: float = Field(description="Final train accuracy minus validation accuracy.")
+    generalization_gap: float = Field(
+        description="final_train_accuracy minus validation accuracy: the lab's gap. With "
+        "dropout or augmentation it understates how well the model fits its training "
+        "images; train_accuracy is the figure to set against validation accuracy."
+    )
+    train_accuracy: float | None = Field(
+        None,
+        description="Accuracy on the training split after training, in inference mode as "
+        "validation is measured (no dropout, no augmentation). None on cards written "
+        "before 2026-12-05.",
+    )
 
 
 class Timings(_CardPart):

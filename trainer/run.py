@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import keras
+import numpy as np
 
 from trainer.card import (
     CardMetrics,
@@ -140,6 +141,10 @@ def build_record(
     validation_report = evaluate(
         result.model, data.validation.x, data.validation.y, data.info.class_names
     )
+    # The training split as validation is measured: the history's accuracy ran with dropout
+    # and augmentation on, so it cannot tell whether the model fits its images too well.
+    train_predictions = predict_probabilities(result.model, data.train.x).argmax(axis=1)
+    train_accuracy = float(np.mean(train_predictions == data.train.y))
     evaluate_seconds = time.perf_counter() - evaluate_started
     final_train_accuracy = result.history[-1].accuracy
     return TrainingRecord(
@@ -165,6 +170,7 @@ def build_record(
             final_train_accuracy=round(final_train_accuracy, 6),
             validation_accuracy=validation_report.accuracy,
             generalization_gap=round(final_train_accuracy - validation_report.accuracy, 6),
+            train_accuracy=round(train_accuracy, 6),
         ),
         history=result.history,
         timings=Timings(

@@ -4,7 +4,8 @@
    25% per class), 30 epochs; the winner is picked on the VALIDATION split.
 2. ``alexnet``: the AlexNet-inspired model on the same sample, 50 epochs.
 3. ``secondary_custom`` / ``secondary_alexnet``: the winning variation and alexnet on
-   the secondary dataset (MNIST at 25%), 15 and 20 epochs.
+   the secondary dataset (MNIST at 25%), 15 and 20 epochs; left out when the secondary
+   dataset is the primary one, as in ``quick`` mode unless it names another.
 4. ``best``: the better primary model by validation accuracy; then ``augmentation``
    retrains it with uniform augmentation (the lab's settings, 60 epochs) and with the
    same augmentation plus twice the images of its weak classes (from its validation
@@ -112,25 +113,6 @@ def cnn_lab_stages(request: StudyRequest) -> list[StageSpec]:
             description=f"the AlexNet-inspired model on the same {primary} sample",
         ),
         StageSpec(
-            name="secondary_custom",
-            trainings=[
-                StageTraining(
-                    label="best variation",
-                    from_winner="variations",
-                    overrides=common(secondary, "secondary_custom"),
-                )
-            ],
-            depends_on=["variations"],
-            description=f"the winning variation on {secondary}",
-        ),
-        StageSpec(
-            name="secondary_alexnet",
-            trainings=[
-                StageTraining(label="alexnet", spec=secondary_alexnet.model_dump(mode="json"))
-            ],
-            description=f"alexnet on {secondary}",
-        ),
-        StageSpec(
             name="best",
             kind="select",
             depends_on=["variations", "alexnet"],
@@ -165,6 +147,30 @@ def cnn_lab_stages(request: StudyRequest) -> list[StageSpec]:
             "targeted augmentation",
         ),
     ]
+    # The lab's second dataset shows the models on other data; on the primary one (quick
+    # mode's default, digits twice) its stages would train the first stages' models again.
+    if secondary != primary:
+        stages[2:2] = [
+            StageSpec(
+                name="secondary_custom",
+                trainings=[
+                    StageTraining(
+                        label="best variation",
+                        from_winner="variations",
+                        overrides=common(secondary, "secondary_custom"),
+                    )
+                ],
+                depends_on=["variations"],
+                description=f"the winning variation on {secondary}",
+            ),
+            StageSpec(
+                name="secondary_alexnet",
+                trainings=[
+                    StageTraining(label="alexnet", spec=secondary_alexnet.model_dump(mode="json"))
+                ],
+                description=f"alexnet on {secondary}",
+            ),
+        ]
     if request.include_reference:
         # whitened_cnn's own recipe: only the data and, when asked, the epochs are set.
         reference: dict[str, Any] = {

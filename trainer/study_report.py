@@ -34,7 +34,8 @@ METHOD = (
     "Test accuracy intervals are 95% percentile-bootstrap intervals over the test images. "
     "Pairs of models are compared with McNemar's exact test on the same test images; the "
     "pairwise tests, and separately the before/after augmentation tests, are Holm-adjusted "
-    "as a family, and a model is called better only when the adjusted p is below alpha. "
+    "as a family (a retrain and its base are in the second family only), and a model is "
+    "called better only when the adjusted p is below alpha. "
     "Per-class F1 changes carry paired-bootstrap 95% intervals, not adjusted for the number "
     "of classes: read a single highlighted class with that in mind. "
     "Each model was trained once, so these tests hold its weights fixed: they say whether "
@@ -72,7 +73,13 @@ class ReportModel(BaseModel):
     validation_accuracy: float
     validation_loss: float
     final_train_accuracy: float
-    generalization_gap: float
+    generalization_gap: float = Field(
+        description="The lab's: the last epoch's running "
+        "training accuracy minus validation accuracy."
+    )
+    train_accuracy: float | None = Field(
+        None, description="The training split in inference mode, as validation is measured."
+    )
     fit_seconds: float
     epochs_run: int
     lr_schedule: str | None = Field(
@@ -195,6 +202,7 @@ def _report_model(entry: ReportInput, labels: IntArray) -> ReportModel:
         validation_loss=card.metrics.validation.loss,
         final_train_accuracy=card.metrics.final_train_accuracy,
         generalization_gap=card.metrics.generalization_gap,
+        train_accuracy=card.metrics.train_accuracy,
         fit_seconds=card.timings.fit_seconds,
         epochs_run=card.timings.epochs_run,
         lr_schedule=card.spec.lr_schedule,
@@ -217,7 +225,7 @@ def describe_p(test: McNemarResult) -> str:
     return f"{text} {'<' if test.significant else '≥'} {test.alpha}"
 
 
-def _verdict(a: ReportModel, b: ReportModel, test: McNemarResult) -> str:
+def verdict(a: ReportModel, b: ReportModel, test: McNemarResult) -> str:
     where = f"on {a.dataset}"
     if not test.significant:
         return (
@@ -243,7 +251,14 @@ def build_study_report(
     models = [_report_model(e, labels_by_test_set[sample_key(e.card)]) for e in inputs]
     predictions = {e.key: np.asarray(e.card.test_predictions) for e in inputs}
     compared = [m for m, e in zip(models, inputs, strict=True) if e.compared]
-    pairs = [(a, b) for a, b in combinations(compared, 2) if a.test_set == b.test_set]
+    # A retrain and its base are tested once, in the augmentation family below: in both
+    # families one pair could read "better" there and "no difference" here.
+    retrains = {frozenset((e.key, e.base_key)) for e in inputs if e.base_key is not None}
+    pairs = [
+        (a, b)
+        for a, b in combinations(compared, 2)
+        if a.test_set == b.test_set and frozenset((a.key, b.key)) not in retrains
+    ]
     # One family: every pairwise test is Holm-adjusted, so "better" anywhere in the report
     # keeps the chance of any false claim at alpha.
     tests = with_holm(
@@ -260,7 +275,7 @@ def build_study_report(
             accuracy_a=a.test_accuracy.estimate,
             accuracy_b=b.test_accuracy.estimate,
             mcnemar=test,
-            verdict=_verdict(a, b, test),
+            verdict=verdict(a, b, test),
         )
         for (a, b), test in zip(pairs, tests, strict=True)
     ]
