@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from service import client, download, local
 from service.spec_arguments import add_training_spec_arguments
 from service.study_cli import add_study_parser
 from trainer.errors import DaciaVisionError
+from worker.jobstore.models import JOB_STATUSES
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high``, else a usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not from {low} to {high}")
+        return value
+
+    return parse
 
 
 def _add_train_parser(commands: Any) -> None:
@@ -37,9 +54,12 @@ def _add_server_parsers(commands: Any) -> None:
         "serve", help="run the API (and, without REDIS_URL, an embedded worker)"
     )
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=bounded_int(1, 65535), default=8000)
     serve.add_argument(
-        "--workers", type=int, default=1, help="embedded worker processes (embedded mode only)"
+        "--workers",
+        type=bounded_int(0, 64),
+        default=1,
+        help="embedded worker processes (embedded mode only; 0 for the API alone)",
     )
     serve.add_argument(
         "--api-processes",
@@ -83,10 +103,14 @@ def _add_client_parsers(commands: Any) -> None:
     add_training_spec_arguments(submit)
     submit.add_argument("--follow", action="store_true", help="then show live progress")
     submit.set_defaults(handler=client.submit_command)
-    listing = actions.add_parser("list", help="newest first")
-    listing.add_argument("--status")
-    listing.add_argument("--model-name")
-    listing.add_argument("--limit", type=int, default=20)
+    listing = actions.add_parser(
+        "list", help="jobs, newest first", description="Jobs, newest first, one per line."
+    )
+    listing.add_argument("--status", choices=JOB_STATUSES, help="only jobs in this status")
+    listing.add_argument("--model-name", help="only jobs of this model")
+    listing.add_argument(
+        "--limit", type=bounded_int(1, 200), default=20, help="jobs shown (20; at most 200)"
+    )
     listing.set_defaults(handler=client.list_command)
     followers: list[argparse.ArgumentParser] = []
     for name, handler, text in (
@@ -134,7 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+    try:
+        return _run(build_parser().parse_args(argv))
+    except BrokenPipeError:
+        # `daciavision ... | head`: the reader left. Python's documented way out, so the
+        # interpreter's last flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _run(arguments: argparse.Namespace) -> int:
     try:
         result: int = arguments.handler(arguments)
     except DaciaVisionError as error:
@@ -142,12 +176,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except client.ServerError as error:
         print(f"error: {error}", file=sys.stderr)
-        if error.body:
-            print(json.dumps(error.body, indent=2), file=sys.stderr)
+        for entry in _field_errors(error.body):
+            print(f"  {entry}", file=sys.stderr)
+        # Invalid input is 2, as for a local command; anything the server could not do, 1.
+        return 2 if error.status == 422 else 1
+    except OSError as error:
+        # A file named on the command line: missing, a folder, not writable.
+        print(
+            f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "),
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 130
     return result
+
+
+def _field_errors(body: Any) -> list[str]:
+    """'field: what was expected (received …)' for each entry of a 422's errors."""
+    try:
+        entries = body["detail"]["errors"]
+        return [
+            f"{entry['field']}: {entry['expected']} (received {json.dumps(entry['received'])})"
+            for entry in entries
+        ]
+    except (KeyError, TypeError):
+        return []
 
 
 if __name__ == "__main__":

@@ -18,20 +18,34 @@ from worker.settings import get_settings
 
 TERMINAL_STATUSES = {"succeeded", "failed", "cancelled"}
 RETRY_PAUSE_SECONDS = 1.0
+# Of a body that is not the service's JSON error (a proxy's HTML page, say).
+QUOTED_BODY_CHARACTERS = 300
 
 
 class ServerError(Exception):
     """The server answered with an error, or could not be reached."""
 
-    def __init__(self, message: str, body: Any = None) -> None:
+    def __init__(self, message: str, body: Any = None, status: int | None = None) -> None:
         super().__init__(message)
         self.body = body
+        self.status = status
 
 
 def api_client(arguments: argparse.Namespace) -> httpx.Client:
     settings = get_settings()
-    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-    return httpx.Client(base_url=arguments.url or settings.api_url, timeout=60, headers=headers)
+    url = arguments.url or settings.api_url
+    if "://" not in url:
+        where = "--url" if arguments.url else "DACIAVISION_API_URL"
+        raise ServerError(f"{where} {url!r} needs its scheme: http://{url} or https://{url}")
+    key = (settings.api_key or "").strip()  # a key file's trailing newline
+    if not all("!" <= character <= "~" for character in key):
+        # Never echo the key: the message goes to terminals and logs.
+        raise ServerError(
+            "DACIAVISION_API_KEY holds characters an HTTP header cannot carry (spaces, "
+            "control or non-ASCII characters); set it to the key `daciavision keys new` printed"
+        )
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=url, timeout=60, headers=headers)
 
 
 def api_call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
@@ -40,7 +54,18 @@ def api_call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any
     except httpx.TransportError as error:
         raise ServerError(f"cannot reach {client.base_url}: {error}") from error
     raise_for_error(response, method, path)
-    return response.json()
+    return json_of(response, method, path)
+
+
+def json_of(response: httpx.Response, method: str, path: str) -> Any:
+    try:
+        return response.json()
+    except ValueError as error:
+        kind = response.headers.get("content-type", "no content type")
+        raise ServerError(
+            f"{response.url} answered {method} {path} with {kind}, not JSON: is "
+            "--url (or DACIAVISION_API_URL) a DaciaVision server?"
+        ) from error
 
 
 def create_call(client: httpx.Client, path: str, body: Any, *, attempts: int = 3) -> Any:
@@ -62,7 +87,7 @@ def create_call(client: httpx.Client, path: str, body: Any, *, attempts: int = 3
             time.sleep(RETRY_PAUSE_SECONDS * attempt)
             continue
         raise_for_error(response, "POST", path)
-        return response.json()
+        return json_of(response, "POST", path)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
@@ -72,10 +97,18 @@ def raise_for_error(response: httpx.Response, method: str, path: str) -> None:
         return
     try:
         body = response.json()
-        message = body["detail"]["message"]
+        message = f"{body['detail']['message']} ({body['detail']['code']})"
     except (ValueError, KeyError, TypeError):
-        body, message = None, response.text
-    raise ServerError(f"{response.status_code} from {method} {path}: {message}", body)
+        body, message = None, response.text[:QUOTED_BODY_CHARACTERS]
+    if response.status_code in (401, 403):
+        message += (
+            "; this command sends DACIAVISION_API_KEY as the key"
+            if get_settings().api_key
+            else "; set DACIAVISION_API_KEY to a key (`daciavision keys new` makes one)"
+        )
+    raise ServerError(
+        f"{response.status_code} from {method} {path}: {message}", body, response.status_code
+    )
 
 
 def _print_json(value: Any) -> None:
@@ -100,16 +133,22 @@ def list_command(arguments: argparse.Namespace) -> int:
         "model_name": arguments.model_name,
     }
     with api_client(arguments) as client:
-        page = api_call(client, "GET", "/jobs", params={k: v for k, v in params.items() if v})
-    print(f"{'job_id':<34}{'status':<11}{'model':<24}{'version':>8}  {'progress':<10}created")
+        page = api_call(
+            client, "GET", "/jobs", params={k: v for k, v in params.items() if v is not None}
+        )
+    rows = [("job_id", "status", "model", "version", "progress", "created")]
     for job in page["items"]:
         progress = job["progress"]
         epochs = f"{progress['epoch']}/{progress['epochs']}" if progress else "-"
-        version = job["version"] if job["version"] is not None else "-"
-        print(
-            f"{job['job_id']:<34}{job['status']:<11}{job['model_name']:<24}{version:>8}  "
-            f"{epochs:<10}{job['created_at']}"
-        )
+        version = str(job["version"]) if job["version"] is not None else "-"
+        rows.append((job["job_id"], job["status"], job["model_name"], version, epochs,
+                     job["created_at"]))  # fmt: skip
+    # Columns as wide as their widest cell (a study's job ids are 45 characters), two
+    # spaces apart, so `awk` and eyes split them alike.
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        print("  ".join([*cells, row[-1]]))
     print(f"({len(page['items'])} of {page['total']})")
     return 0
 
@@ -178,6 +217,8 @@ def predict_command(arguments: argparse.Namespace) -> int:
     files = []
     for name in arguments.files:
         path = Path(name)
+        if not path.is_file():
+            raise ServerError(f"{name}: no such image file")
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         files.append(("files", (path.name, path.read_bytes(), content_type)))
     with api_client(arguments) as client:

@@ -21,6 +21,7 @@ from service import __version__
 from service.api_processes import api_process_count, shared_telemetry
 from service.security import Keyring, check_scopes, new_key, parse_api_keys, settings_entry
 from service.spec_arguments import spec_from_arguments
+from trainer.architectures import ARCHITECTURES
 from trainer.card import ModelCard
 from trainer.datasets import check_split_sizes
 from trainer.errors import InvalidInputError
@@ -128,7 +129,11 @@ def _access_line(keyring: Keyring) -> str:
 def serve_command(arguments: argparse.Namespace) -> int:
     """Run the API; in embedded mode (no REDIS_URL) also run local worker processes."""
     settings = get_settings()
-    keyring = Keyring(parse_api_keys(settings.api_keys))
+    try:
+        keyring = Keyring(parse_api_keys(settings.api_keys))
+    except ValueError as error:
+        # Before anything starts: a server with a broken key list must not come up open.
+        raise InvalidInputError(str(error)) from None
     check_bind(arguments.host, keyring)
     processes = api_process_count(arguments.api_processes, settings)
     workers: list[subprocess.Popen[bytes]] = []
@@ -246,7 +251,11 @@ def train_command(arguments: argparse.Namespace) -> int:
     try:
         spec = parse_training_spec(spec_from_arguments(arguments))
     except ValidationError as error:
-        print(f"error: invalid training spec:\n{error}", file=sys.stderr)
+        print("error: invalid training spec", file=sys.stderr)
+        for problem in error.errors():
+            # The architecture's name leads each location (the union's tag): not a field.
+            field = ".".join(str(part) for part in problem["loc"] if part not in ARCHITECTURES)
+            print(f"  {field or 'spec'}: {problem['msg']}", file=sys.stderr)
         return 2
     try:
         # As POST /jobs checks it, before minutes of data loading could fail on it.

@@ -85,11 +85,10 @@ def check_scopes(scopes: Iterable[str]) -> list[str]:
     """The scopes, validated and de-duplicated in their canonical order."""
     wanted = {scope.strip() for scope in scopes if scope.strip()}
     unknown = sorted(wanted - set(SCOPES))
-    if unknown or not wanted:
-        raise ValueError(
-            f"scopes {sorted(wanted) or 'none'} are not valid; use one or more of: "
-            f"{', '.join(SCOPES)}"
-        )
+    if not wanted:
+        raise ValueError(f"no scope given; use one or more of: {', '.join(SCOPES)}")
+    if unknown:
+        raise ValueError(f"scopes {unknown} are not valid; use one or more of: {', '.join(SCOPES)}")
     return [scope for scope in SCOPES if scope in wanted]
 
 

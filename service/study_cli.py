@@ -83,7 +83,9 @@ def _follow(client: httpx.Client, study_id: str, interval: float = 2.0) -> int:
             break
         time.sleep(interval)
     if study["report_url"]:
-        print(f"report: {study['report_url']}?format=html")
+        # A link to open, and the command that saves it with its plots.
+        print(f"report: {client.base_url.join(study['report_url'])}?format=html")
+        print(f"  save it: daciavision study report {study['study_id']} --output report.html")
     return 0 if study["status"] == "succeeded" else 1
 
 
@@ -107,6 +109,9 @@ def report_command(arguments: argparse.Namespace) -> int:
     if report_format is None:
         raise ServerError(f"--output must end in one of {', '.join(FORMATS)}, got {output.name}")
     path = f"/studies/{arguments.study_id}/report"
+    # `--output docs/examples/lab.md` names a file, not a folder the user must make first;
+    # made before the server is asked, so a path that cannot be written fails at once.
+    output.parent.mkdir(parents=True, exist_ok=True)
     with api_client(arguments) as client:
         try:
             response = client.get(path, params={"format": report_format})
@@ -115,8 +120,6 @@ def report_command(arguments: argparse.Namespace) -> int:
         if response.is_error:
             api_call(client, "GET", path)  # raises with the server's message
         text = response.text
-        # `--output docs/examples/lab.md` names a file, not a folder the user must make first.
-        output.parent.mkdir(parents=True, exist_ok=True)
         if report_format == "markdown":
             text = _save_plots(client, text, output)
     output.write_text(text, encoding="utf-8")

@@ -26,16 +26,22 @@ class ReportNotReadyError(DaciaVisionError):
     code = "report_not_ready"
 
 
-def load_report(settings: Settings, study_id: str) -> StudyReport:
+def load_report(settings: Settings, study_id: str, status: str = "running") -> StudyReport:
     """The published report; ReportNotReadyError until the report stage has run."""
     path = reports_dir(settings) / study_id / "report.json"
     try:
         return StudyReport.model_validate_json(path.read_bytes())
     except FileNotFoundError:
+        if status == "running":
+            reason = f"it is written when every stage has succeeded; follow GET /studies/{study_id}"
+        else:
+            # A failed or cancelled study never reaches its report stage: waiting is useless.
+            reason = (
+                f"the study ended {status}, so it will never have one; GET "
+                f"/studies/{study_id} shows each stage's outcome"
+            )
         raise ReportNotReadyError(
-            f"study {study_id!r} has no report yet: it is written when every stage has "
-            "succeeded; follow GET /studies/{study_id}",
-            study_id=study_id,
+            f"study {study_id!r} has no report: {reason}", study_id=study_id, status=status
         ) from None
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import http.server
 import io
 import json
 import os
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import pytest
 from PIL import Image
 
 from service.cli import main
-from service.client import ServerError, progress_line
+from service.client import ServerError, api_client, progress_line, raise_for_error
 from service.download import write_checked
 from tests.workers import Process, free_port, running, service_environment, wait_until
 from trainer.data import load_raw
@@ -68,7 +71,9 @@ def test_train_rejects_a_bad_spec_with_the_field_named(
     code = main(["train", "--dataset", "digits", "-p", "filters1=-3"])
     assert code == 2
     error = capsys.readouterr().err
-    assert "hyperparameters.filters1" in error and "greater than or equal to 1" in error
+    # One line per field, without the union's internal names.
+    assert "  hyperparameters.filters1: Input should be greater than or equal to 1" in error
+    assert "custom_cnn" not in error and "function-after" not in error
     assert not (home / "registry" / "digits-custom-cnn").exists()
 
 
@@ -80,6 +85,112 @@ def test_train_rejects_a_sample_too_small_to_split_as_the_api_does(
     error = capsys.readouterr().err
     assert "sample_fraction 0.001 keeps 2 of the 1,437 training images of digits" in error
     assert not (home / "registry").exists() or not any((home / "registry").iterdir())
+
+
+NOWHERE = "http://127.0.0.1:9"  # nothing listens on port 9
+
+
+@pytest.mark.parametrize(
+    ("arguments", "environment", "expected"),
+    [
+        (["predict", "no-such.png", "--model-name", "m"], {}, "no-such.png: no such image file"),
+        (["predict", ".", "--model-name", "m"], {}, ".: no such image file"),
+        (["jobs", "list", "--url", "localhost:8000"], {}, "needs its scheme: http://localhost"),
+        (["jobs", "list"], {"DACIAVISION_API_KEY": "dv_clé"}, "characters an HTTP header"),
+        (["study", "report", "a" * 32, "--output", "/proc/no/such/r.html"], {}, "/proc/no"),
+    ],
+)
+def test_a_users_mistake_is_one_line_not_a_traceback(
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    arguments: list[str],
+    environment: dict[str, str],
+    expected: str,
+) -> None:
+    monkeypatch.setenv("DACIAVISION_API_URL", NOWHERE)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    assert main(arguments) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and expected in error and "Traceback" not in error
+    assert "clé" not in error  # never the key itself
+
+
+def test_a_key_file_s_trailing_newline_is_not_part_of_the_key(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DACIAVISION_API_KEY", "dv_abc\n")
+    get_settings.cache_clear()
+    with api_client(argparse.Namespace(url=NOWHERE)) as client:
+        assert client.headers["Authorization"] == "Bearer dv_abc"
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["serve", "--port", "99999"], ["serve", "--workers", "-1"], ["jobs", "list", "--limit", "0"],
+     ["jobs", "list", "--status", "done"]],
+)  # fmt: skip
+def test_out_of_range_numbers_are_usage_errors(
+    arguments: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(arguments)
+    assert exit_.value.code == 2 and "error: argument" in capsys.readouterr().err
+
+
+def test_a_refused_key_says_which_setting_the_cli_sends(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusal = httpx.Response(
+        401,
+        json={"detail": {"code": "unauthenticated", "message": "a valid API key is needed"}},
+        request=httpx.Request("GET", f"{NOWHERE}/jobs"),
+    )
+    with pytest.raises(ServerError, match="set DACIAVISION_API_KEY to a key"):
+        raise_for_error(refusal, "GET", "/jobs")
+    monkeypatch.setenv("DACIAVISION_API_KEY", "dv_wrong")
+    get_settings.cache_clear()
+    with pytest.raises(ServerError, match="this command sends DACIAVISION_API_KEY"):
+        raise_for_error(refusal, "GET", "/jobs")
+
+
+def test_a_server_that_is_not_ours_is_named_not_a_json_traceback(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>a router's login page</html>")
+
+        def log_message(self, *arguments: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["jobs", "list", "--url", url]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    error = capsys.readouterr().err
+    assert "with text/html, not JSON: is --url" in error and "Traceback" not in error
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(home: Path, tmp_path: Path) -> None:
+    # `daciavision keys new ... | head -0`: the pipe is closed before the command writes.
+    reader, writer = os.pipe()
+    os.close(reader)
+    finished = subprocess.run(
+        [*CLI, "keys", "new", "--scopes", "predict"], stdout=writer, stderr=subprocess.PIPE,
+        env={**os.environ, "DACIAVISION_HOME": str(tmp_path)}, text=True, timeout=60,
+    )  # fmt: skip
+    os.close(writer)
+    assert "Traceback" not in finished.stderr and "BrokenPipe" not in finished.stderr
 
 
 def test_progress_line_draws_finished_epochs() -> None:
@@ -119,6 +230,8 @@ def test_embedded_serve_runs_jobs_and_the_client_cli_talks_to_it(tmp_path: Path)
             env=elsewhere, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert "succeeded" in listed.stdout and "digits-served" in listed.stdout
+        # Whitespace splits every row into its six columns, however long the ids.
+        assert {len(line.split()) for line in listed.stdout.splitlines()[:-1]} == {6}
 
         image = tmp_path / "digit.png"
         raw = load_raw("digits", None)

@@ -297,9 +297,13 @@ def test_a_study_is_listed_cancelled_and_has_no_report_before_its_end(
         assert client.get(f"/jobs/{job_id}").json()["status"] == "queued"
     not_ready = client.get(f"/studies/{study['study_id']}/report")
     assert not_ready.status_code == 409 and _error(not_ready)["code"] == "report_not_ready"
+    assert "written when every stage has succeeded" in _error(not_ready)["message"]
     assert client.get("/studies").json()["total"] == 1
     stopped = client.post(f"/studies/{study['study_id']}/cancel")
     assert stopped.status_code == 202 and stopped.json()["status"] == "cancelled"
+    never = _error(client.get(f"/studies/{study['study_id']}/report"))
+    assert never["code"] == "report_not_ready" and "ended cancelled" in never["message"]
+    assert "never" in never["message"] and "yet" not in never["message"]
     assert all(client.get(f"/jobs/{job_id}").json()["status"] == "cancelled" for job_id in sent)
     again = client.post(f"/studies/{study['study_id']}/cancel")
     assert again.status_code == 409 and _error(again)["code"] == "conflict"

@@ -75,14 +75,17 @@ def test_follow_into_a_log_prints_only_the_lines_that_changed(
     answers = iter([running, running, STUDY])
     monkeypatch.setattr(study_cli, "api_call", lambda *args, **kwargs: next(answers))
     monkeypatch.setattr("service.study_cli.time.sleep", lambda seconds: None)
-    assert study_cli._follow(httpx.Client(), "a" * 32) == 0
+    with httpx.Client(base_url="http://lab.example:8000") as client:
+        assert study_cli._follow(client, "a" * 32) == 0
     printed = capsys.readouterr().out.splitlines()
     # The first poll prints every line; the unchanged second prints nothing; the last
     # prints only the study line, whose status changed.
     assert printed[:4] == study_cli.stage_lines(running)
     assert printed[4:] == [
         study_cli.stage_lines(STUDY)[0],
-        f"report: {STUDY['report_url']}?format=html",
+        # A link to open, and the command that saves it.
+        f"report: http://lab.example:8000{STUDY['report_url']}?format=html",
+        f"  save it: daciavision study report {STUDY['study_id']} --output report.html",
     ]
 
 
@@ -109,6 +112,6 @@ def test_a_seed_out_of_range_is_refused_by_the_server_with_its_message(
     # The CLI does not bound the seed itself: the API's StudyRequest does, one definition.
     app = create_app(Settings(home=tmp_path))
     monkeypatch.setattr(study_cli, "api_client", lambda arguments: TestClient(app))
-    assert main(["study", "run", "cnn-lab", "--seed", "-1"]) == 1
+    assert main(["study", "run", "cnn-lab", "--seed", "-1"]) == 2  # invalid input, as locally
     error = capsys.readouterr().err
     assert "422 from POST /studies" in error and "seed" in error

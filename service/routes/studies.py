@@ -128,8 +128,8 @@ def get_report(
     """Architectures, the variations and why the winner won, the comparison table with 95%
     intervals, McNemar's tests, per-class changes from augmentation, plots and a discussion
     drawn from the figures. 409 until the study's report stage has run."""
-    studies.get(study_id)  # 404 for an unknown study
-    report = load_report(settings, study_id)
+    study = studies.get(study_id)  # 404 for an unknown study
+    report = load_report(settings, study_id, study.status)
     chosen = format or negotiate(request.headers.get("accept", ""))
     return render_report(report, chosen, request)
 
@@ -151,6 +151,6 @@ def get_study_plot(
 ) -> Response:
     """Stable URLs for embedding: `accuracy_vs_cost`, `f1_{stage}_{index}`, ... as
     `.svg` or as a small `.png`."""
-    studies.get(study_id)
-    report = load_report(settings, study_id)
+    study = studies.get(study_id)
+    report = load_report(settings, study_id, study.status)
     return Response(study_plot(report, name, image_format), media_type=MEDIA_TYPES[image_format])
