@@ -16,6 +16,7 @@ from fastapi_offline import FastAPIOffline
 from service import __version__, png_kernel
 from service.deps import Services
 from service.errors import error_responses, install_error_handlers
+from service.headers import SecurityHeadersMiddleware
 from service.limits import BodyLimitMiddleware, RequestTimeoutMiddleware, body_limit_for
 from service.monitoring import install_monitoring
 from service.monitoring import router as monitoring_router
@@ -177,7 +178,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _install_guards(app: FastAPI, services: Services) -> None:
-    """Middleware, innermost first: body limits, request timeout, CORS, host check."""
+    """Middleware, innermost first: body limits, request timeout, CORS, host check,
+    security headers."""
     settings = services.settings
     app.add_middleware(
         BodyLimitMiddleware,
@@ -195,3 +197,5 @@ def _install_guards(app: FastAPI, services: Services) -> None:
     hosts = host_policy(settings.allowed_hosts, services.keyring)
     if hosts is not None:
         app.add_middleware(TrustedHostMiddleware, policy=hosts)
+    # Outermost: the host check's and the timeout's answers carry the headers too.
+    app.add_middleware(SecurityHeadersMiddleware)

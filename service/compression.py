@@ -14,6 +14,8 @@ import deflate
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 
+from service.headers import REPORT_POLICY
+
 _LEVEL = 6
 
 
@@ -33,7 +35,8 @@ def accepts_gzip(accept_encoding: str) -> bool:
 def html_page(request: Request, page: str) -> HTMLResponse:
     """``page`` as text/html, gzip-compressed if the request accepts it."""
     body = page.encode()
-    headers = {"Vary": "Accept-Encoding"}
+    # A self-contained page: it needs no server, so it may reach none.
+    headers = {"Vary": "Accept-Encoding", "Content-Security-Policy": REPORT_POLICY}
     if accepts_gzip(request.headers.get("accept-encoding", "")):
         body = bytes(deflate.gzip_compress(body, _LEVEL))
         headers["Content-Encoding"] = "gzip"

@@ -28,7 +28,10 @@ def to_plotly(figure: Figure) -> dict[str, Any]:
     if figure.heatmap is not None:
         data.append(
             {"type": "heatmap", "z": figure.heatmap.matrix, "x": figure.heatmap.labels,
-             "y": figure.heatmap.labels, "colorscale": "Blues", "texttemplate": "%{z}"}
+             "y": figure.heatmap.labels, "colorscale": "Blues", "texttemplate": "%{z}",
+             # plotly.js draws its "Blues" dark at zero; reversed, dark means many, as
+             # in the SVG beside it.
+             "reversescale": True}
         )  # fmt: skip
     numbers = _point_numbers(figure)
     largest = _largest_size(figure)
@@ -86,13 +89,31 @@ def _largest_size(figure: Figure) -> float:
     return max((size for s in figure.series for size in s.sizes or []), default=1.0) or 1.0
 
 
+# Inside <script>, "</script>" in a label would end the script and start HTML of the
+# label's choosing; JSON's \u escapes keep every string the same to the parser.
+_SCRIPT_SAFE = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def script_json(value: object) -> str:
+    """JSON that can stand inside an HTML <script> element whatever its strings hold."""
+    return json.dumps(value).translate(_SCRIPT_SAFE)
+
+
 def plotly_div(figure: Figure, element_id: str) -> str:
-    spec = json.dumps(to_plotly(figure))
+    spec = script_json(to_plotly(figure))
     return (
         f'<div id="{element_id}" class="plot"></div>'
-        f"<script>Plotly.newPlot({json.dumps(element_id)}, {spec}.data, {spec}.layout, "
+        f"<script>Plotly.newPlot({script_json(element_id)}, {spec}.data, {spec}.layout, "
         '{"displaylogo": false, "responsive": true});</script>'
     )
+
+
+def _plain(text: str) -> str:
+    # matplotlib reads "$...$" as math (a label "$\\x{$" raised, and the plot was a 500):
+    # an escaped dollar is drawn as itself.
+    return text.replace("$", r"\$")
 
 
 def to_image(figure: Figure, image_format: ImageFormat = "svg") -> bytes:
@@ -105,13 +126,18 @@ def to_image(figure: Figure, image_format: ImageFormat = "svg") -> bytes:
     fig, axes = pyplot.subplots(figsize=(7, 4.5))
     try:
         if figure.heatmap is not None:
-            labels = figure.heatmap.labels
+            labels = [_plain(label) for label in figure.heatmap.labels]
             axes.imshow(figure.heatmap.matrix, cmap="Blues")
             axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
             axes.set_yticks(range(len(labels)), labels)
+            # White on the dark half of the scale: black on the diagonal's darkest blue
+            # had a contrast of 1.65:1.
+            darkest = max((max(row) for row in figure.heatmap.matrix), default=0) or 1
             for row, values in enumerate(figure.heatmap.matrix):
                 for column, value in enumerate(values):
-                    axes.text(column, row, str(value), ha="center", va="center", fontsize=7)
+                    color = "white" if value > darkest / 2 else "black"
+                    axes.text(column, row, str(value), ha="center", va="center", fontsize=7,
+                              color=color)  # fmt: skip
         bars = [s for s in figure.series if s.kind == "bar"]
         numbers = _point_numbers(figure)
         largest = _largest_size(figure)
@@ -119,24 +145,25 @@ def to_image(figure: Figure, image_format: ImageFormat = "svg") -> bytes:
             if series.kind == "bar":
                 width = 0.8 / len(bars)
                 positions = [i + index * width for i in range(len(series.x))]
-                axes.bar(positions, series.y, width=width, label=series.name)
+                axes.bar(positions, series.y, width=width, label=_plain(series.name))
                 axes.set_xticks([i + 0.4 - width / 2 for i in range(len(series.x))],
-                                [str(x) for x in series.x], rotation=45, ha="right")  # fmt: skip
+                                [_plain(str(x)) for x in series.x], rotation=45,
+                                ha="right")  # fmt: skip
             elif series.kind == "line":
                 axes.plot(series.x, series.y, "--" if series.dashed else "-", marker=".",
-                          label=series.name)  # fmt: skip
+                          label=_plain(series.name))  # fmt: skip
             else:
                 # An area, in proportion to the size.
                 sizes = [20 + 280 * size / largest for size in series.sizes or [largest]]
                 numbered = numbers[index]
-                label = f"{'/'.join(numbered)}: {series.name}"
+                label = _plain(f"{'/'.join(numbered)}: {series.name}")
                 axes.scatter(series.x, series.y, s=sizes, label=label)
                 for x, y, number in zip(series.x, series.y, numbered, strict=True):
                     axes.annotate(number, (float(x), y), xytext=(5, 4),
                                   textcoords="offset points", fontsize=8)  # fmt: skip
-        axes.set_title(figure.title, fontsize=10)
-        axes.set_xlabel(figure.x_label)
-        axes.set_ylabel(figure.y_label)
+        axes.set_title(_plain(figure.title), fontsize=10)
+        axes.set_xlabel(_plain(figure.x_label))
+        axes.set_ylabel(_plain(figure.y_label))
         if figure.series:
             # Beside the axes, not on them: inside, it hid the study's best model.
             axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
@@ -387,11 +388,15 @@ def host_policy(configured: str | None, keyring: Keyring) -> HostPolicy | None:
     return None if "*" in names else HostPolicy(names)
 
 
-def _host_name(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("["):  # [::1]:8000
-        return host.split("]", 1)[0] + "]"
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+# RFC 9110's Host: a DNS name, an IPv4 address or a bracketed IPv6 one, then an optional
+# numeric port. Anything else ("api.example.org:443@evil.example") names no host.
+_HOST = re.compile(r"(?P<name>\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::[0-9]{1,5})?")
+
+
+def _host_name(host: str) -> str | None:
+    """The Host header's name without its port; None when it is not a host name."""
+    match = _HOST.fullmatch(host.strip().lower())
+    return match["name"] if match else None
 
 
 class TrustedHostMiddleware:
@@ -406,7 +411,8 @@ class TrustedHostMiddleware:
             await self.app(scope, receive, send)
             return
         host = Headers(scope=scope).get("host", "")
-        if self.policy.allows(_host_name(host)):
+        name = _host_name(host)
+        if name is not None and self.policy.allows(name):
             await self.app(scope, receive, send)
             return
         response = error_json(

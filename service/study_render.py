@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from html import escape
 from typing import Literal
 
@@ -190,10 +191,19 @@ def to_html(report: StudyReport) -> str:
     )
 
 
+def _markdown_text(text: str) -> str:
+    # Markdown passes HTML through: a label's "<script>" must reach a viewer as text.
+    # Only a "<" that could open a tag (CommonMark's rule) is escaped: "p < 0.05" stays.
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
+
+
 def _markdown_table(table: Table) -> str:
     header, rows = table
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(_markdown_text, header)) + " |", "|" + " --- |" * len(header)]
+    lines += [
+        "| " + " | ".join(_markdown_text(cell).replace("|", "\\|") for cell in row) + " |"
+        for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -205,14 +215,16 @@ def to_markdown(report: StudyReport, plot_url: str = "") -> str:
     """
     all_tables = tables(report)
     titles = {f.name: f.title for f in study_figures(report)}
-    parts = [f"# Study {report.name or report.study_id}", "## Discussion",
-             "\n".join(f"- {s}" for s in report.discussion),
+    parts = [f"# Study {_markdown_text(report.name or report.study_id)}", "## Discussion",
+             "\n".join(f"- {_markdown_text(s)}" for s in report.discussion),
              f"_{report.method} {report.labels_source} Bootstrap: "
              f"{report.bootstrap_resamples} resamples; alpha {report.alpha}._"]  # fmt: skip
     for heading, table_names, figure_names in _sections(report):
-        parts.append(f"## {heading}")
+        parts.append(f"## {_markdown_text(heading)}")
         parts.extend(_markdown_table(all_tables[name]) for name in table_names)
-        parts.extend(f"![{titles[name]}]({plot_url}{name}.png)" for name in figure_names)
+        parts.extend(
+            f"![{_markdown_text(titles[name])}]({plot_url}{name}.png)" for name in figure_names
+        )
     return "\n\n".join(parts) + "\n"
 
 

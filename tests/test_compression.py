@@ -53,6 +53,8 @@ def test_a_version_report_is_sent_compressed_when_the_client_accepts_gzip(
     assert "content-encoding" not in whole.headers
     # The same page either way; plotly.js inlined makes it megabytes, a third of it sent.
     assert compressed.text == whole.text
+    # A self-contained page: it may reach no server at all.
+    assert whole.headers["content-security-policy"].startswith("default-src 'none'")
     assert "reported version 1" in whole.text and "Plotly.newPlot" in whole.text
     assert whole.num_bytes_downloaded == len(whole.content) > 1_000_000
     assert compressed.num_bytes_downloaded * 2 < len(compressed.content)

@@ -39,6 +39,17 @@ def test_the_page_is_served_at_the_root(client: TestClient) -> None:
     assert "<title>DaciaVision dashboard</title>" in response.text
     assert 'type="module" src="/dashboard/static/js/main.js"' in response.text
     assert response.headers["x-frame-options"] == "DENY"  # no other site frames its buttons
+    # Reports' inline plotly may run in its frames; nothing may reach another server.
+    policy = response.headers["content-security-policy"]
+    assert "connect-src 'self'" in policy and "form-action 'none'" in policy
+    assert "frame-ancestors 'none'" in policy
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json", "/health/live", "/jobs"])
+def test_every_response_carries_the_security_headers(client: TestClient, path: str) -> None:
+    headers = client.get(path).headers
+    assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer"
 
 
 def test_every_file_the_page_names_is_served_with_its_type(client: TestClient) -> None:

@@ -358,6 +358,10 @@ def test_a_version_report_renders_its_plots(site: Site, browser: Chrome) -> None
     assert browser.find_element(By.TAG_NAME, "h1").text == f"{MODEL} version 1"
     browser.switch_to.default_content()
     assert not _errors(browser)
+    # Opened on its own, under its own policy (no server reachable), it draws them too.
+    browser.get(f"{site.url}/models/{MODEL}/versions/1/report")
+    plots = _wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"), 60)
+    assert len(plots) == 3 and not _errors(browser)
 
 
 def test_a_study_report_opens_once_the_study_has_run(site: Site, browser: Chrome) -> None:

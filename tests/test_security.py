@@ -254,8 +254,18 @@ def test_configured_hosts_are_the_only_ones_answered(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, api_keys=KEYS_SETTING, allowed_hosts="api.example.org")
     client = TestClient(create_app(settings))
     headers = {"X-API-Key": KEYS["train"]}
-    assert client.get("/jobs", headers={**headers, "Host": "api.example.org"}).status_code == 200
-    assert client.get("/jobs", headers={**headers, "Host": "evil.example"}).status_code == 400
+    for host in ("api.example.org", "API.example.org:8443"):
+        assert client.get("/jobs", headers={**headers, "Host": host}).status_code == 200
+    # Not host names: whatever they start with, they name no allowed host.
+    for host in (
+        "evil.example",
+        "api.example.org:443@evil.example",
+        "api.example.org:x",
+        "api.example.org/evil",
+        "api.example.org:443:1",
+        "",
+    ):
+        assert client.get("/jobs", headers={**headers, "Host": host}).status_code == 400, host
 
 
 @pytest.mark.parametrize("configured", ["", " ", ","])

@@ -4,12 +4,14 @@ McNemar's test, the discussion states only what the figures say, renderings are 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from html import escape
 from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from service.plot_render import to_image, to_plotly
 from service.plots import Figure, Series, study_figures
@@ -20,6 +22,7 @@ from trainer.evaluate import evaluate_predictions
 from trainer.selection import Candidate, pick_best
 from trainer.study_discussion import discuss
 from trainer.study_report import ReportInput, StudyReport, build_study_report, sample_key
+from trainer.study_spec import StageTraining
 from worker.study_report import true_test_labels
 
 CLASSES = [str(d) for d in range(10)]
@@ -239,3 +242,31 @@ def test_overfitting_is_judged_only_on_training_accuracy_measured_as_validation_
         for m in report.models
     ]})  # fmt: skip
     assert any("no model's training accuracy exceeds" in s for s in discuss(underfit))
+
+
+HOSTILE = '</script><script>document.title="XSS"</script><img src=x onerror=alert(1)>$\\x{$'
+
+
+def test_a_hostile_label_stays_text_in_every_rendering(report: StudyReport) -> None:
+    hostile = report.model_copy(update={"models": [
+        m.model_copy(update={"label": HOSTILE}) if m.key == "variations/1" else m
+        for m in report.models
+    ]})  # fmt: skip
+    page = to_html(hostile)
+    # Neither the tables' escaped text nor the plots' script-safe JSON can end a script.
+    assert "</script><script>document.title" not in page and "<img src=x" not in page
+    (scatter,) = re.findall(r"Plotly\.newPlot\(\"plot-accuracy_vs_cost\", (\{.*?\})\.data", page)
+    names = [trace["name"] for trace in json.loads(scatter)["data"]]
+    assert f"2: {HOSTILE} (digits)" in names  # the same label, as text
+    markdown = to_markdown(hostile, "plots/")
+    assert "<script>" not in markdown and "<img" not in markdown and "&lt;script>" in markdown
+    assert "p = 1" in markdown and " ≥ " in markdown  # text that opens no tag stays
+    # matplotlib's math mode: a "$" in a label is drawn, not parsed (it raised before).
+    for figure in study_figures(hostile):
+        assert to_image(figure, "png").startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("label", ["", "x" * 101, "two\nlines", "tab\there"])
+def test_a_training_label_is_one_line_of_at_most_100_characters(label: str) -> None:
+    with pytest.raises(ValidationError):
+        StageTraining(label=label, spec={"dataset": "digits"})

@@ -37,7 +37,13 @@ class StageTraining(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: str = Field(description="What this training is, in the report, e.g. '64/128/256'.")
+    label: str = Field(
+        min_length=1,
+        max_length=100,
+        # Printable text: a label is shown in tables, plot legends and sentences.
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="What this training is, in the report, e.g. '64/128/256'.",
+    )
     spec: dict[str, Any] | None = Field(None, description="A full training spec (POST /jobs).")
     from_winner: str | None = Field(
         None, description="Start from the spec of this stage's winner (a stage named earlier)."

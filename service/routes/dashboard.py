@@ -13,6 +13,8 @@ from importlib.resources.abc import Traversable
 
 from fastapi import APIRouter, HTTPException, Response, status
 
+from service.headers import DASHBOARD_POLICY
+
 router = APIRouter(include_in_schema=False)
 
 STATIC_PREFIX = "/dashboard/static"
@@ -30,9 +32,13 @@ _HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 # The page has buttons that move aliases: another site must not frame it and trick
-# a click. No Content-Security-Policy: reports are shown in srcdoc frames, which
-# inherit the page's policy and need plotly's inline script; they are sandboxed.
-_PAGE_HEADERS = {**_HEADERS, "X-Frame-Options": "DENY"}
+# a click. Its policy lets the srcdoc report frames run plotly's inline script and
+# lets nothing reach another server (service/headers.py).
+_PAGE_HEADERS = {
+    **_HEADERS,
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": DASHBOARD_POLICY,
+}
 
 
 def _packaged_files(folder: Traversable, prefix: str = "") -> dict[str, Traversable]:
