@@ -158,6 +158,8 @@ def serve_command(arguments: argparse.Namespace) -> int:
 def _run_api(settings: Settings, arguments: argparse.Namespace, processes: int) -> None:
     import uvicorn
 
+    from service.http_protocol import BoundedHttpToolsProtocol
+
     options: dict[str, Any] = {
         "host": arguments.host,
         "port": arguments.port,
@@ -167,7 +169,8 @@ def _run_api(settings: Settings, arguments: argparse.Namespace, processes: int) 
         # side always closes first. With uvicorn's 5 s a client reusing a connection
         # idle for just under 5 s raced the server's close and got a reset.
         "timeout_keep_alive": KEEP_ALIVE_SECONDS,
-        "h11_max_incomplete_event_size": 16 * 1024,
+        # httptools, bounded: a request head past 64 KiB or 30 s closes its connection.
+        "http": BoundedHttpToolsProtocol,
         "server_header": False,
     }
     if processes == 1:

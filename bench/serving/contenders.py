@@ -149,6 +149,9 @@ def our_server(
     (environment variables) over the defaults, on the code of ``checkout``: uvicorn puts
     its working directory first on the import path."""
     command = [*_UVICORN, "--port", str(port), "--workers", str(api_processes)]
+    if (checkout / "service" / "http_protocol.py").exists():  # not in older checkouts
+        # The bounded httptools parser `daciavision serve` runs.
+        command += ["--http", "service.http_protocol:BoundedHttpToolsProtocol"]
     command += ["--factory", "service.app:create_app"]
     environment = {
         "DACIAVISION_HOME": str(home),

@@ -1,0 +1,89 @@
+"""uvicorn's fast HTTP parser with the bounds on request heads that it lacks.
+
+uvicorn parses HTTP/1.1 with httptools where it is installed (``uvicorn[standard]``),
+and httptools keeps whatever a request head sends: an unauthenticated client could
+send 100 MB of one header without ever ending it, four connections took the API from
+308 to 689 MB, and a head sent a line every few seconds held its connection for good.
+h11, uvicorn's other parser, bounds the head but serves fewer requests a second. This
+protocol keeps httptools and closes a connection whose request head passes
+``MAX_HEAD_BYTES`` (431, as RFC 6585 names it) or takes longer than
+``HEAD_TIMEOUT_SECONDS`` to arrive (408), as nginx's ``large_client_header_buffers``
+and ``client_header_timeout`` do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+# A dependency (uvicorn[standard], pyproject.toml): the parser that serves /predict fastest.
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+# Far past any real client's head (browsers send 1-4 KiB with cookies), far below
+# anything that costs memory; nginx allows 4 x 8 KiB.
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TIMEOUT_SECONDS = 30.0
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """httptools' protocol that refuses a request head too large (431) or too slow (408).
+
+    At module level, so uvicorn's worker processes can be handed it by name.
+    """
+
+    max_head_bytes = MAX_HEAD_BYTES
+    head_timeout_seconds = HEAD_TIMEOUT_SECONDS
+
+    def __init__(self, *arguments: Any, **options: Any) -> None:
+        super().__init__(*arguments, **options)
+        self._head_pending = False
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self._head_pending or self.transport.is_closing():
+            self._head_bytes = 0
+            return
+        # Only data that left a head unfinished counts: a chunk holding a whole head and
+        # part of a body never does.
+        self._head_bytes += len(data)
+        if self._head_bytes > self.max_head_bytes:
+            self._refuse(431, "the request head is larger than this server accepts")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_pending = True
+        self._head_bytes = 0
+        self._cancel_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout_seconds, self._too_slow)
+
+    def on_headers_complete(self) -> None:
+        self._head_pending = False
+        self._cancel_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        super().connection_lost(exc)
+
+    def _too_slow(self) -> None:
+        self._head_timer = None
+        if self._head_pending and not self.transport.is_closing():
+            self._refuse(408, "the request head did not arrive in time")
+
+    def _cancel_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._head_pending = False
+        self._cancel_timer()
+        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        body = message.encode("ascii")
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        )
+        self.transport.close()

@@ -1,0 +1,89 @@
+"""The API's HTTP parser closes request heads too large or too slow, and serves the rest."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+
+from service.http_protocol import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
+from tests.workers import free_port
+
+
+class QuickToTimeOut(BoundedHttpToolsProtocol):
+    head_timeout_seconds = 1.0
+
+
+async def echo_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"got %d bytes" % len(body)})
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    port = free_port()
+    config = uvicorn.Config(
+        echo_app, host="127.0.0.1", port=port, http=QuickToTimeOut, log_level="warning",
+        lifespan="off",
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the test server did not start"
+        time.sleep(0.05)
+    yield port
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _exchange(port: int, *chunks: bytes, pause: float = 0.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        try:
+            for chunk in chunks:
+                connection.sendall(chunk)
+                time.sleep(pause)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed first: its answer is still to be read
+        answer = b""
+        while part := connection.recv(65536):
+            answer += part
+        return answer
+
+
+def test_a_head_past_the_bound_is_431_and_the_connection_closes(port: int) -> None:
+    never_ending = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: "
+    chunks = [never_ending] + [b"a" * 16384] * (MAX_HEAD_BYTES // 16384 + 2)
+    answer = _exchange(port, *chunks)
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
+
+
+def test_a_head_that_dawdles_is_408(port: int) -> None:
+    started = time.monotonic()
+    answer = _exchange(port, b"GET / HTTP/1.1\r\n", b"Host: x\r\n", b"X-A: 1\r\n", pause=0.6)
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
+    assert time.monotonic() - started < 5
+
+
+def test_large_bodies_and_heads_that_arrive_in_pieces_are_served(port: int) -> None:
+    body = b"x" * (4 * MAX_HEAD_BYTES)  # a body is bounded elsewhere, not here
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % len(body)
+    # The head split across chunks, the body in the same chunk as the head's end.
+    answer = _exchange(port, head[:10], head[10:], b"Connection: close\r\n\r\n" + body)
+    assert answer.startswith(b"HTTP/1.1 200") and b"got %d bytes" % len(body) in answer
+    # Two requests on one connection: the second head's bytes are counted afresh.
+    pipelined = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (MAX_HEAD_BYTES // 2) + b"\r\n\r\n"
+    last = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = _exchange(port, pipelined, pipelined, last, pause=0.1)
+    assert answer.count(b"HTTP/1.1 200") == 3
