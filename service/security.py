@@ -246,7 +246,8 @@ class RouteAccess:
         if scope not in scopes and "admin" not in scopes:
             raise ForbiddenError(
                 f"this route needs the {scope!r} scope; the key has "
-                f"{', '.join(sorted(scopes))}. Use a key with {scope!r} or 'admin'",
+                f"{', '.join(sorted(scopes))}. Use a key with "
+                + (f"{scope!r} or 'admin'" if scope != "admin" else "'admin'"),
                 required_scope=scope,
             )
 

@@ -317,6 +317,9 @@ def test_the_metrics_view_shows_the_confusion_matrix_with_class_names(
     _open_version(browser, site, 1, "metrics")
     selector = "#details table.confusion"
     table = _wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, selector))[0]
+    # The keyboard's focus followed the content to the panel it opened.
+    focused = browser.execute_script("return document.activeElement.id")
+    assert focused == "details-title"
     report = site.api("GET", f"/metrics?model_name={MODEL}&version=1")
     labels = report["confusion_matrix"]["labels"]
     header = [cell.text for cell in table.find_elements(By.CSS_SELECTOR, "thead th")][1:]
@@ -376,6 +379,22 @@ def test_a_study_report_opens_once_the_study_has_run(site: Site, browser: Chrome
     assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
     browser.switch_to.default_content()
     assert not _errors(browser)
+
+
+def test_on_a_phone_the_page_is_no_wider_than_the_screen(site: Site, browser: Chrome) -> None:
+    site.versions(1)
+    browser.set_window_size(375, 800)
+    try:
+        _open(browser, site)
+        _wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, f'[data-model="{MODEL}"]'))
+        _wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr"))
+        viewport, page = browser.execute_script(
+            "return [window.innerWidth, document.documentElement.scrollWidth]"
+        )
+        # The tables scroll inside their cards; the page itself does not scroll sideways.
+        assert page <= viewport, (page, viewport)
+    finally:
+        browser.set_window_size(1400, 2000)  # as tests/browser.py starts it
 
 
 def _alias_target(browser: WebDriver, alias: str) -> str | None:

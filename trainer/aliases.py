@@ -165,7 +165,12 @@ class AliasStore:
         if previous is None:
             message = f"alias {alias!r} of model {model_name!r} has no earlier version: its "
             message += f"last change created it at version {changes[-1].to_version}; "
-            raise ConflictError(message + "use set_alias or delete_alias instead", **details)
+            # Said in the API's words: the CLI and the dashboard show this message too.
+            raise ConflictError(
+                message + f"point it at a version with PUT /models/{model_name}/aliases/"
+                f"{alias}, or remove it with DELETE on that path",
+                **details,
+            )
         if previous not in live_versions:
             message = f"cannot roll back alias {alias!r} of model {model_name!r} to version "
             message += f"{previous}: it was deleted; live versions: {joined(live_versions)}"

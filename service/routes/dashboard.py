@@ -62,7 +62,7 @@ def _file_response(name: str, headers: dict[str, str] = _HEADERS) -> Response:
     return Response(entry.read_bytes(), media_type=content_type, headers=headers)
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 def dashboard_page() -> Response:
     """The dashboard: jobs, studies, models, metrics, reports and predictions."""
     return _file_response("index.html", _PAGE_HEADERS)

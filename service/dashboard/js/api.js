@@ -39,7 +39,8 @@ function explain(status, detail) {
   // The service names the scope the route needs (detail.required_scope).
   if (status === 403 && detail.required_scope) {
     const scope = detail.required_scope;
-    return `This key lacks the ${scope} scope: use a key with ${scope} or admin.`;
+    const allowed = scope === "admin" ? "admin" : `${scope} or admin`;
+    return `This key lacks the ${scope} scope: use a key with ${allowed}.`;
   }
   return detail.message ?? `The service answered ${status}.`;
 }

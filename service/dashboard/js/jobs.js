@@ -27,6 +27,13 @@ function statusCell(job) {
   return cell;
 }
 
+// A study's jobs are "{study id}-{stage}-{index}": cut to 12 characters they all read
+// alike, so the study's part is cut instead and the stage kept.
+function shortJobId(jobId) {
+  const cut = jobId.indexOf("-");
+  return cut < 0 ? jobId.slice(0, 12) : `${jobId.slice(0, 8)}…${jobId.slice(cut)}`;
+}
+
 function jobRow(job, message, refresh) {
   const cancel = ACTIVE.has(job.status)
     ? button("Cancel", async () => {
@@ -40,7 +47,7 @@ function jobRow(job, message, refresh) {
     : null;
   const model = job.version ? `${job.model_name} v${job.version}` : job.model_name;
   return element("tr", { attributes: { "data-job-id": job.job_id } }, [
-    element("td", { className: "mono", text: job.job_id.slice(0, 12), attributes: { title: job.job_id } }),
+    element("td", { className: "mono", text: shortJobId(job.job_id), attributes: { title: job.job_id } }),
     element("td", { text: model }),
     element("td", { text: `${job.spec?.dataset ?? ""} · ${job.spec?.architecture ?? ""}` }),
     statusCell(job),

@@ -27,6 +27,8 @@ async function openDetails(title, render) {
   byId("details-body").replaceChildren();
   section.hidden = false;
   section.scrollIntoView({ block: "start" });
+  // Keyboard users land where the content appeared, not back on the button.
+  byId("details-title").focus({ preventScroll: true });
   try {
     await render(byId("details-body"));
   } catch (error) {
@@ -42,15 +44,30 @@ const modelActions = {
   changed: () => refreshModels(),
 };
 
+// A section's message may answer a click (a promotion, a cancel): a refresh clears
+// only a message it showed itself, when the next refresh succeeds.
+const loadFailed = new Set();
+
+function loaded(message) {
+  if (loadFailed.delete(message)) {
+    clearMessage(message);
+  }
+}
+
+function loadFailure(message, error) {
+  loadFailed.add(message);
+  showMessage(message, error.message);
+}
+
 async function refreshModels() {
   const message = byId("models-message");
   try {
     const models = await loadModels();
     renderModels(byId("models-list"), models, modelActions, message);
     fillModelChoices(byId("predict-form"), models);
-    clearMessage(message);
+    loaded(message);
   } catch (error) {
-    showMessage(message, error.message);
+    loadFailure(message, error);
   }
 }
 
@@ -58,14 +75,14 @@ async function pollJobs() {
   const message = byId("jobs-message");
   try {
     const jobs = await refreshJobs({ table: byId("jobs-table"), message, refresh: pollJobs });
-    clearMessage(message);
+    loaded(message);
     const newlySucceeded = jobs.filter((job) => job.status === "succeeded" && !succeededJobs.has(job.job_id));
     for (const job of newlySucceeded) {
       succeededJobs.add(job.job_id);
     }
     return newlySucceeded.length > 0;
   } catch (error) {
-    showMessage(message, error.message);
+    loadFailure(message, error);
     return false;
   }
 }
@@ -76,9 +93,9 @@ async function pollStudies() {
     openDetails(`Report of study ${study.name ?? study.study_id}`, (body) => renderStudyReport(body, study.study_id));
   try {
     await refreshStudies({ container: byId("studies-list"), openReport });
-    clearMessage(message);
+    loaded(message);
   } catch (error) {
-    showMessage(message, error.message);
+    loadFailure(message, error);
   }
 }
 
@@ -97,7 +114,7 @@ async function pollForever() {
 function describeKey() {
   const key = storedKey();
   if (!key) {
-    return "no key: fine on an open server";
+    return "no key entered (a server with keys will ask for one)";
   }
   return keyIsRemembered() ? "key in use (remembered on this device)" : "key in use (until this tab closes)";
 }

@@ -16,9 +16,14 @@ function versionRow(model, summary, actions) {
     element("td", { text: summary.dataset ?? "" }),
     element("td", { text: formatNumber(summary.test_accuracy) }),
     element("td", {}, [
-      button("Metrics", () => actions.openMetrics(model.model_name, summary.version), { "data-action": "metrics" }),
-      button("Report", () => actions.openReport(model.model_name, summary.version), { "data-action": "report" }),
-      button("Download", () => actions.download(model.model_name, summary.version), { "data-action": "download" }),
+      ...[
+        ["Metrics", "metrics", () => actions.openMetrics(model.model_name, summary.version)],
+        ["Report", "report", () => actions.openReport(model.model_name, summary.version)],
+        ["Download", "download", () => actions.download(model.model_name, summary.version)],
+      ].map(([text, action, onClick]) =>
+        // Said as "Metrics of cifar10-custom v3": a row of "Metrics" buttons is not a choice.
+        button(text, onClick, { "data-action": action, "aria-label": `${text} of ${model.model_name} v${summary.version}` }),
+      ),
     ]),
   ]);
 }
@@ -43,7 +48,7 @@ function aliasList(model, actions) {
                 (response) => response.json(),
               ),
             ),
-          { "data-action": "rollback" },
+          { "data-action": "rollback", "aria-label": `Roll back ${alias} of ${model.model_name}` },
         ),
       ]),
     ),
@@ -53,7 +58,14 @@ function aliasList(model, actions) {
 function promoteForm(model, actions) {
   const names = [...new Set([DEFAULT_ALIAS, ...Object.keys(model.aliases)])];
   const listId = `aliases-${model.model_name}`;
-  const alias = element("input", { attributes: { name: "alias", value: DEFAULT_ALIAS, list: listId, required: true, size: 12 } });
+  // The service's alias rule, so a name of spaces is refused here with the reason.
+  const alias = element("input", {
+    attributes: {
+      name: "alias", value: DEFAULT_ALIAS, list: listId, required: true, size: 12,
+      pattern: "\\s*[a-z0-9][a-z0-9\\-]{0,63}\\s*",
+      title: "up to 64 lowercase letters, digits and '-', starting with a letter or digit",
+    },
+  });
   const version = element(
     "select",
     { attributes: { name: "version" } },
@@ -80,7 +92,7 @@ function modelCard(model, actions) {
     element("h3", { text: model.model_name }),
     element("table", { className: "data" }, [
       element("thead", {}, [
-        element("tr", {}, ["version", "aliases", "architecture", "dataset", "test accuracy", ""].map((text) => element("th", { text }))),
+        element("tr", {}, ["version", "aliases", "architecture", "dataset", "test accuracy", "actions"].map((text) => element("th", { text }))),
       ]),
       element("tbody", {}, versions.map((summary) => versionRow(model, summary, actions))),
     ]),

@@ -48,6 +48,8 @@ export function fillModelChoices(form, models) {
 }
 
 export function setUpPredictForm({ form, message, result }) {
+  // The browser's own check stopped the submit: an older answer's message would mislead.
+  form.addEventListener("invalid", () => clearMessage(message), true);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearMessage(message);
@@ -63,12 +65,19 @@ export function setUpPredictForm({ form, message, result }) {
       version: form.elements.version.value.trim(),
       top_k: form.elements.top_k.value,
     });
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    // A version's first call loads it (seconds): say so rather than show nothing.
+    showMessage(message, "Classifying…", "info");
     try {
       const answer = await (await request(path, { method: "POST", body })).json();
+      clearMessage(message);
       showResult(result, file, answer);
     } catch (error) {
       result.replaceChildren();
       showMessage(message, error.message);
+    } finally {
+      button.disabled = false;
     }
   });
 }

@@ -33,13 +33,21 @@ function reportFrame(html, title) {
   });
 }
 
-async function plotFigure(basePath, name) {
+// What each of a version's plots shows, for its caption and its alternative text.
+const PLOT_TITLES = {
+  curves: "Loss and accuracy per epoch, training and validation",
+  confusion: "Confusion matrix of the test split",
+  f1: "F1 per class on the test split",
+};
+
+async function plotFigure(basePath, name, subject) {
   const response = await request(`${basePath}/plots/${segment(name)}.svg`, { accept: "image/svg+xml" });
   const url = URL.createObjectURL(await response.blob());
   shownObjectUrls.push(url);
+  const title = PLOT_TITLES[name] ?? name;
   return element("figure", { attributes: { "data-plot": name } }, [
-    element("img", { attributes: { src: url, alt: `plot ${name}` } }),
-    element("figcaption", { text: name }),
+    element("img", { attributes: { src: url, alt: `${title} of ${subject}; the interactive report below has the figures` } }),
+    element("figcaption", { text: title }),
   ]);
 }
 
@@ -47,7 +55,8 @@ export async function renderVersionReport(container, modelName, version) {
   releasePlots();
   const basePath = `/models/${segment(modelName)}/versions/${segment(version)}`;
   const html = await request(`${basePath}/report`, { accept: "text/html" }).then((response) => response.text());
-  const figures = await Promise.all(plotNames(html).map((name) => plotFigure(basePath, name)));
+  const subject = `${modelName} v${version}`;
+  const figures = await Promise.all(plotNames(html).map((name) => plotFigure(basePath, name, subject)));
   container.replaceChildren(
     element("h3", { text: "Plots" }),
     element("div", { className: "plots" }, figures),

@@ -92,6 +92,7 @@ export async function setUpTrainingForm({ form, message, description, onSubmitte
   form.elements.architecture.addEventListener("change", () =>
     showArchitecture(form, byName.get(form.elements.architecture.value), description),
   );
+  form.addEventListener("invalid", () => clearMessage(message), true);
   let pending = null; // the spec being sent and its Idempotency-Key
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
