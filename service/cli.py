@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from service import client, download, local
+from service.model_cli import add_model_parsers
 from service.spec_arguments import add_training_spec_arguments
 from service.study_cli import add_study_parser
 from trainer.errors import DaciaVisionError
@@ -44,9 +45,15 @@ def _add_train_parser(commands: Any) -> None:
     )
     add_training_spec_arguments(train)
     train.set_defaults(handler=local.train_command)
-    models = commands.add_parser("models", help="list registered models, versions and aliases")
+    models = commands.add_parser(
+        "models",
+        help="list registered models, versions and aliases",
+        description="Models with their versions, aliases and test accuracy: from this "
+        "machine's registry, or from a server's with --url.",
+    )
     models.set_defaults(handler=local.models_command)
-    models.add_argument("--json", action="store_true")
+    models.add_argument("--json", action="store_true", help="one JSON object per version")
+    models.add_argument("--url", help="list a running server's models instead (GET /models)")
 
 
 def _add_server_parsers(commands: Any) -> None:
@@ -102,6 +109,7 @@ def _add_client_parsers(commands: Any) -> None:
     )
     add_training_spec_arguments(submit)
     submit.add_argument("--follow", action="store_true", help="then show live progress")
+    submit.add_argument("--json", action="store_true", help="print the queued job as JSON")
     submit.set_defaults(handler=client.submit_command)
     listing = actions.add_parser(
         "list", help="jobs, newest first", description="Jobs, newest first, one per line."
@@ -111,6 +119,7 @@ def _add_client_parsers(commands: Any) -> None:
     listing.add_argument(
         "--limit", type=bounded_int(1, 200), default=20, help="jobs shown (20; at most 200)"
     )
+    listing.add_argument("--json", action="store_true", help="the page of jobs as JSON")
     listing.set_defaults(handler=client.list_command)
     followers: list[argparse.ArgumentParser] = []
     for name, handler, text in (
@@ -127,6 +136,7 @@ def _add_client_parsers(commands: Any) -> None:
     predict.add_argument("--model-name", required=True, help="a registered model's name")
     predict.add_argument("--version", help="number or alias (default: production, else latest)")
     predict.add_argument("--top-k", type=int, default=3, help="classes shown per image (3)")
+    predict.add_argument("--json", action="store_true", help="the server's answer as JSON")
     predict.set_defaults(handler=client.predict_command)
     download_parser = commands.add_parser(
         "download", help="save a version's model file (.keras), checked against its sha256"
@@ -154,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_parsers(commands)
     _add_train_parser(commands)
     _add_client_parsers(commands)
+    add_model_parsers(commands)
     return parser
 
 

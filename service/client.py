@@ -120,7 +120,10 @@ def submit_command(arguments: argparse.Namespace) -> int:
     spec = spec_from_arguments(arguments)
     with api_client(arguments) as client:
         job = create_call(client, "/jobs", spec)
-        print(f"queued job {job['job_id']} → model {job['model_name']}")
+        if arguments.json:
+            _print_json(job)
+        else:
+            print(f"queued job {job['job_id']} → model {job['model_name']}")
         if arguments.follow:
             return _follow(client, job["job_id"])
     return 0
@@ -136,6 +139,9 @@ def list_command(arguments: argparse.Namespace) -> int:
         page = api_call(
             client, "GET", "/jobs", params={k: v for k, v in params.items() if v is not None}
         )
+    if arguments.json:
+        _print_json(page)
+        return 0
     rows = [("job_id", "status", "model", "version", "progress", "created")]
     for job in page["items"]:
         progress = job["progress"]
@@ -223,6 +229,9 @@ def predict_command(arguments: argparse.Namespace) -> int:
         files.append(("files", (path.name, path.read_bytes(), content_type)))
     with api_client(arguments) as client:
         result = api_call(client, "POST", "/predict", params=params, files=files)
+    if arguments.json:
+        _print_json(result)
+        return 0
     print(f"{result['model_name']} version {result['version']}")
     for name, prediction in zip(arguments.files, result["predictions"], strict=True):
         alternatives = ", ".join(

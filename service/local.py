@@ -302,17 +302,22 @@ def models_command(arguments: argparse.Namespace) -> int:
     """List models with versions, aliases and test accuracy, straight from the registry."""
     from service.reports import model_detail
 
-    registry = FileModelRegistry(get_settings().resolved_registry_dir)
-    rows = [
-        {"model_name": summary.model_name, **version.model_dump()}
-        for summary in registry.list_models()
-        for version in model_detail(registry, summary.model_name).versions
-    ]
+    if arguments.url:
+        rows = _server_rows(arguments)
+        where = arguments.url
+    else:
+        registry = FileModelRegistry(get_settings().resolved_registry_dir)
+        rows = [
+            {"model_name": summary.model_name, **version.model_dump()}
+            for summary in registry.list_models()
+            for version in model_detail(registry, summary.model_name).versions
+        ]
+        where = str(registry.root)
     if arguments.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print(f"no models registered in {registry.root}")
+        print(f"no models registered in {where}")
         return 0
     print(f"{'model':<24}{'version':>8}  {'aliases':<20}{'architecture':<14}{'accuracy':>9}")
     for row in rows:
@@ -322,6 +327,19 @@ def models_command(arguments: argparse.Namespace) -> int:
             f"{row['architecture'] or '-':<14}{accuracy:>9}"
         )
     return 0
+
+
+def _server_rows(arguments: argparse.Namespace) -> list[dict[str, Any]]:
+    from service.client import api_call, api_client
+
+    with api_client(arguments) as client:
+        names = [summary["model_name"] for summary in api_call(client, "GET", "/models")]
+        details = [api_call(client, "GET", f"/models/{name}") for name in names]
+    return [
+        {"model_name": detail["model_name"], **version}
+        for detail in details
+        for version in detail["versions"]
+    ]
 
 
 def keys_new_command(arguments: argparse.Namespace) -> int:

@@ -378,9 +378,8 @@ class FileModelRegistry:
         live_versions = self._live_versions(model_name)
         if not live_versions:
             message = f"model {model_name!r} has no registered versions; check the name "
-            message += (
-                "(GET /models or `daciavision models` lists them) or register a version first"
-            )
+            message += "(GET /models or `daciavision models --url SERVER` lists them) or "
+            message += "register a version first"
             raise ModelNotFoundError(message, model_name=model_name)
         return live_versions
 
