@@ -348,9 +348,16 @@ def keys_new_command(arguments: argparse.Namespace) -> int:
         scopes = check_scopes(arguments.scopes.split(","))
     except ValueError as error:
         raise InvalidInputError(str(error)) from None
+    current = get_settings().api_keys.strip().strip(";")
+    try:
+        parse_api_keys(current)
+    except ValueError as error:
+        # Appending to a broken list would print a setting the server refuses to start with.
+        raise InvalidInputError(
+            f"the DACIAVISION_API_KEYS set here is not valid ({error}); fix or unset it first"
+        ) from None
     key = new_key()
     entry = settings_entry(key, scopes)
-    current = get_settings().api_keys.strip().strip(";")
     print(f"key (give it to the client, it is shown only once): {key}")
     print(f"settings entry (only its hash is stored):           {entry}")
     print(f"DACIAVISION_API_KEYS={';'.join(filter(None, [current, entry]))}")

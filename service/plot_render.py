@@ -59,11 +59,23 @@ def to_plotly(figure: Figure) -> dict[str, Any]:
     }  # fmt: skip
     if figure.heatmap is not None:
         layout["yaxis"]["autorange"] = "reversed"
+    if _counts_along_x(figure):
+        # Epochs are whole: plotly's automatic ticks put 1.5 between 1 and 2.
+        layout["xaxis"]["tickformat"] = "d"
+        layout["xaxis"]["dtick"] = max(1, math.ceil(max(len(s.x) for s in figure.series) / 10))
     if figure.heatmap is not None or any(s.kind == "bar" for s in figure.series):
         # Class names such as "0".."9" are categories, not numbers.
         layout["xaxis"]["type"] = "category"
         layout["yaxis"]["type"] = "category" if figure.heatmap is not None else "linear"
     return {"data": data, "layout": layout}
+
+
+def _counts_along_x(figure: Figure) -> bool:
+    """Whether the figure draws lines over whole numbers (epochs)."""
+    lines = [s for s in figure.series if s.kind == "line"]
+    return bool(lines) and all(
+        isinstance(x, float | int) and float(x).is_integer() for s in lines for x in s.x
+    )
 
 
 def _point_numbers(figure: Figure) -> list[list[str]]:
@@ -122,6 +134,7 @@ def to_image(figure: Figure, image_format: ImageFormat = "svg") -> bytes:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = pyplot.subplots(figsize=(7, 4.5))
     try:
@@ -161,6 +174,8 @@ def to_image(figure: Figure, image_format: ImageFormat = "svg") -> bytes:
                 for x, y, number in zip(series.x, series.y, numbered, strict=True):
                     axes.annotate(number, (float(x), y), xytext=(5, 4),
                                   textcoords="offset points", fontsize=8)  # fmt: skip
+        if _counts_along_x(figure):
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(_plain(figure.title), fontsize=10)
         axes.set_xlabel(_plain(figure.x_label))
         axes.set_ylabel(_plain(figure.y_label))

@@ -14,6 +14,7 @@ import httpx
 
 from service.client import ServerError, api_call, api_client, create_call
 from trainer.datasets import DATASET_NAMES
+from trainer.errors import InvalidInputError
 from trainer.spec_base import TrainingSpecBase
 from trainer.study_spec import PRESETS
 
@@ -107,7 +108,10 @@ def report_command(arguments: argparse.Namespace) -> int:
     output = Path(arguments.output)
     report_format = FORMATS.get(output.suffix.lower())
     if report_format is None:
-        raise ServerError(f"--output must end in one of {', '.join(FORMATS)}, got {output.name}")
+        # The user's input, not the server's answer: exit 2, as argparse's errors do.
+        raise InvalidInputError(
+            f"--output must end in one of {', '.join(FORMATS)}, got {output.name}"
+        )
     path = f"/studies/{arguments.study_id}/report"
     # `--output docs/examples/lab.md` names a file, not a folder the user must make first;
     # made before the server is asked, so a path that cannot be written fails at once.

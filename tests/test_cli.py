@@ -324,3 +324,13 @@ def _ready(url: str) -> bool:
         return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_keys_new_refuses_to_extend_a_broken_key_list(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DACIAVISION_API_KEYS", "not-a-hash:predict")
+    get_settings.cache_clear()
+    assert main(["keys", "new", "--scopes", "predict"]) == 2
+    captured = capsys.readouterr()
+    assert "DACIAVISION_API_KEYS set here is not valid" in captured.err and not captured.out

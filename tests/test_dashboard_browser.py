@@ -378,6 +378,12 @@ def test_a_study_report_opens_once_the_study_has_run(site: Site, browser: Chrome
     assert "dashboard-study" in body
     assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
     browser.switch_to.default_content()
+    # The study's own model is folded away from the models people train themselves.
+    studies = '#study-models-list [data-model^="study-"]'
+    _wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, studies))
+    assert not browser.find_elements(By.CSS_SELECTOR, '#models-list [data-model^="study-"]')
+    count = browser.find_element(By.ID, "study-models-count").get_attribute("textContent")
+    assert count == str(len(browser.find_elements(By.CSS_SELECTOR, studies)))
     assert not _errors(browser)
 
 

@@ -115,3 +115,11 @@ def test_a_seed_out_of_range_is_refused_by_the_server_with_its_message(
     assert main(["study", "run", "cnn-lab", "--seed", "-1"]) == 2  # invalid input, as locally
     error = capsys.readouterr().err
     assert "422 from POST /studies" in error and "seed" in error
+
+
+def test_an_output_of_an_unknown_kind_is_invalid_input(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["study", "report", "a" * 32, "--output", "lab.txt"]) == 2
+    assert (
+        "--output must end in one of .html, .htm, .md, .json, got lab.txt"
+        in capsys.readouterr().err
+    )

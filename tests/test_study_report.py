@@ -270,3 +270,11 @@ def test_a_hostile_label_stays_text_in_every_rendering(report: StudyReport) -> N
 def test_a_training_label_is_one_line_of_at_most_100_characters(label: str) -> None:
     with pytest.raises(ValidationError):
         StageTraining(label=label, spec={"dataset": "digits"})
+
+
+def test_epochs_are_whole_numbers_on_every_curve(report: StudyReport) -> None:
+    (curves, *_) = [figure for figure in study_figures(report) if figure.name.startswith("curves")]
+    axis = to_plotly(curves)["layout"]["xaxis"]
+    assert axis["tickformat"] == "d" and axis["dtick"] >= 1 and isinstance(axis["dtick"], int)
+    scatter = to_plotly(study_figures(report)[0])["layout"]["xaxis"]
+    assert "tickformat" not in scatter  # seconds are not counted in whole numbers

@@ -76,7 +76,8 @@ def load_raw(name: str, data_dir: Path | None) -> RawDataset:
         packages = ", ".join(str(directory) for directory in definition.idx_directories)
         raise DatasetNotFoundError(
             f"dataset {name!r} was not found. Looked at: {'; '.join(looked_at)} "
-            f"(download failed: {type(download_error).__name__}). Provide it as "
+            f"(download failed: {type(download_error).__name__}: "
+            f"{str(download_error)[:200] or 'no message'}). Provide it as "
             f"{name}.npz with uint8 arrays x_train, y_train, x_test, y_test in the data "
             "directory (setting DATA_DIR)" + (f", or idx files in {packages}" if packages else ""),
             dataset=name,

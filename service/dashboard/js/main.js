@@ -63,7 +63,14 @@ async function refreshModels() {
   const message = byId("models-message");
   try {
     const models = await loadModels();
-    renderModels(byId("models-list"), models, modelActions, message);
+    // A study registers a model per training (study-{id}-{stage}-{n}): folded away, so
+    // the models people train and promote stay in view.
+    const fromStudies = models.filter((model) => model.model_name.startsWith("study-"));
+    const own = models.filter((model) => !model.model_name.startsWith("study-"));
+    renderModels(byId("models-list"), own, modelActions, message, fromStudies.length > 0);
+    renderModels(byId("study-models-list"), fromStudies, modelActions, message);
+    byId("study-models").hidden = fromStudies.length === 0;
+    byId("study-models-count").textContent = String(fromStudies.length);
     fillModelChoices(byId("predict-form"), models);
     loaded(message);
   } catch (error) {

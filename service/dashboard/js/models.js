@@ -130,7 +130,7 @@ function describeChange(change) {
 
 // actions: openMetrics(name, version), openReport(name, version), changed().
 // Alias changes and downloads report in the section's message, which survives the re-render.
-export function renderModels(container, models, actions, message) {
+export function renderModels(container, models, actions, message, othersShown = false) {
   const withChange = {
     ...actions,
     async download(modelName, version) {
@@ -158,6 +158,10 @@ export function renderModels(container, models, actions, message) {
     models,
     (model) => model.model_name,
     (model) => modelCard(model, withChange),
-    () => element("p", { className: "hint", text: "No models registered yet: queue a training job above." }),
+    () =>
+      element("p", {
+        className: "hint",
+        text: othersShown ? "No models of your own yet: those of studies are below." : "No models registered yet: queue a training job above.",
+      }),
   );
 }

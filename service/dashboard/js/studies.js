@@ -5,7 +5,9 @@ import { getJson } from "./api.js";
 import { button, drawListOr, element, progressBar } from "./dom.js";
 
 function stageRow(stage) {
-  const winner = stage.winner ? `winner: ${stage.winner.label}` : "";
+  // A stage of one training has no choice to report; a selection always has one.
+  const chose = stage.kind === "select" || stage.jobs.length > 1;
+  const winner = stage.winner && chose ? `winner: ${stage.winner.label}` : "";
   return element("tr", { attributes: { "data-stage": stage.name } }, [
     element("td", { text: stage.name }),
     element("td", {}, [element("span", { className: `status status-${stage.status}`, text: stage.status })]),
