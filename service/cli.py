@@ -169,10 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # TensorFlow's C++ start-up notes (oneDNN, CPU features) are INFO lines that read
-    # like errors on a terminal; warnings and errors still show. Set before any import
-    # of TensorFlow, here or in the worker processes that inherit it.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     try:
         return _run(build_parser().parse_args(argv))
     except BrokenPipeError:

@@ -56,6 +56,8 @@ def test_train_registers_a_version_and_prints_the_report(
     assert card["spec"]["hyperparameters"]["filters1"] == 8
     assert card["metrics"]["test"]["accuracy"] >= 0.8
     assert f"{card['metrics']['test']['accuracy']:.4f}" in output
+    # Training accuracy as validation's is measured, not the lab's running figure.
+    assert f"train accuracy {card['metrics']['train_accuracy']:.4f}" in output
 
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
