@@ -191,6 +191,8 @@ def _run(arguments: argparse.Namespace) -> int:
             print(f"  {entry}", file=sys.stderr)
         # Invalid input is 2, as for a local command; anything the server could not do, 1.
         return 2 if error.status == 422 else 1
+    except BrokenPipeError:
+        raise  # for main(): the reader left, nothing to say
     except OSError as error:
         # A file named on the command line: missing, a folder, not writable.
         print(

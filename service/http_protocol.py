@@ -39,14 +39,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_pending = False
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # A connection that never sends a byte holds a socket too: its first head is due.
+        self._start_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # what follows a refused head is not read
         super().data_received(data)
         if not self._head_pending or self.transport.is_closing():
             self._head_bytes = 0
             return
-        # Only data that left a head unfinished counts: a chunk holding a whole head and
-        # part of a body never does.
+        # Data that left a head unfinished: the head so far is at least this long.
         self._head_bytes += len(data)
         if self._head_bytes > self.max_head_bytes:
             self._refuse(431, "the request head is larger than this server accepts")
@@ -55,21 +62,39 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._head_pending = True
         self._head_bytes = 0
-        self._cancel_timer()
-        self._head_timer = self.loop.call_later(self.head_timeout_seconds, self._too_slow)
+        self._start_timer()
 
     def on_headers_complete(self) -> None:
         self._head_pending = False
         self._cancel_timer()
+        # A whole head can arrive in one read (asyncio reads up to 256 KiB): measured
+        # here too, as parsed, before the request reaches the app.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.max_head_bytes:
+            self._refuse(431, "the request head is larger than this server accepts")
+            return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         super().connection_lost(exc)
 
+    def _start_timer(self) -> None:
+        self._cancel_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout_seconds, self._too_slow)
+
     def _too_slow(self) -> None:
         self._head_timer = None
-        if self._head_pending and not self.transport.is_closing():
+        waiting_for_head = self._head_pending or self.cycle is None
+        if waiting_for_head and not self._refused and not self.transport.is_closing():
             self._refuse(408, "the request head did not arrive in time")
 
     def _cancel_timer(self) -> None:
@@ -78,6 +103,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = None
 
     def _refuse(self, status: int, message: str) -> None:
+        self._refused = True
         self._head_pending = False
         self._cancel_timer()
         reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]

@@ -18,7 +18,13 @@ from service.schemas_studies import StageJobView, StageView, StudyView
 from trainer.errors import ConflictError, DaciaVisionError, JobNotFoundError
 from trainer.registry import FileModelRegistry
 from trainer.study_presets import expand
-from trainer.study_spec import StageSpec, StudyRequest, check_stages, training_specs
+from trainer.study_spec import (
+    StageSpec,
+    StudyRequest,
+    check_labels,
+    check_stages,
+    training_specs,
+)
 from worker.jobstore import JobStore
 from worker.settings import Settings
 from worker.studies import Study, StudyStore
@@ -41,8 +47,9 @@ def create_study(
     study, and whether it already existed under ``study_id`` (an idempotency key's replay)."""
     received = request.model_dump(mode="json", exclude_none=True)
     if study_id is not None and (existing := _existing(studies, study_id, received)) is not None:
-        return existing, True
+        return _advanced_if_running(existing, settings, dispatcher, studies, jobs), True
     stages = check_stages(expand(request))
+    check_labels(stages)
     _check_trainings(stages, settings, registry)
     study = Study.new(received, stages, request.name, study_id)
     try:
@@ -62,6 +69,24 @@ def create_study(
             f"the job queue is unreachable ({error}); study {study.study_id} was stored and "
             "starts when a worker starts"
         ) from error
+
+
+def _advanced_if_running(
+    study: Study,
+    settings: Settings,
+    dispatcher: JobDispatcher,
+    studies: StudyStore,
+    jobs: JobStore,
+) -> Study:
+    # A retry after a 503 finds the study stored but not started: starting what can
+    # start now is what the client retried for (advancing twice starts nothing twice).
+    if study.is_terminal:
+        return study
+    try:
+        return advance(study.study_id, settings, dispatcher.celery_app, studies=studies, jobs=jobs)
+    except (OperationalError, OSError):
+        logger.warning("study %s: the job queue is still unreachable", study.study_id)
+        return study
 
 
 def _existing(studies: StudyStore, study_id: str, received: dict[str, Any]) -> Study | None:

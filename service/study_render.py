@@ -194,7 +194,8 @@ def to_html(report: StudyReport) -> str:
 def _markdown_text(text: str) -> str:
     # Markdown passes HTML through: a label's "<script>" must reach a viewer as text.
     # Only a "<" that could open a tag (CommonMark's rule) is escaped: "p < 0.05" stays.
-    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
+    # One line: a name's line break would end a heading or a table row.
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", " ".join(text.splitlines()))
 
 
 def _markdown_table(table: Table) -> str:

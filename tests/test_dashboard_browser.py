@@ -245,6 +245,8 @@ def test_a_job_queued_from_the_form_trains_to_a_full_progress_bar(
     assert queued.startswith("Queued job "), queued
     job_id = queued.removeprefix("Queued job ").split(" ")[0]
     assert site.api("GET", f"/jobs?model_name={MODEL}")["total"] == before + 1
+    # The keyboard's focus stayed on the button: a disabled one would drop it to the page.
+    assert browser.execute_script("return document.activeElement.type") == "submit"
     spec = site.api("GET", f"/jobs/{job_id}")["spec"]
     assert (spec["dataset"], spec["epochs"], spec["batch_size"]) == ("digits", 2, 32)
     assert spec["hyperparameters"] | SMALL_CNN == spec["hyperparameters"]

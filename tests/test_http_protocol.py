@@ -87,3 +87,15 @@ def test_large_bodies_and_heads_that_arrive_in_pieces_are_served(port: int) -> N
     last = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     answer = _exchange(port, pipelined, pipelined, last, pause=0.1)
     assert answer.count(b"HTTP/1.1 200") == 3
+
+
+def test_a_whole_head_past_the_bound_in_one_piece_is_431(port: int) -> None:
+    # asyncio reads up to 256 KiB at once: the head ends inside one read.
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (MAX_HEAD_BYTES + 1024) + b"\r\n\r\n"
+    assert _exchange(port, head).startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
+
+
+def test_a_connection_that_sends_nothing_is_closed_in_time(port: int) -> None:
+    started = time.monotonic()
+    assert _exchange(port).startswith(b"HTTP/1.1 408 Request Timeout")
+    assert time.monotonic() - started < 5

@@ -175,3 +175,25 @@ def test_the_cli_gives_up_on_a_server_it_cannot_reach(monkeypatch: pytest.Monkey
         pytest.raises(ServerError, match="after 3 attempts"),
     ):
         create_call(nowhere, "/jobs", SPEC)
+
+
+def test_a_study_retried_after_a_503_starts_what_the_broker_refused_to(
+    client: TestClient, home: Path, tmp_path: Path
+) -> None:
+    unreachable = JobDispatcher(create_celery_app(Settings(home=tmp_path, redis_url=CLOSED_REDIS)))
+    client.app.dependency_overrides[get_dispatcher] = lambda: unreachable  # type: ignore[attr-defined]
+    headers = {"Idempotency-Key": "lab-1"}
+    detail(client.post("/studies", json=STUDY, headers=headers), 503, "broker_unavailable")
+    assert queued_messages(home) == {}
+    client.app.dependency_overrides.clear()  # type: ignore[attr-defined]
+
+    replay = client.post("/studies", json=STUDY, headers=headers)
+    assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true"
+    running = {job["job_id"] for stage in replay.json()["stages"] if stage["status"] == "running"
+               for job in stage["jobs"]}  # fmt: skip
+    # The first stages' other jobs are queued now; the one the broker refused is the
+    # job store's to resend at its next sweep (it is marked unsent).
+    sent = set(queued_messages(home))
+    assert sent < running and len(running - sent) == 1
+    (refused,) = running - sent
+    assert client.get(f"/jobs/{refused}").json()["status"] == "queued"

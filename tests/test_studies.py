@@ -589,3 +589,23 @@ def test_a_study_with_too_many_candidate_specs_is_refused_before_they_are_parsed
     with pytest.raises(InvalidInputError, match="stage 'e' could run 4096 different specs"):
         study_spec.training_specs(check_stages(request.stages or []))
     assert "e" not in parsed
+
+
+def test_a_stored_study_an_older_release_accepted_still_loads(
+    client: TestClient, home: Path
+) -> None:
+    # Labels are bounded when a study is created; one stored before the bound still reads.
+    long_label = "x" * 120
+    stages = check_stages(StudyRequest(stages=[
+        {"name": "base", "trainings": [{"label": long_label, "spec": {"dataset": "digits"}}]},
+    ]).stages or [])  # fmt: skip
+    study = Study.new({"stages": "as stored"}, stages, "older")
+    study_store_for(Settings(home=home)).create(study)
+    listed = client.get("/studies")
+    assert listed.status_code == 200 and listed.json()["items"][0]["study_id"] == study.study_id
+    shown = client.get(f"/studies/{study.study_id}").json()
+    assert shown["stages"][0]["jobs"][0]["label"] == long_label
+    refused = client.post("/studies", json={"stages": [
+        {"name": "base", "trainings": [{"label": long_label, "spec": {"dataset": "digits"}}]},
+    ]})  # fmt: skip
+    assert refused.status_code == 422 and "1 to 100 printable" in _error(refused)["message"]

@@ -11,18 +11,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 
 from service.plot_render import to_image, to_plotly
 from service.plots import Figure, Series, study_figures
 from service.study_render import tables, to_html, to_markdown
 from tests.conftest import CARD_0_1_0, make_record
 from trainer.card import ModelCard
+from trainer.errors import InvalidInputError
 from trainer.evaluate import evaluate_predictions
 from trainer.selection import Candidate, pick_best
 from trainer.study_discussion import discuss
 from trainer.study_report import ReportInput, StudyReport, build_study_report, sample_key
-from trainer.study_spec import StageTraining
+from trainer.study_spec import StageSpec, StageTraining, check_labels
 from worker.study_report import true_test_labels
 
 CLASSES = [str(d) for d in range(10)]
@@ -268,8 +268,10 @@ def test_a_hostile_label_stays_text_in_every_rendering(report: StudyReport) -> N
 
 @pytest.mark.parametrize("label", ["", "x" * 101, "two\nlines", "tab\there"])
 def test_a_training_label_is_one_line_of_at_most_100_characters(label: str) -> None:
-    with pytest.raises(ValidationError):
-        StageTraining(label=label, spec={"dataset": "digits"})
+    stages = [StageSpec(name="base", trainings=[StageTraining(label=label, spec={})])]
+    with pytest.raises(InvalidInputError, match="one line of 1 to 100 printable"):
+        check_labels(stages)
+    check_labels([StageSpec(name="base", trainings=[StageTraining(label="x" * 100, spec={})])])
 
 
 def test_epochs_are_whole_numbers_on_every_curve(report: StudyReport) -> None:

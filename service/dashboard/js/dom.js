@@ -57,6 +57,23 @@ export function showMessage(target, text, kind = "error") {
   target.hidden = !text;
 }
 
+// Runs `send` unless a send of this form is in progress. aria-disabled, not disabled:
+// a disabled button loses the keyboard's focus to the page's top.
+export async function sendingOnce(form, send) {
+  if (form.dataset.sending === "true") {
+    return;
+  }
+  const button = form.querySelector("button[type=submit]");
+  form.dataset.sending = "true";
+  button.setAttribute("aria-disabled", "true");
+  try {
+    await send();
+  } finally {
+    delete form.dataset.sending;
+    button.removeAttribute("aria-disabled");
+  }
+}
+
 export function clearMessage(target) {
   showMessage(target, "", "info");
 }

@@ -1,7 +1,7 @@
 // Upload an image to POST /predict and show the label with its top-k probabilities.
 
 import { request, withQuery } from "./api.js";
-import { clearMessage, element, showMessage } from "./dom.js";
+import { clearMessage, element, sendingOnce, showMessage } from "./dom.js";
 
 // The image shown beside the answer; released when the next one replaces it.
 let previewUrl = null;
@@ -65,19 +65,17 @@ export function setUpPredictForm({ form, message, result }) {
       version: form.elements.version.value.trim(),
       top_k: form.elements.top_k.value,
     });
-    const button = form.querySelector("button[type=submit]");
-    button.disabled = true;
-    // A version's first call loads it (seconds): say so rather than show nothing.
-    showMessage(message, "Classifying…", "info");
-    try {
-      const answer = await (await request(path, { method: "POST", body })).json();
-      clearMessage(message);
-      showResult(result, file, answer);
-    } catch (error) {
-      result.replaceChildren();
-      showMessage(message, error.message);
-    } finally {
-      button.disabled = false;
-    }
+    await sendingOnce(form, async () => {
+      // A version's first call loads it (seconds): say so rather than show nothing.
+      showMessage(message, "Classifying…", "info");
+      try {
+        const answer = await (await request(path, { method: "POST", body })).json();
+        clearMessage(message);
+        showResult(result, file, answer);
+      } catch (error) {
+        result.replaceChildren();
+        showMessage(message, error.message);
+      }
+    });
   });
 }

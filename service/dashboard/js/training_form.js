@@ -3,7 +3,7 @@
 // architecture or dataset appears here without touching the dashboard.
 
 import { getJson, newIdempotencyKey, sendJson } from "./api.js";
-import { clearMessage, element, showMessage } from "./dom.js";
+import { clearMessage, element, sendingOnce, showMessage } from "./dom.js";
 
 function resolve(document, schema) {
   if (schema && schema.$ref) {
@@ -110,20 +110,22 @@ export async function setUpTrainingForm({ form, message, description, onSubmitte
     if (pending?.text !== text) {
       pending = { text, key: newIdempotencyKey() };
     }
-    const button = form.querySelector("button[type=submit]");
-    button.disabled = true; // a double click queues one job
-    try {
-      const job = await sendJson("POST", "/jobs", spec, { "Idempotency-Key": pending.key });
-      pending = null;
-      showMessage(message, `Queued job ${job.job_id} for ${job.model_name}.`, "success");
-      onSubmitted(job);
-    } catch (error) {
-      if (error.status !== 0) {
-        pending = null; // the service answered: nothing is in doubt
+    const key = pending.key;
+    // A double click queues one job.
+    await sendingOnce(form, async () => {
+      try {
+        const job = await sendJson("POST", "/jobs", spec, { "Idempotency-Key": key });
+        pending = null;
+        showMessage(message, `Queued job ${job.job_id} for ${job.model_name}.`, "success");
+        onSubmitted(job);
+      } catch (error) {
+        // No answer, or a gateway's or the request timeout's (the job may exist): the
+        // same spec is sent again with the same key. The service's own refusals are final.
+        if (![0, 502, 504].includes(error.status)) {
+          pending = null;
+        }
+        showMessage(message, error.message);
       }
-      showMessage(message, error.message);
-    } finally {
-      button.disabled = false;
-    }
+    });
   });
 }
