@@ -11,16 +11,19 @@ stores' own "this id is taken" check is the atomic test, in SQLite and Redis ali
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Header, Request, Response
 
 from service.security import presented_key
-from trainer.errors import DaciaVisionError, InvalidInputError
+from trainer.errors import ConflictError, DaciaVisionError, InvalidInputError, NotFoundError
 
 # Stripe's limit; a UUID (36 characters) is what clients are told to send.
 MAX_KEY_LENGTH = 255
 REPLAYED_HEADER = "Idempotent-Replayed"
+Record = TypeVar("Record")
 
 
 class IdempotencyKeyReusedError(DaciaVisionError):
@@ -63,16 +66,43 @@ def _unquoted(header: str) -> str:
     return key
 
 
-def check_same_request(
-    kind: str, record_id: str, stored: dict[str, Any], received: dict[str, Any]
-) -> None:
-    """IdempotencyKeyReusedError (422) when a key comes back with a different body."""
-    if stored != received:
-        raise IdempotencyKeyReusedError(
-            f"this Idempotency-Key first created {kind} {record_id} from a different request "
-            "body; send a new key to create a new one, or the first body to read it back",
-            **{f"{kind}_id": record_id},
-        )
+@dataclass(frozen=True)
+class Replay(Generic[Record]):
+    """How to find what a key created before: a job or a study."""
+
+    kind: str  # "job" or "study", as messages and error details name it
+    load: Callable[[str], Record]  # raises NotFoundError for an id never used
+    request_of: Callable[[Record], dict[str, Any]]  # the body it was created from
+
+    def find(self, record_id: str | None, received: dict[str, Any]) -> Record | None:
+        """What ``record_id`` names, if anything; 422 when it came from another body."""
+        if record_id is None:
+            return None
+        try:
+            record = self.load(record_id)
+        except NotFoundError:
+            return None
+        if self.request_of(record) != received:
+            raise IdempotencyKeyReusedError(
+                f"this Idempotency-Key first created {self.kind} {record_id} from a different "
+                "request body; send a new key to create a new one, or the first body to read "
+                "it back",
+                **{f"{self.kind}_id": record_id},
+            )
+        return record
+
+    def create(
+        self, record_id: str | None, received: dict[str, Any], store: Callable[[], None]
+    ) -> Record | None:
+        """Run ``store``; None when it stored, or the record a simultaneous request with
+        the same key stored first."""
+        try:
+            store()
+        except ConflictError:
+            if (existing := self.find(record_id, received)) is None:
+                raise
+            return existing
+        return None
 
 
 def mark_replayed(response: Response, replayed: bool) -> None:

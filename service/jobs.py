@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from service.deps import JobDispatcher
 from service.errors import BrokerUnavailableError
-from service.idempotency import check_same_request
+from service.idempotency import Replay
 from trainer.budget import Budget, check_budget
 from trainer.datasets import check_split_sizes, dataset_info
-from trainer.errors import ConflictError, InvalidInputError, JobNotFoundError
+from trainer.errors import InvalidInputError
 from trainer.registry import FileModelRegistry
 from trainer.spec import AnyTrainingSpec
 from worker.jobstore import Job, JobError, JobStore
@@ -73,17 +71,13 @@ def submit_job(
     with the reason instead of waiting forever.
     """
     received = spec.model_dump(mode="json")
-    if job_id is not None and (existing := _existing(store, job_id, received)) is not None:
+    replay = Replay("job", store.get, lambda job: job.spec)
+    if (existing := replay.find(job_id, received)) is not None:
         return existing, True
     check_resources(spec, settings)
     check_augmentation_targets(spec, registry)
     job = Job.new(spec=received, model_name=spec.registered_name, job_id=job_id)
-    try:
-        store.create(job)
-    except ConflictError:
-        # Two requests with one idempotency key at once: the other one created it.
-        if job_id is None or (existing := _existing(store, job_id, received)) is None:
-            raise
+    if (existing := replay.create(job_id, received, lambda: store.create(job))) is not None:
         return existing, True
     try:
         dispatcher.enqueue(job.job_id)
@@ -98,12 +92,3 @@ def submit_job(
         store.finish(job.job_id, "failed", error=reason)
         raise
     return job, False
-
-
-def _existing(store: JobStore, job_id: str, received: dict[str, Any]) -> Job | None:
-    try:
-        job = store.get(job_id)
-    except JobNotFoundError:
-        return None
-    check_same_request("job", job_id, job.spec, received)
-    return job

@@ -6,13 +6,12 @@ The API only starts a study; the workers advance it as its jobs end.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from kombu.exceptions import OperationalError
 
 from service.deps import JobDispatcher
 from service.errors import BrokerUnavailableError
-from service.idempotency import check_same_request
+from service.idempotency import Replay
 from service.jobs import check_augmentation_targets, check_resources
 from service.schemas_studies import StageJobView, StageView, StudyView
 from trainer.errors import ConflictError, DaciaVisionError, JobNotFoundError
@@ -28,7 +27,7 @@ from trainer.study_spec import (
 from worker.jobstore import JobStore
 from worker.settings import Settings
 from worker.studies import Study, StudyStore
-from worker.studies.base import StudyNotFoundError, cancelled
+from worker.studies.base import cancelled
 from worker.studies.runtime import advance
 
 logger = logging.getLogger(__name__)
@@ -46,18 +45,14 @@ def create_study(
     """Store the study with its whole plan, then start the stages that can start; the
     study, and whether it already existed under ``study_id`` (an idempotency key's replay)."""
     received = request.model_dump(mode="json", exclude_none=True)
-    if study_id is not None and (existing := _existing(studies, study_id, received)) is not None:
+    replay = Replay("study", studies.get, lambda study: study.request)
+    if (existing := replay.find(study_id, received)) is not None:
         return _advanced_if_running(existing, settings, dispatcher, studies, jobs), True
     stages = check_stages(expand(request))
     check_labels(stages)
     _check_trainings(stages, settings, registry)
     study = Study.new(received, stages, request.name, study_id)
-    try:
-        studies.create(study)
-    except ConflictError:
-        # Two requests with one idempotency key at once: the other one created it.
-        if study_id is None or (existing := _existing(studies, study_id, received)) is None:
-            raise
+    if (existing := replay.create(study_id, received, lambda: studies.create(study))) is not None:
         return existing, True
     try:
         return advance(
@@ -87,15 +82,6 @@ def _advanced_if_running(
     except (OperationalError, OSError):
         logger.warning("study %s: the job queue is still unreachable", study.study_id)
         return study
-
-
-def _existing(studies: StudyStore, study_id: str, received: dict[str, Any]) -> Study | None:
-    try:
-        study = studies.get(study_id)
-    except StudyNotFoundError:
-        return None
-    check_same_request("study", study_id, study.request, received)
-    return study
 
 
 def _check_trainings(
