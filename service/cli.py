@@ -6,30 +6,16 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from service import client, download, local
+from service.client import bounded_int
 from service.model_cli import add_model_parsers
 from service.spec_arguments import add_training_spec_arguments
 from service.study_cli import add_study_parser
 from trainer.errors import DaciaVisionError
 from worker.jobstore.models import JOB_STATUSES
-
-
-def bounded_int(low: int, high: int) -> Callable[[str], int]:
-    """An argparse type: an integer from ``low`` to ``high``, else a usage error."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is not from {low} to {high}")
-        return value
-
-    return parse
 
 
 def _add_train_parser(commands: Any) -> None:

@@ -10,7 +10,8 @@ import argparse
 import json
 from typing import Any
 
-from service.client import api_call, api_client
+from service.client import api_call, api_client, bounded_int
+from trainer.spec_base import MAX_VERSION
 
 URL_HELP = "server URL (default: DACIAVISION_API_URL or http://127.0.0.1:8000)"
 
@@ -35,7 +36,7 @@ def add_model_parsers(commands: Any) -> list[argparse.ArgumentParser]:
     set_ = actions.add_parser("set", help="point an alias at a version (loaded and warmed first)")
     set_.add_argument("model_name")
     set_.add_argument("alias", help="e.g. production")
-    set_.add_argument("version", type=int, help="a version number")
+    set_.add_argument("version", type=bounded_int(1, MAX_VERSION), help="a version number")
     set_.set_defaults(handler=alias_set_command)
     parsers = [metrics, set_]
     for name, handler, text in (

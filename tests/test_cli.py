@@ -132,7 +132,8 @@ def test_a_key_file_s_trailing_newline_is_not_part_of_the_key(
 @pytest.mark.parametrize(
     "arguments",
     [["serve", "--port", "99999"], ["serve", "--workers", "-1"], ["jobs", "list", "--limit", "0"],
-     ["jobs", "list", "--status", "done"]],
+     ["jobs", "list", "--status", "done"], ["alias", "set", "m", "production", "0"],
+     ["alias", "set", "m", "production", "v2"]],
 )  # fmt: skip
 def test_out_of_range_numbers_are_usage_errors(
     arguments: list[str], capsys: pytest.CaptureFixture[str]

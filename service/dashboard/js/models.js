@@ -58,13 +58,9 @@ function aliasList(model, actions) {
 function promoteForm(model, actions) {
   const names = [...new Set([DEFAULT_ALIAS, ...Object.keys(model.aliases)])];
   const listId = `aliases-${model.model_name}`;
-  // The service's alias rule, so a name of spaces is refused here with the reason.
+  // Something other than spaces: the service's own message explains its alias rule.
   const alias = element("input", {
-    attributes: {
-      name: "alias", value: DEFAULT_ALIAS, list: listId, required: true, size: 12,
-      pattern: "\\s*[a-z0-9][a-z0-9\\-]{0,63}\\s*",
-      title: "up to 64 lowercase letters, digits and '-', starting with a letter or digit",
-    },
+    attributes: { name: "alias", value: DEFAULT_ALIAS, list: listId, required: true, size: 12, pattern: ".*\\S.*" },
   });
   const version = element(
     "select",
