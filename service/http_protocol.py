@@ -106,6 +106,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = True
         self._head_pending = False
         self._cancel_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelining client's earlier request is still being answered: a refusal
+            # written now would cut into that response. It ends it instead, and the
+            # connection closes once it is sent.
+            self.cycle.keep_alive = False
+            return
         reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
         body = message.encode("ascii")
         self.transport.write(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -19,6 +20,8 @@ class QuickToTimeOut(BoundedHttpToolsProtocol):
 
 
 async def echo_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    if scope["path"] == "/slow":
+        await asyncio.sleep(0.5)
     body = b""
     while True:
         message = await receive()
@@ -99,3 +102,12 @@ def test_a_connection_that_sends_nothing_is_closed_in_time(port: int) -> None:
     started = time.monotonic()
     assert _exchange(port).startswith(b"HTTP/1.1 408 Request Timeout")
     assert time.monotonic() - started < 5
+
+
+def test_a_refusal_never_cuts_into_a_pipelined_response_in_flight(port: int) -> None:
+    slow = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+    oversized = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (MAX_HEAD_BYTES + 1024)
+    answer = _exchange(port, slow + oversized)
+    # The slow request's whole answer, then the connection closes: no 431 inside it.
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"got 0 bytes\r\n0\r\n\r\n")
+    assert b"431" not in answer
