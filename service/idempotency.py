@@ -36,7 +36,8 @@ IdempotencyKeyHeader = Annotated[
         alias="Idempotency-Key",
         # Quotes included: the IETF draft sends the key as a structured-field string.
         max_length=MAX_KEY_LENGTH + 2,
-        description="Any unique string, e.g. a UUID, at most 255 characters. A retry with "
+        description="A unique key, e.g. a UUID: 1 to 255 visible ASCII characters without "
+        "spaces or quotes, optionally in double quotes. A retry with "
         "the same key and the same body returns what the first request created (with "
         f"`{REPLAYED_HEADER}: true`) instead of creating it again; the same key with a "
         "different body is a 422.",
