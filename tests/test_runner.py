@@ -158,6 +158,33 @@ def test_a_stored_spec_this_release_refuses_fails_the_job_at_once(tmp_path: Path
     assert "epochs" in failed.error.message
 
 
+def test_a_diverging_training_fails_its_job_and_leaves_every_record_readable(
+    tmp_path: Path,
+) -> None:
+    # Plain SGD at the largest learning rate a spec allows, with batch normalisation:
+    # the loss is NaN by the second epoch. A NaN stored in the job's history would be
+    # written as null and make the record unreadable, and with it every sweep.
+    settings = Settings(home=tmp_path)
+    store = SqliteJobStore(settings.jobs_db_path)
+    diverging = {
+        "dataset": "digits",
+        "epochs": 4,
+        "optimizer": "sgd",
+        "learning_rate": 10,
+        "hyperparameters": {"filters1": 16, "filters2": 32, "dense_units": 64, "batch_norm": True},
+    }
+    job = queued_job(store, diverging)
+
+    assert runner.run_job(job.job_id, settings) == {"job_id": job.job_id, "status": "failed"}
+    failed = store.get(job.job_id)
+    assert failed.error is not None and failed.error.type == "TrainingDivergedError"
+    assert "lower learning_rate" in failed.error.message
+    assert len(failed.history) < 4  # stopped at the first NaN, not after the budget
+    assert store.list(limit=10)[1] == 1
+    assert store.requeue_orphans(3) == ([], [])
+    assert FileModelRegistry(settings.resolved_registry_dir).list_models() == []
+
+
 def run_with_while_saving(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -8,12 +8,12 @@ import pytest
 from trainer.augmentation import build_augmenter, oversample
 from trainer.data import prepare
 from trainer.datasets import DATASETS
-from trainer.errors import TrainingCancelledError
+from trainer.errors import TrainingCancelledError, TrainingDivergedError
 from trainer.evaluate import evaluate
 from trainer.progress import EpochProgress
 from trainer.spec import parse_training_spec
 from trainer.spec_base import AugmentationSpec
-from trainer.train import inference_copy, train
+from trainer.train import _ProgressCallback, inference_copy, train
 
 SMALL_CNN = {"filters1": 16, "filters2": 32, "dense_units": 64}
 
@@ -96,6 +96,29 @@ def test_cancel_stops_within_one_compiled_call(digits) -> None:  # type: ignore[
         train(spec, None, data=digits, progress=[epochs.append], should_cancel=should_cancel)
     assert checks == 5  # no compiled call ran after the one that saw the request
     assert epochs == []
+
+
+@pytest.mark.parametrize("loss", [float("nan"), float("inf")])
+def test_an_epoch_whose_loss_is_not_a_number_ends_training(loss: float) -> None:
+    reported: list[EpochProgress] = []
+    callback = _ProgressCallback(epochs=5, listeners=[reported.append])
+    with pytest.raises(TrainingDivergedError, match="after epoch 3 of 5"):
+        callback.on_epoch_end(2, {"loss": loss, "accuracy": 0.1})
+    assert reported == []
+
+
+def test_an_overflowing_validation_loss_is_reported_as_missing() -> None:
+    reported: list[EpochProgress] = []
+    callback = _ProgressCallback(epochs=5, listeners=[reported.append])
+    logs = {"loss": 2.0, "accuracy": 0.3, "val_loss": float("inf"), "val_accuracy": 0.2}
+    callback.on_epoch_end(0, logs)
+    assert reported[0].val_loss is None
+    assert reported[0].val_accuracy == pytest.approx(0.2)
+
+
+def test_epoch_progress_refuses_what_json_cannot_carry() -> None:
+    with pytest.raises(ValueError):
+        EpochProgress(epoch=1, epochs=1, loss=float("nan"), accuracy=0.1, seconds=1.0)
 
 
 def test_early_stopping_ends_before_the_epoch_budget(digits) -> None:  # type: ignore[no-untyped-def]

@@ -77,3 +77,9 @@ class CorruptModelError(DaciaVisionError):
 
 class TrainingCancelledError(DaciaVisionError):
     code = "cancelled"
+
+
+class TrainingDivergedError(DaciaVisionError):
+    """The loss stopped being a number: the weights are lost, so training ends here."""
+
+    code = "training_diverged"

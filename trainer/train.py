@@ -7,6 +7,7 @@ come in as plain callables.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import tensorflow as tf
 from trainer.architectures import architecture, build_model
 from trainer.augmentation import build_augmenter, flips, oversample
 from trainer.data import PreparedData, prepare
-from trainer.errors import InvalidInputError, TrainingCancelledError
+from trainer.errors import InvalidInputError, TrainingCancelledError, TrainingDivergedError
 from trainer.lookahead import Lookahead
 from trainer.optimizers import FusedAdam, FusedAdamW, FusedSGD
 from trainer.progress import EpochProgress
@@ -68,15 +69,25 @@ class _ProgressCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
+        loss = float(logs["loss"])
+        learning_rate = _current_learning_rate(self.model)
+        if not math.isfinite(loss):
+            # The weights are NaN or infinite by now: every further epoch is wasted, and
+            # the model must not be registered.
+            at_rate = "" if learning_rate is None else f" (learning rate {learning_rate:g})"
+            raise TrainingDivergedError(
+                f"training diverged: the loss was {loss} after epoch {epoch + 1} of "
+                f"{self.epochs}{at_rate}; lower learning_rate, e.g. to a tenth"
+            )
         record = EpochProgress(
             epoch=epoch + 1,
             epochs=self.epochs,
-            loss=float(logs["loss"]),
+            loss=loss,
             accuracy=float(logs["accuracy"]),
-            val_loss=_optional_float(logs.get("val_loss")),
-            val_accuracy=_optional_float(logs.get("val_accuracy")),
+            val_loss=_finite_or_none(logs.get("val_loss")),
+            val_accuracy=_finite_or_none(logs.get("val_accuracy")),
             seconds=round(time.perf_counter() - self._epoch_started, 3),
-            learning_rate=_current_learning_rate(self.model),
+            learning_rate=learning_rate,
         )
         self.history.append(record)
         for listener in self.listeners:
@@ -100,8 +111,12 @@ class _CancelCallback(keras.callbacks.Callback):
             raise TrainingCancelledError("training was cancelled on request")
 
 
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _finite_or_none(value: Any) -> float | None:
+    # A validation loss can overflow while the training loss is still a number; the
+    # epoch is then reported without it rather than not at all.
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return float(value)
 
 
 def _current_learning_rate(model: keras.Model) -> float | None:
