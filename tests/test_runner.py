@@ -270,12 +270,13 @@ def test_a_worker_that_lost_its_job_while_saving_publishes_nothing(
     assert (current.status, current.worker) == ("running", "worker-2:1")
 
 
-@pytest.mark.parametrize("failing", ["renew_lease", "finish"])
-def test_a_store_hiccup_around_publishing_does_not_cost_the_job(
+@pytest.mark.parametrize("failing", ["record_epoch", "renew_lease", "finish"])
+def test_a_store_hiccup_while_training_or_publishing_does_not_cost_the_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
-    # Before publishing (the lease and cancel are confirmed) and after (the version is
-    # recorded), one failed store call is tried again, not the training thrown away.
+    # At an epoch's end (its progress is recorded), before publishing (the lease and
+    # cancel are confirmed) and after (the version is recorded), one failed store call
+    # is tried again, not the training thrown away.
     settings = Settings(home=tmp_path)
     store = SqliteJobStore(settings.jobs_db_path)
     job = queued_job(store, {**TINY, "epochs": 1})

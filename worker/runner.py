@@ -197,7 +197,16 @@ def _run_claimed(
     lease.start()
 
     def record_epoch(progress: EpochProgress) -> None:
-        store.record_epoch(job_id, progress, worker=worker)
+        # Progress is what the API shows while the job runs, not its result (the card
+        # keeps the whole history): a store that stays down must not cost the training.
+        try:
+            _retrying(lambda: store.record_epoch(job_id, progress, worker=worker))
+        except LeaseLostError:
+            raise
+        except Exception:
+            logger.warning(
+                "job %s: epoch %d was not recorded", job_id, progress.epoch, exc_info=True
+            )
 
     try:
         registered = train_and_register(
