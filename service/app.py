@@ -40,7 +40,7 @@ from service.security import (
     document_key_security,
     host_policy,
 )
-from worker.recovery import requeue_orphaned_jobs
+from worker.recovery import requeue_orphaned_jobs, send_running_studies_an_advance
 from worker.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ async def _recover_orphaned_jobs_forever(services: Services) -> None:
     settings = services.settings
     interval = max(1.0, settings.job_lease_seconds / 2)
     staging_checked = -math.inf  # at the first sweep, then every quarter of the age
+    studies_checked = time.monotonic()  # workers advance every running study as they start
     while True:
         await asyncio.sleep(interval)
         try:
@@ -113,6 +114,18 @@ async def _recover_orphaned_jobs_forever(services: Services) -> None:
             )
         except Exception:
             logger.warning("could not check for orphaned jobs", exc_info=True)
+        if time.monotonic() - studies_checked >= settings.job_resend_after_seconds:
+            # As often as lost job messages are sent again: a study whose advance failed
+            # when its job ended would otherwise wait for a worker to start.
+            studies_checked = time.monotonic()
+            try:
+                await asyncio.to_thread(
+                    send_running_studies_an_advance,
+                    services.study_store,
+                    services.dispatcher.celery_app,
+                )
+            except Exception:
+                logger.warning("could not ask to advance running studies", exc_info=True)
         if time.monotonic() - staging_checked >= settings.staging_max_age_seconds / 4:
             # A training process killed while saving leaves its staging folder, and its
             # worker may live on for weeks (only the child died): workers clean up at

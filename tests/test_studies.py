@@ -20,7 +20,7 @@ from tests.conftest import make_record
 from tests.workers import ensure_redis, redis_url
 from trainer import study_presets, study_spec
 from trainer.architectures import ARCHITECTURES
-from trainer.errors import InvalidInputError
+from trainer.errors import ConflictError, InvalidInputError
 from trainer.registry import FileModelRegistry
 from trainer.selection import Candidate, pick_best
 from trainer.statistics import (
@@ -32,11 +32,18 @@ from trainer.statistics import (
 from trainer.study_presets import VARIATIONS, expand
 from trainer.study_spec import StudyRequest, check_stages, study_of_job
 from worker.jobstore import JobError, RedisJobStore, SqliteJobStore
+from worker.recovery import send_running_studies_an_advance
 from worker.settings import Settings
 from worker.studies import RedisStudyStore, SqliteStudyStore, Study
 from worker.studies.advance import advance_study
 from worker.studies.base import JobOutcome, advanced, cancelled
-from worker.studies.runtime import advance, advance_running_studies, study_store_for
+from worker.studies.runtime import (
+    ADVANCE_STUDY_TASK,
+    advance,
+    advance_after_job,
+    advance_running_studies,
+    study_store_for,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -609,3 +616,50 @@ def test_a_stored_study_an_older_release_accepted_still_loads(
         {"name": "base", "trainings": [{"label": long_label, "spec": {"dataset": "digits"}}]},
     ]})  # fmt: skip
     assert refused.status_code == 422 and "1 to 100 printable" in _error(refused)["message"]
+
+
+def test_a_study_whose_advance_failed_is_asked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job of the study ends while the store is briefly down: the advance that its
+    # worker runs fails, so that worker asks the queue for another; and the API's
+    # sweep asks for one for every running study, whatever went wrong.
+    settings = Settings(home=tmp_path)
+    celery = _FakeCelery()
+    studies = study_store_for(settings)
+    study = _study()
+    studies.create(study)
+    job_id = study.stage("variations").models[0].job_id
+
+    def store_down(*_: Any, **__: Any) -> None:
+        raise ConnectionError("the store is briefly unreachable")
+
+    monkeypatch.setattr("worker.studies.runtime.advance", store_down)
+    advance_after_job(job_id, settings, celery)  # never raises
+    assert celery.sent == [(ADVANCE_STUDY_TASK, study.study_id)]
+
+    ended = _study()
+    studies.create(ended)
+    studies.update(ended.study_id, cancelled)
+    swept = _FakeCelery()
+    assert send_running_studies_an_advance(studies, swept) == [study.study_id]
+    assert swept.sent == [(ADVANCE_STUDY_TASK, study.study_id)]
+
+
+def test_a_study_id_is_created_once_with_its_indexes(stores: tuple[Any, Any]) -> None:
+    studies, _ = stores
+    study = _study()
+    studies.create(study)
+    with pytest.raises(ConflictError):
+        studies.create(study)
+    listed, total = studies.list(status="running")
+    assert total == 1 and [s.study_id for s in listed] == [study.study_id]
+    assert studies.list()[1] == 1
+
+
+def test_the_redis_study_store_has_explicit_socket_timeouts(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, redis_url=REDIS_URL, redis_socket_timeout_seconds=2.5)
+    store = study_store_for(settings)
+    assert isinstance(store, RedisStudyStore)
+    options = store.client.connection_pool.connection_kwargs
+    assert (options["socket_timeout"], options["socket_connect_timeout"]) == (2.5, 2.5)

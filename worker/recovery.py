@@ -13,6 +13,7 @@ from celery import Celery
 from trainer.study_spec import study_of_job
 from worker.app import enqueue_training
 from worker.jobstore import JobStore
+from worker.studies.base import StudyStore
 from worker.studies.runtime import ADVANCE_STUDY_TASK, send_study_task
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,25 @@ def _advance_studies_of(ended_job_ids: list[str], celery_app: Celery) -> None:
         except Exception:
             # A worker's start advances every running study anyway.
             logger.warning("could not ask to advance study %s", study_id, exc_info=True)
+
+
+def send_running_studies_an_advance(studies: StudyStore, celery_app: Celery) -> list[str]:
+    """Ask the workers to advance every running study; returns the ids asked for.
+
+    A study advances when one of its jobs ends; if that advance failed (the store or
+    the broker briefly down) nothing else would move the study on before a worker
+    starts. Advancing is idempotent, so asking again is harmless.
+    """
+    running, _ = studies.list(status="running", limit=10_000)
+    asked: list[str] = []
+    for study in running:
+        try:
+            send_study_task(celery_app, ADVANCE_STUDY_TASK, study.study_id)
+        except Exception:
+            logger.warning("could not ask to advance study %s", study.study_id, exc_info=True)
+            continue
+        asked.append(study.study_id)
+    return asked
 
 
 def send_queued_jobs(store: JobStore, celery_app: Celery, resend_after_seconds: float) -> list[str]:

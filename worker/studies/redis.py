@@ -18,9 +18,22 @@ class RedisStudyStore:
     """Studies in the Redis that holds the jobs; every change in a WATCH/MULTI loop."""
 
     def __init__(
-        self, url: str, prefix: str = "daciavision", *, clock: job_base.Clock = utc_now
+        self,
+        url: str,
+        prefix: str = "daciavision",
+        *,
+        clock: job_base.Clock = utc_now,
+        socket_timeout: float = 5.0,
     ) -> None:
-        self.client = redis.Redis.from_url(url, decode_responses=True)
+        # Explicit timeouts, as the job store's: without them a half-open connection
+        # blocks a request, or a worker advancing a study, forever.
+        self.client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            health_check_interval=30,
+        )
         self.prefix = prefix
         self.clock = clock
 
@@ -32,13 +45,24 @@ class RedisStudyStore:
 
     def create(self, study: Study) -> None:
         """Store a new study; ConflictError if its id is taken."""
+        key = self._key(study.study_id)
         score = job_base.microseconds(study.created_at)
-        if not self.client.set(self._key(study.study_id), study.model_dump_json(), nx=True):
-            raise ConflictError(f"Study {study.study_id!r} already exists")
+        # The document and its indexes in one transaction: a study stored but not
+        # indexed would never be listed, nor advanced by a worker's start.
         with self.client.pipeline() as pipe:
-            pipe.zadd(self._index(), {study.study_id: score})
-            pipe.zadd(self._index(study.status), {study.study_id: score})
-            pipe.execute()
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]  # untyped in redis-py
+                    if pipe.exists(key):
+                        raise ConflictError(f"Study {study.study_id!r} already exists")
+                    pipe.multi()
+                    pipe.set(key, study.model_dump_json())
+                    pipe.zadd(self._index(), {study.study_id: score})
+                    pipe.zadd(self._index(study.status), {study.study_id: score})
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue  # created meanwhile: the next look sees it
 
     def get(self, study_id: str) -> Study:
         """The study with this id; StudyNotFoundError if there is none."""

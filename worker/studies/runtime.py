@@ -32,7 +32,9 @@ STUDY_REPORT_TASK = "daciavision.study_report"
 def study_store_for(settings: Settings) -> StudyStore:
     """The study store beside the configured job store."""
     if settings.redis_url:
-        return RedisStudyStore(settings.redis_url)
+        return RedisStudyStore(
+            settings.redis_url, socket_timeout=settings.redis_socket_timeout_seconds
+        )
     return SqliteStudyStore(settings.jobs_db_path)
 
 
@@ -72,8 +74,12 @@ def advance_after_job(job_id: str, settings: Settings, celery_app: Celery) -> No
     try:
         advance(study_id, settings, celery_app)
     except Exception:
-        # The next job end or worker start advances it again.
         logger.exception("could not advance study %s after job %s", study_id, job_id)
+        try:
+            # Another worker tries soon; failing that, the API's sweep asks again.
+            send_study_task(celery_app, ADVANCE_STUDY_TASK, study_id)
+        except Exception:
+            logger.warning("could not ask to advance study %s", study_id, exc_info=True)
 
 
 def advance_running_studies(settings: Settings, celery_app: Celery) -> list[str]:
