@@ -106,7 +106,8 @@ class MetricsReport(EvaluationReport):
     training_seconds: float
     epochs_run: int
     final_train_accuracy: float = Field(
-        description="The last epoch's running training accuracy, with dropout and augmentation on."
+        description="The running training accuracy of the epoch whose weights the model "
+        "holds (the last, or early stopping's best), with dropout and augmentation on."
     )
     validation_accuracy: float
     generalization_gap: float = Field(

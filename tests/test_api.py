@@ -610,6 +610,10 @@ def test_metrics_report_matches_the_card(client: TestClient) -> None:
     assert report["parameter_count"] == card["parameter_count"] > 0
     assert report["training_seconds"] == card["timings"]["fit_seconds"] > 0
     assert report["epochs_run"] == 3 and len(report["history"]) == 3
+    # No early stopping: the model holds the last epoch's weights, and the lab's figure
+    # is that epoch's.
+    assert card["timings"]["weights_epoch"] == 3
+    assert report["final_train_accuracy"] == pytest.approx(report["history"][-1]["accuracy"])
     assert report["generalization_gap"] == pytest.approx(
         report["final_train_accuracy"] - report["validation_accuracy"], abs=1e-5
     )

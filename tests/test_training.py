@@ -134,6 +134,10 @@ def test_early_stopping_ends_before_the_epoch_budget(digits) -> None:  # type: i
     result = train(spec, None, data=digits)
     assert result.stopped_early
     assert result.epochs_run < 60
+    # The best epoch's weights are handed back: the one of the lowest validation loss.
+    losses = [epoch.val_loss for epoch in result.history]
+    assert result.weights_epoch == 1 + losses.index(min(losses))  # type: ignore[type-var]
+    assert result.weights_epoch <= result.epochs_run - 2  # patience 2: no better epoch since
 
 
 def test_oversample_repeats_target_classes_only() -> None:

@@ -55,8 +55,9 @@ class CardMetrics(_CardPart):
     test: EvaluationReport = Field(description="Measured once, on the held-out test split.")
     validation: EvaluationReport = Field(description="What model selection may look at.")
     final_train_accuracy: float = Field(
-        description="The last epoch's running training accuracy, as Keras reports it: "
-        "averaged while the weights changed, with dropout and augmentation on."
+        description="The running training accuracy of the epoch whose weights the model "
+        "holds (timings.weights_epoch), as Keras reports it: averaged while the weights "
+        "changed, with dropout and augmentation on."
     )
     validation_accuracy: float
     generalization_gap: float = Field(
@@ -77,6 +78,12 @@ class Timings(_CardPart):
     fit_seconds: float
     epochs_run: int
     stopped_early: bool
+    weights_epoch: int | None = Field(
+        None,
+        description="The epoch whose weights the model holds: the last one, or with early "
+        "stopping the one of the lowest validation loss. None on cards written before "
+        "2026-12-05.",
+    )
     seconds_per_epoch: float
     evaluate_seconds: float | None = None
 

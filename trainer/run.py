@@ -146,7 +146,8 @@ def build_record(
     train_predictions = predict_probabilities(result.model, data.train.x).argmax(axis=1)
     train_accuracy = float(np.mean(train_predictions == data.train.y))
     evaluate_seconds = time.perf_counter() - evaluate_started
-    final_train_accuracy = result.history[-1].accuracy
+    weights_epoch = result.weights_epoch or result.epochs_run
+    final_train_accuracy = result.history[weights_epoch - 1].accuracy
     return TrainingRecord(
         job_id=job_id,
         architecture=spec.architecture,
@@ -178,6 +179,7 @@ def build_record(
             fit_seconds=result.fit_seconds,
             epochs_run=result.epochs_run,
             stopped_early=result.stopped_early,
+            weights_epoch=weights_epoch,
             seconds_per_epoch=round(result.fit_seconds / max(1, result.epochs_run), 3),
             evaluate_seconds=round(evaluate_seconds, 3),
         ),

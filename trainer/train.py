@@ -48,6 +48,8 @@ class TrainingResult:
     prepare_seconds: float
     stopped_early: bool
     target_classes: list[str] = field(default_factory=list)
+    # Early stopping hands back the best epoch's weights, stopped early or not.
+    weights_epoch: int | None = None
 
     @property
     def epochs_run(self) -> int:
@@ -117,6 +119,12 @@ def _finite_or_none(value: Any) -> float | None:
     if value is None or not math.isfinite(float(value)):
         return None
     return float(value)
+
+
+def _restored_epoch(early_stopping: keras.callbacks.EarlyStopping | None) -> int | None:
+    if early_stopping is None or early_stopping.best_weights is None:
+        return None
+    return int(early_stopping.best_epoch) + 1
 
 
 def _current_learning_rate(model: keras.Model) -> float | None:
@@ -336,6 +344,7 @@ def train(
         prepare_seconds=round(prepare_seconds, 3),
         stopped_early=stopped_early,
         target_classes=list(target_classes),
+        weights_epoch=_restored_epoch(early_stopping),
     )
 
 
