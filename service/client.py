@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from service.spec_arguments import spec_from_arguments
+from trainer.errors import InvalidInputError
 from worker.settings import get_settings
 
 TERMINAL_STATUSES = {"succeeded", "failed", "cancelled"}
@@ -52,11 +53,11 @@ def api_client(arguments: argparse.Namespace) -> httpx.Client:
     url = arguments.url or settings.api_url
     if "://" not in url:
         where = "--url" if arguments.url else "DACIAVISION_API_URL"
-        raise ServerError(f"{where} {url!r} needs its scheme: http://{url} or https://{url}")
+        raise InvalidInputError(f"{where} {url!r} needs its scheme: http://{url} or https://{url}")
     key = (settings.api_key or "").strip()  # a key file's trailing newline
     if not all("!" <= character <= "~" for character in key):
         # Never echo the key: the message goes to terminals and logs.
-        raise ServerError(
+        raise InvalidInputError(
             "DACIAVISION_API_KEY holds characters an HTTP header cannot carry (spaces, "
             "control or non-ASCII characters); set it to the key `daciavision keys new` printed"
         )
@@ -240,7 +241,7 @@ def predict_command(arguments: argparse.Namespace) -> int:
     for name in arguments.files:
         path = Path(name)
         if not path.is_file():
-            raise ServerError(f"{name}: no such image file")
+            raise InvalidInputError(f"{name}: no such image file")
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         files.append(("files", (path.name, path.read_bytes(), content_type)))
     with api_client(arguments) as client:

@@ -37,7 +37,7 @@ IdempotencyKeyHeader = Annotated[
         # Quotes included: the IETF draft sends the key as a structured-field string.
         max_length=MAX_KEY_LENGTH + 2,
         description="A unique key, e.g. a UUID: 1 to 255 visible ASCII characters without "
-        "spaces or quotes, optionally in double quotes. A retry with "
+        "spaces or double quotes, optionally in double quotes. A retry with "
         "the same key and the same body returns what the first request created (with "
         f"`{REPLAYED_HEADER}: true`) instead of creating it again; the same key with a "
         "different body is a 422.",
@@ -60,7 +60,7 @@ def _unquoted(header: str) -> str:
     if not 0 < len(key) <= MAX_KEY_LENGTH or not all("!" <= c <= "~" and c != '"' for c in key):
         raise InvalidInputError(
             f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters without "
-            "spaces or quotes, optionally in double quotes; a UUID is a good key",
+            "spaces or double quotes, optionally in double quotes; a UUID is a good key",
             field="header.Idempotency-Key",
             received=header,
         )

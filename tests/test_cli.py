@@ -93,13 +93,15 @@ NOWHERE = "http://127.0.0.1:9"  # nothing listens on port 9
 
 
 @pytest.mark.parametrize(
-    ("arguments", "environment", "expected"),
+    ("arguments", "environment", "expected", "status"),
     [
-        (["predict", "no-such.png", "--model-name", "m"], {}, "no-such.png: no such image file"),
-        (["predict", ".", "--model-name", "m"], {}, ".: no such image file"),
-        (["jobs", "list", "--url", "localhost:8000"], {}, "needs its scheme: http://localhost"),
-        (["jobs", "list"], {"DACIAVISION_API_KEY": "dv_clé"}, "characters an HTTP header"),
-        (["study", "report", "a" * 32, "--output", "/proc/no/such/r.html"], {}, "/proc/no"),
+        # Invalid input, found before anything is sent: 2, as argparse's own errors.
+        (["predict", "no-such.png", "--model-name", "m"], {}, "no-such.png: no such image", 2),
+        (["predict", ".", "--model-name", "m"], {}, ".: no such image file", 2),
+        (["jobs", "list", "--url", "localhost:8000"], {}, "needs its scheme: http://localhost", 2),
+        (["jobs", "list"], {"DACIAVISION_API_KEY": "dv_clé"}, "characters an HTTP header", 2),
+        # The file system refused a file the command was to write: 1.
+        (["study", "report", "a" * 32, "--output", "/proc/no/such/r.html"], {}, "/proc/no", 1),
     ],
 )
 def test_a_users_mistake_is_one_line_not_a_traceback(
@@ -109,12 +111,13 @@ def test_a_users_mistake_is_one_line_not_a_traceback(
     arguments: list[str],
     environment: dict[str, str],
     expected: str,
+    status: int,
 ) -> None:
     monkeypatch.setenv("DACIAVISION_API_URL", NOWHERE)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    assert main(arguments) == 1
+    assert main(arguments) == status
     error = capsys.readouterr().err
     assert error.startswith("error: ") and expected in error and "Traceback" not in error
     assert "clé" not in error  # never the key itself

@@ -84,7 +84,7 @@ def test_keys_of_different_api_keys_never_meet(make_client: ClientFactory) -> No
         ("x" * 256, "1 to 255 visible ASCII characters"),
         ("two words", "without spaces"),
         ('""', "1 to 255"),
-        ('"a"b"', "without spaces or quotes"),
+        ('"a"b"', "without spaces or double quotes"),
     ],
 )
 def test_a_malformed_key_is_a_422_naming_the_header(

@@ -5,7 +5,8 @@ Layout under ``root`` (the REGISTRY_DIR setting)::
     {root}/{model_name}/{version}/model.keras, card.json [, deleted.json]
     {root}/{model_name}/.reserved/{version}/   every number ever handed out, kept forever
     {root}/{model_name}/.staging/{uuid}/       versions being written, invisible to readers
-    {root}/{model_name}/aliases.json           current aliases and their history
+    {root}/{model_name}/aliases.json           current aliases
+    {root}/{model_name}/alias-history.json     the recent moves of each alias (bounded)
 
 Free of TensorFlow: the API and the Celery main process import it, and TensorFlow
 loaded before a worker forks hangs the child. ``write_model`` does the saving.

@@ -113,6 +113,7 @@ def get_job(store: JobStoreDep, job_id: JobIdPath) -> JobView:
     responses=error_responses(404, 409, 422),
 )
 def cancel_job(store: JobStoreDep, job_id: JobIdPath) -> JobView:
-    """A queued job is cancelled at once; a running one stops within one training batch and
-    ends `cancelled` with no version registered. Cancelling an ended job is a 409."""
+    """A queued job is cancelled at once; a running one stops within one compiled training
+    call (8 batches) and ends `cancelled` with no version registered. Cancelling an ended
+    job is a 409."""
     return JobView.from_job(store.request_cancel(job_id))

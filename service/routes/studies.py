@@ -149,8 +149,8 @@ def get_study_plot(
     name: Annotated[str, Path(max_length=100, description="The plot's name in the report.")],
     image_format: ImageFormat,
 ) -> Response:
-    """Stable URLs for embedding: `accuracy_vs_cost`, `f1_{stage}_{index}`, ... as
-    `.svg` or as a small `.png`."""
+    """Stable URLs for embedding: `accuracy_vs_cost`, `f1_{index}`, ... as `.svg` or as
+    a small `.png`; the Markdown report links each one."""
     study = studies.get(study_id)
     report = load_report(settings, study_id, study.status)
     return Response(study_plot(report, name, image_format), media_type=MEDIA_TYPES[image_format])
