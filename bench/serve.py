@@ -161,20 +161,27 @@ def measure(args: argparse.Namespace) -> Measured:
                     batch.images_per_request = BATCH_IMAGES
                     results["batch"] = batch
                     print(f"  JSON, {BATCH_IMAGES} images each, concurrency 4: {batch.summary()}")
+                    first_raw = measured_raw[-1][0]
                     rounds.append(
-                        JsonRound(batch, raw_images_per_second(measured_raw[-1][0], BATCH_IMAGES))
+                        JsonRound(
+                            batch,
+                            raw_images_per_second(first_raw, BATCH_IMAGES),
+                            raw_images_per_second(first_raw, 256),
+                        )
                     )
                     for number in range(2, JSON_ROUNDS + 1):
                         raw64 = run_raw_batch(model, bodies.images, BATCH_IMAGES)
+                        raw256 = run_raw_batch(model, bodies.images, 256)
                         again = run_hey(
                             url, bodies.batch_json, "application/json", concurrency=4,
                             seconds=duration, session=session,
                         )  # fmt: skip
                         again.images_per_request = BATCH_IMAGES
-                        rounds.append(JsonRound(again, raw64))
+                        rounds.append(JsonRound(again, raw64, raw256))
                         print(
-                            f"  round {number}: raw batch {BATCH_IMAGES} {raw64:,.0f} images/s; "
-                            f"JSON {again.summary()}, {rounds[-1].ratio:.0%}",
+                            f"  round {number}: raw batch {BATCH_IMAGES} {raw64:,.0f} images/s, "
+                            f"batch 256 {raw256:,.0f}; JSON {again.summary()}, "
+                            f"{rounds[-1].ratio:.0%} / {rounds[-1].ratio_to_limit:.0%}",
                             flush=True,
                         )
                     rss_after = peak_rss_mib(running.process.pid)

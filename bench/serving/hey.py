@@ -86,7 +86,9 @@ def parse_hey(output: str) -> LoadResult:
             if match := re.match(r"\s*\[(\d+)\]\s+(.*)", line):
                 errors += int(match.group(1))
                 error_lines.append(line.strip()[:200])
-    requests = sum(statuses.values())
+    # Only answers that served the request count towards throughput: a fast error is not
+    # a prediction. ``requests + errors`` is then every request sent.
+    requests = statuses.get(200, 0)
     return LoadResult(requests, seconds, percentiles, errors, error_lines)
 
 

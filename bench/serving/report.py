@@ -7,7 +7,7 @@ import shutil
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -38,11 +38,23 @@ class JsonRound:
     """One round of target 6: ours under JSON batches, and the raw limit right before."""
 
     json: LoadResult
-    raw_images_per_second: float
+    raw_images_per_second: float  # at batch 64, the size of one request
+    # At batch 256: with the batch-64 figure, the raw limit (c) as issue 9 defines it,
+    # "batches of 64 and 256". None in runs from before it was measured every round.
+    raw_batch256_images_per_second: float | None = None
 
     @property
     def ratio(self) -> float:
         return self.json.images_per_second / self.raw_images_per_second
+
+    @property
+    def raw_limit(self) -> float:
+        """The faster of the two batch sizes: the ceiling any server can approach."""
+        return max(self.raw_images_per_second, self.raw_batch256_images_per_second or 0.0)
+
+    @property
+    def ratio_to_limit(self) -> float:
+        return self.json.images_per_second / self.raw_limit
 
 
 @dataclass(frozen=True)
@@ -90,7 +102,11 @@ def json_rounds(m: Measured) -> list[JsonRound]:
     batch = m.runs.get("ours", {}).get("batch")
     if batch is None:
         return []
-    return [JsonRound(batch, raw_images_per_second(m.raw, BATCH_IMAGES))]
+    return [
+        JsonRound(
+            batch, raw_images_per_second(m.raw, BATCH_IMAGES), raw_images_per_second(m.raw, 256)
+        )
+    ]
 
 
 def idle_rounds(m: Measured) -> list[IdleRound]:
@@ -178,30 +194,41 @@ def verdicts(m: Measured) -> list[Verdict]:
     if rounds := json_rounds(m):
         # The median round: the host's speed drifts between rounds, and each round's
         # raw limit was measured right before its JSON run.
-        ratio = statistics.median(r.ratio for r in rounds)
         json_rate = statistics.median(r.json.images_per_second for r in rounds)
-        raw_rate = statistics.median(r.raw_images_per_second for r in rounds)
-        each = ", ".join(f"{r.ratio:.0%}" for r in rounds)
         others = max(r.json.others_cpu for r in rounds)
-        found.append(
-            Verdict(
-                f"6. JSON, {BATCH_IMAGES} PNG images per request: images/s vs raw batch 64",
-                f"{json_rate:.0f} images/s",
-                f"{raw_rate:.0f} images/s",
-                f"{ratio:.0%}"
-                + (f" (median of {len(rounds)} rounds: {each})" if len(rounds) > 1 else ""),
-                "≥ 50%",
-                ratio >= 0.5,
-                f"{0.5 - ratio:.0%} short; other processes used up to {others:.0%} of the CPU "
-                f"during the JSON runs, {m.raw_meter.use.others:.0%} during the first raw one",
+        errors = sum(r.json.errors for r in rounds)
+        sent = sum(r.json.requests + r.json.errors for r in rounds)
+        readings: list[tuple[str, Callable[[JsonRound], float], Callable[[JsonRound], float]]]
+        readings = [
+            ("raw batch 64", lambda r: r.raw_images_per_second, lambda r: r.ratio),
+            ("the raw limit, batch 64 or 256", lambda r: r.raw_limit, lambda r: r.ratio_to_limit),
+        ]
+        if any(r.raw_batch256_images_per_second is None for r in rounds):
+            readings = readings[:1]
+        for label, limit_of, ratio_of in readings:
+            ratio = statistics.median(ratio_of(r) for r in rounds)
+            each = ", ".join(f"{ratio_of(r):.0%}" for r in rounds)
+            found.append(
+                Verdict(
+                    f"6. JSON, {BATCH_IMAGES} PNG images per request: images/s vs {label}",
+                    f"{json_rate:.0f} images/s",
+                    f"{statistics.median(limit_of(r) for r in rounds):.0f} images/s",
+                    f"{ratio:.0%}"
+                    + (f" (median of {len(rounds)} rounds: {each})" if len(rounds) > 1 else ""),
+                    "≥ 50%, no errors",
+                    ratio >= 0.5 and errors == 0,
+                    f"{max(0.0, 0.5 - ratio):.0%} short, {errors} errors in {sent} requests; "
+                    f"other processes used up to {others:.0%} of the CPU during the JSON "
+                    f"runs, {m.raw_meter.use.others:.0%} during the first raw one",
+                )
             )
-        )
     if idle := idle_rounds(m):
         # The median round, as for target 6: each round's raw call was timed right
         # before its idle run, and the host's speed drifts between rounds.
         extra = statistics.median(r.extra_ms for r in idle)
         each = ", ".join(f"+{r.extra_ms:.2f}" for r in idle)
         others = max(r.idle.others_cpu for r in idle)
+        errors = sum(r.idle.errors for r in idle)
         found.append(
             Verdict(
                 "7. one request on an idle server: p50, end to end, vs the raw batch-1 call",
@@ -209,9 +236,10 @@ def verdicts(m: Measured) -> list[Verdict]:
                 f"{statistics.median(r.raw_batch1_ms for r in idle):.2f} ms",
                 f"+{extra:.2f} ms"
                 + (f" (median of {len(idle)} rounds: {each} ms)" if len(idle) > 1 else ""),
-                "≤ +2 ms",
-                extra <= 2.0,
-                f"{extra - 2:.2f} ms over; other processes used up to {others:.0%} of the "
+                "≤ +2 ms, no errors",
+                extra <= 2.0 and errors == 0,
+                f"{max(0.0, extra - 2):.2f} ms over, {errors} errors; other processes used up "
+                f"to {others:.0%} of the "
                 f"CPU during the idle runs; the first raw call after a "
                 f"{PAUSE_SECONDS * 1000:.0f} ms pause, as an idle server's follows one, "
                 f"took {raw_batch1_after_pause_ms(m.raw):.2f} ms",
@@ -245,18 +273,33 @@ def _rounds_table(explanation: str, columns: Sequence[str], rows: Sequence[str])
     return f"\n\n{explanation}\n\n{header}\n{rule}\n{body}"
 
 
+def _images_per_second(figure: float | None) -> str:
+    return "–" if figure is None else f"{figure:,.0f}"
+
+
 def _rounds_text(m: Measured) -> str:
     rounds = json_rounds(m)
     return _rounds_table(
-        f"""Target 6 ran in {len(rounds)} rounds, each the raw limit at batch {BATCH_IMAGES} and
-then ours under JSON batches, and is judged on the median round: this host's speed drifts
-between rounds. The first round is the raw table above and the JSON row of the
-contenders' table; later rounds time the traced pass alone, on both thread settings
-(`model.predict` is never the fastest).""",
-        ("Raw limit, images/s", "Ours, JSON, images/s", "Ratio", "CPU: others"),
+        f"""Target 6 ran in {len(rounds)} rounds, each the raw model at batch {BATCH_IMAGES} and at
+batch 256, then ours under JSON batches, and is judged on the median round: this host's
+speed drifts between rounds. It is judged twice: against batch {BATCH_IMAGES}, the size of
+one request, and against the faster of the two batch sizes, the raw limit (c) as issue 9
+defines it ("batches of 64 and 256", the ceiling any server can approach). The first
+round is the raw table above and the JSON row of the contenders' table; later rounds time
+the traced pass alone, on both thread settings (`model.predict` is never the fastest).""",
+        (
+            "Raw, batch 64, images/s",
+            "Raw, batch 256, images/s",
+            "Ours, JSON, images/s",
+            "Ratio to batch 64",
+            "Ratio to the faster",
+            "CPU: others",
+        ),
         [
-            f"{r.raw_images_per_second:,.0f} | {r.json.images_per_second:,.0f} | "
-            f"{r.ratio:.0%} | {r.json.others_cpu:.0%}"
+            f"{r.raw_images_per_second:,.0f} | "
+            f"{_images_per_second(r.raw_batch256_images_per_second)} | "
+            f"{r.json.images_per_second:,.0f} | {r.ratio:.0%} | {r.ratio_to_limit:.0%} | "
+            f"{r.json.others_cpu:.0%}"
             for r in rounds
         ],
     )
@@ -376,8 +419,9 @@ CPU shares are of the machine's capacity (cores × wall time) during that measur
 |---|---|---|---|
 {raw_rows}
 
-The raw limit of target 6 is the fastest of the three at batch {BATCH_IMAGES}, the raw
-batch-1 call of target 7 the faster traced one, timed in a tight loop. An idle server's
+Target 6 compares ours with the fastest of the three at batch {BATCH_IMAGES}, and with the
+fastest at either batch size (the raw limit (c)); target 7 with the faster traced batch-1
+call, timed in a tight loop. An idle server's
 call follows a pause instead (the rest of each request's round trip), and on the
 virtual machines measured a call after a pause took longer, whether the thread slept
 or spun meanwhile: the row after a {PAUSE_SECONDS * 1000:.0f} ms pause shows how much
