@@ -50,6 +50,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return  # what follows a refused head is not read
         super().data_received(data)
+        if self._head_timer is None and self._between_requests():
+            # Bytes that began no request (parsers skip empty lines between requests)
+            # cancelled uvicorn's keep-alive timer all the same: the next head is due.
+            self._start_timer()
         if not self._head_pending or self.transport.is_closing():
             self._head_bytes = 0
             return
@@ -59,12 +63,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(431, "the request head is larger than this server accepts")
 
     def on_message_begin(self) -> None:
+        if self._refused:
+            return  # a request read behind a refused head is never run
         super().on_message_begin()
         self._head_pending = True
         self._head_bytes = 0
         self._start_timer()
 
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
         self._head_pending = False
         self._cancel_timer()
         # A whole head can arrive in one read (asyncio reads up to 256 KiB): measured
@@ -91,10 +99,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timer()
         self._head_timer = self.loop.call_later(self.head_timeout_seconds, self._too_slow)
 
+    def _between_requests(self) -> bool:
+        """No head begun and nothing being answered or waiting to be."""
+        if self._head_pending or self._refused or self.transport.is_closing():
+            return False
+        return self.cycle is None or (self.cycle.response_complete and not self.pipeline)
+
     def _too_slow(self) -> None:
         self._head_timer = None
-        waiting_for_head = self._head_pending or self.cycle is None
-        if waiting_for_head and not self._refused and not self.transport.is_closing():
+        if self._head_pending or self._between_requests():
             self._refuse(408, "the request head did not arrive in time")
 
     def _cancel_timer(self) -> None:

@@ -19,7 +19,11 @@ class QuickToTimeOut(BoundedHttpToolsProtocol):
     head_timeout_seconds = 1.0
 
 
+RUN: list[str] = []  # the paths the app was run for
+
+
 async def echo_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    RUN.append(scope["path"])
     if scope["path"] == "/slow":
         await asyncio.sleep(0.5)
     body = b""
@@ -111,3 +115,23 @@ def test_a_refusal_never_cuts_into_a_pipelined_response_in_flight(port: int) -> 
     # The slow request's whole answer, then the connection closes: no 431 inside it.
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"got 0 bytes\r\n0\r\n\r\n")
     assert b"431" not in answer
+
+
+def test_an_empty_line_after_an_answer_does_not_hold_the_connection(port: int) -> None:
+    # Parsers skip empty lines between requests without beginning one, but the bytes
+    # still cancel uvicorn's keep-alive timer: the next head is due all the same.
+    started = time.monotonic()
+    answer = _exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\r\n", pause=0.3)
+    assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408 Request Timeout" in answer
+    assert time.monotonic() - started < 5
+
+
+def test_a_request_behind_a_refused_head_is_never_run(port: int) -> None:
+    # One read holds a head past the bound and a whole request behind it: the client
+    # was told 431 and to go away, and may send that request again elsewhere.
+    RUN.clear()
+    oversized = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (MAX_HEAD_BYTES + 1024)
+    answer = _exchange(port, oversized + b"\r\n\r\nPOST /behind HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 431") and answer.count(b"HTTP/1.1") == 1
+    time.sleep(0.3)
+    assert "/behind" not in RUN
