@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from typing import Any
 
 import numpy as np
@@ -164,6 +165,11 @@ async def prepare_and_predict(
     """
     parts: list[Future[Batch]] = [Future() for _ in decoders]
     several = len(decoders) > 1
+    # A part is running from its decoding on, so cancelling the request cannot cancel
+    # it: its model calls are cancelled here instead, or a request timed out under
+    # overload would leave its work queued ahead of live requests.
+    abandoned = threading.Event()
+    submitted: list[Future[Batch]] = []
 
     def decode_then_submit(decode: Callable[[], Batch], part: Future[Batch]) -> None:
         if not part.set_running_or_notify_cancel():
@@ -174,15 +180,28 @@ async def prepare_and_predict(
             part.set_exception(error)
             return
         inference = batcher.submit(images, part=several)
+        submitted.append(inference)
+        if abandoned.is_set():  # after the append: one of the two sides cancels it
+            inference.cancel()
         inference.add_done_callback(functools.partial(_pass_on, part))
 
     for decode, part in zip(decoders, parts, strict=True):
         executor.submit(decode_then_submit, decode, part)
-    return await asyncio.wrap_future(joined(parts))
+    try:
+        return await asyncio.wrap_future(joined(parts))
+    except asyncio.CancelledError:
+        abandoned.set()
+        for future in [*parts, *submitted]:
+            future.cancel()
+        raise
 
 
 def _pass_on(part: Future[Batch], inference: Future[Batch]) -> None:
     """Settle a running ``part`` as its model call settled."""
+    if inference.cancelled():
+        # The request was abandoned; a running future cannot be cancelled, only failed.
+        part.set_exception(CancelledError("the request was cancelled"))
+        return
     if (error := inference.exception()) is not None:
         part.set_exception(error)
     else:

@@ -7,6 +7,7 @@ lets requests queue behind it, then releases it and counts the model calls.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import threading
@@ -27,6 +28,7 @@ from service.app import create_app
 from service.batching import Batcher, BatchingOptions
 from service.inference import CompiledModel, bucket_sizes
 from service.model_cache import ModelCache
+from service.predictions import prepare_and_predict
 from tests.conftest import make_record
 from tests.test_predict import TINY_CNN, save_model
 from trainer.architectures import build_model
@@ -318,6 +320,39 @@ def test_cancelling_a_large_request_skips_its_parts_not_yet_running() -> None:
     finally:
         held.release()
         batcher.close()
+
+
+def test_a_cancelled_request_takes_its_queued_model_call_with_it() -> None:
+    # A request the server gave up on (its timeout under overload): its part is running
+    # from decoding on and cannot be cancelled, so its queued model call is cancelled
+    # instead, and the batch threads never compute an answer nobody waits for.
+    held = HeldCalls(row_sums, held=2)
+    batcher = Batcher(held, BatchingOptions(max_batch_size=4, max_wait_seconds=0, threads=2), "t")
+    decode_pool = ThreadPoolExecutor(2)
+    try:
+        blockers = [batcher.submit(images(4, seed=seed)) for seed in (0, 1)]
+        wait_for(lambda: batcher.stats().running_batches == 2, "both batch threads held")
+
+        async def give_up_on_a_request() -> None:
+            request = asyncio.create_task(
+                prepare_and_predict(decode_pool, [lambda: images(4, seed=2)], batcher)
+            )
+            queued = lambda: batcher.stats().queued_requests == 1  # noqa: E731
+            await asyncio.to_thread(wait_for, queued, "the request's model call queued")
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+
+        asyncio.run(give_up_on_a_request())
+        held.release()
+        assert_each_gets_its_rows(blockers, [images(4, seed=0), images(4, seed=1)])
+        wait_for(lambda: batcher.stats().running_batches == 0, "the held calls to end")
+        assert held.calls == 2  # the abandoned request's call never ran
+        assert batcher.stats().queued_requests == 0
+    finally:
+        held.release()
+        batcher.close()
+        decode_pool.shutdown()
 
 
 def test_a_failing_batch_fails_each_of_its_requests() -> None:
