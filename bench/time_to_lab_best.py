@@ -9,11 +9,12 @@ each in a fresh process (TensorFlow fixes its kernels when it loads):
   spec), through ``trainer.train`` — exactly what ``POST /jobs`` with
   ``"architecture": "resnet_small"`` runs; its test accuracy is measured once, after
   training;
-- **the lab's pipeline**: plain ``model.fit`` on the NumPy arrays. Keras 3 no longer
-  has ``ImageDataGenerator``, so the lab's augmentation runs as Keras' preprocessing
-  layers in front of the model (what Keras documents in its place), with the lab's
-  settings; every epoch trains on all images. Its test accuracy is measured after
-  every epoch (outside the timed fit) to find when it first reaches the target.
+- **the lab's pipeline**: plain ``model.fit`` on the NumPy arrays through the lab's own
+  ``ImageDataGenerator`` (``tf.keras.preprocessing.image``, which Keras 3 still ships as
+  a legacy class) at the lab's settings, ``datagen.flow(x, y, batch_size=64)``, so
+  every epoch trains on all images. Its test accuracy is measured after every epoch
+  (outside the timed fit) to find when it first reaches the target: the earliest
+  epoch, which favours the lab.
 
 The figure is ours' fit time divided by the lab's fit time to the target. If the
 lab's pipeline never reaches the target, its whole run is the divisor: it would need
@@ -107,27 +108,22 @@ def _report_epoch(run: LabRun) -> None:
 
 
 def lab_pipeline(epochs: int, data_dir: Path) -> LabRun:
-    """The lab's augmented run as plain Keras: NumPy arrays into ``model.fit``."""
+    """The lab's augmented run as the lab wrote it: its ImageDataGenerator into ``fit``."""
     import keras
-    from keras import layers
+    import tensorflow as tf
 
     data = lab_sample(data_dir)
     keras.utils.set_random_seed(42)
-    classifier = float32_model("custom_cnn", LAB_HYPERPARAMETERS, data)
-    # The lab's ImageDataGenerator(rotation_range=15, width_shift_range=0.1,
-    # height_shift_range=0.1, horizontal_flip=True, zoom_range=0.1), as layers.
-    model = keras.Sequential(
-        [
-            keras.Input(shape=data.info.input_shape),
-            layers.RandomRotation(15 / 360, fill_mode="nearest"),
-            layers.RandomTranslation(0.1, 0.1, fill_mode="nearest"),
-            layers.RandomFlip("horizontal"),
-            layers.RandomZoom(0.1, fill_mode="nearest"),
-            classifier,
-        ]
+    model = float32_model("custom_cnn", LAB_HYPERPARAMETERS, data)
+    datagen = tf.keras.preprocessing.image.ImageDataGenerator(
+        rotation_range=15,
+        width_shift_range=0.1,
+        height_shift_range=0.1,
+        horizontal_flip=True,
+        zoom_range=0.1,
     )
     compile_as_the_lab(model, 1e-3)
-    run = LabRun(parameters=classifier.count_params())
+    run = LabRun(parameters=model.count_params())
 
     class Clock(keras.callbacks.Callback):  # type: ignore[misc]
         def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -139,9 +135,7 @@ def lab_pipeline(epochs: int, data_dir: Path) -> LabRun:
             _report_epoch(run)
 
     model.fit(
-        data.train.x,
-        data.train.y,
-        batch_size=64,
+        datagen.flow(data.train.x, data.train.y, batch_size=64, seed=42),
         epochs=epochs,
         callbacks=[Clock()],
         verbose=0,
@@ -225,8 +219,8 @@ def main(argv: list[str] | None = None) -> None:
 {run_context(cpu)}
 - **Protocol:** the 25% CIFAR-10 sample ({len(data.train):,} training images, seed 42),
   {len(data.test):,} test images. The lab's pipeline: the 64/128/256 custom CNN with
-  the lab's augmentation (as Keras preprocessing layers: Keras 3 has no
-  `ImageDataGenerator`), `model.fit` on NumPy arrays in float32 with
+  the lab's `ImageDataGenerator` (rotation 15°, shifts 0.1, horizontal flips, zoom
+  0.1; `datagen.flow` on the NumPy arrays into `model.fit`) in float32 with
   {lab_kernels} kernels, batch 64, Adam 1e-3, {args.lab_epochs} epochs, test
   accuracy after every epoch (outside the timed fit). Ours: `resnet_small` (`resnet`
   at half its widths, its recipe: SGD one-cycle, label smoothing, flips and shifts),
