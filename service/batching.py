@@ -144,9 +144,13 @@ class Batcher:
                     self._condition.notify(len(parts))
                 return joined([part.future for part in parts])
         # Closed (the model was evicted) after this request took it from the cache: the
-        # request is still answered, in the caller's thread, rather than failed.
+        # request is still answered rather than failed, in the caller's thread unless
+        # that thread runs an event loop, which a model call would stall for everyone.
         request = _Request(images, Future(), now)
-        self._run([request])
+        if _in_event_loop():
+            threading.Thread(target=self._run, args=([request],), daemon=True).start()
+        else:
+            self._run([request])
         return request.future
 
     async def predict(self, images: Batch) -> Batch:
@@ -297,6 +301,14 @@ class Batcher:
             end = start + len(request.images)
             request.future.set_result(outcome[start:end])
             start = end
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def joined(parts: list[Future[Batch]]) -> Future[Batch]:

@@ -378,6 +378,27 @@ def test_a_closed_batcher_stops_its_thread_and_still_answers() -> None:
     np.testing.assert_array_equal(batcher.predict_blocking(batch), row_sums(batch))
 
 
+def test_a_closed_batcher_never_runs_the_model_on_the_event_loop() -> None:
+    # The model call of a request that took its model just before the eviction would
+    # stall every other connection for its duration if it ran on the loop's thread.
+    threads: list[int] = []
+
+    def recording(batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        threads.append(threading.get_ident())
+        return row_sums(batch)
+
+    batcher = Batcher(recording, BatchingOptions(), "test")
+    batcher.close()
+    batch = images(3, seed=1)
+
+    async def predict_on_the_loop() -> tuple[NDArray[np.float32], int]:
+        return await batcher.predict(batch), threading.get_ident()
+
+    answer, loop_thread = asyncio.run(predict_on_the_loop())
+    np.testing.assert_array_equal(answer, row_sums(batch))
+    assert threads and loop_thread not in threads
+
+
 # --- The traced forward pass -------------------------------------------------------------
 
 
