@@ -22,6 +22,18 @@ from . import base
 from .models import JOB_STATUSES, Job, JobStatus
 
 
+def client_with_timeouts(url: str, socket_timeout: float) -> redis.Redis:
+    """A client for the stores. Explicit timeouts: without them a half-open connection
+    blocks a request, a worker's lease renewal or a study's advance forever."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        health_check_interval=30,
+    )
+
+
 class RedisJobStore(base.JobTransitions):
     """Job store in Redis, shared by API and worker processes on any machine."""
 
@@ -33,15 +45,7 @@ class RedisJobStore(base.JobTransitions):
         clock: base.Clock | None = None,
         socket_timeout: float = 5.0,
     ) -> None:
-        # Explicit timeouts: without them a half-open connection blocks a request
-        # (or a worker's lease renewal) forever.
-        self.client = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            health_check_interval=30,
-        )
+        self.client = client_with_timeouts(url, socket_timeout)
         self.prefix = prefix
         # Redis' clock, not this host's: leases are stamped by one machine and checked by
         # another, and clocks that differ by more than a lease would have a sweep take

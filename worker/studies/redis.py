@@ -9,6 +9,7 @@ import redis
 from trainer.errors import ConflictError
 from trainer.files import utc_now
 from worker.jobstore import base as job_base
+from worker.jobstore.redis import client_with_timeouts
 
 from . import base
 from .models import Study, StudyStatus
@@ -25,15 +26,7 @@ class RedisStudyStore:
         clock: job_base.Clock = utc_now,
         socket_timeout: float = 5.0,
     ) -> None:
-        # Explicit timeouts, as the job store's: without them a half-open connection
-        # blocks a request, or a worker advancing a study, forever.
-        self.client = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            health_check_interval=30,
-        )
+        self.client = client_with_timeouts(url, socket_timeout)
         self.prefix = prefix
         self.clock = clock
 
