@@ -111,6 +111,7 @@ async def _recover_orphaned_jobs_forever(services: Services) -> None:
                 services.dispatcher.celery_app,
                 settings.job_max_attempts,
                 settings.job_resend_after_seconds,
+                services.registry,
             )
         except Exception:
             logger.warning("could not check for orphaned jobs", exc_info=True)

@@ -25,9 +25,11 @@ from typing import Any
 import pytest
 import redis
 
+from tests.conftest import make_record
 from tests.workers import ensure_redis, redis_url
 from trainer.errors import ConflictError, JobNotFoundError, LeaseLostError
 from trainer.files import utc_now
+from trainer.registry import FileModelRegistry
 from worker.jobstore import (
     EpochProgress,
     Job,
@@ -394,6 +396,52 @@ def test_requeue_orphans_cancels_orphans_whose_cancel_was_requested(
 
     assert store.requeue_orphans() == ([], [job.job_id])
     assert store.get(job.job_id).status == "cancelled"
+
+
+@pytest.mark.parametrize("cancel_requested", [False, True])
+def test_the_sweep_finds_done_an_orphan_that_had_registered_its_version(
+    store: JobStore, clock: FakeClock, tmp_path: Path, cancel_requested: bool
+) -> None:
+    # Its worker died between publishing the version and recording it, on the last
+    # attempt: the model is there, so the job succeeded; failing (or cancelling) it
+    # would disown a version clients can already predict with.
+    registry = FileModelRegistry(tmp_path / "registry")
+    job = add_job(store, clock, model_name="digits-cnn")
+    other = add_job(store, clock, model_name="digits-cnn")
+    registry.register(
+        "digits-cnn", lambda path: path.write_bytes(b"other"), make_record(job_id=other.job_id)
+    )
+    version = registry.register(
+        "digits-cnn", lambda path: path.write_bytes(b"model"), make_record(job_id=job.job_id)
+    )
+    store.claim(job.job_id, "worker-1", 10)
+    if cancel_requested:
+        store.request_cancel(job.job_id)  # too late: the version was already published
+    clock.advance(11)
+    broker = RecordingBroker()
+
+    assert requeue_orphaned_jobs(store, broker, max_attempts=1, registry=registry) == []
+    done = store.get(job.job_id)
+    assert (done.status, done.version, done.error) == ("succeeded", version, None)
+    assert done.finished_at == clock()
+    assert store.list(status="running")[0] == []
+
+
+def test_the_sweep_without_a_registered_version_still_fails_a_hopeless_orphan(
+    store: JobStore, clock: FakeClock, tmp_path: Path
+) -> None:
+    registry = FileModelRegistry(tmp_path / "registry")
+    job = add_job(store, clock, model_name="digits-cnn")
+    registry.register(
+        "digits-cnn", lambda path: path.write_bytes(b"x"), make_record(job_id="other")
+    )
+    store.claim(job.job_id, "worker-1", 10)
+    clock.advance(11)
+
+    requeue_orphaned_jobs(store, RecordingBroker(), max_attempts=1, registry=registry)
+    failed = store.get(job.job_id)
+    assert (failed.status, failed.version) == ("failed", None)
+    assert failed.error is not None and failed.error.type == "WorkerLost"
 
 
 def test_count_by_status_includes_every_status(store: JobStore, clock: FakeClock) -> None:

@@ -236,6 +236,24 @@ class FileModelRegistry:
             message += f"unreadable ({type(error).__name__}); register the model again"
             raise CorruptModelError(message, model_name=model_name, version=version) from None
 
+    def version_of_job(self, model_name: str, job_id: str) -> int | None:
+        """The live version training job ``job_id`` registered, if it registered one.
+
+        How a job whose worker died after publishing (and before it could say so) is
+        found done rather than trained again or failed.
+        """
+        try:
+            versions = self.versions(model_name)
+        except Exception:  # noqa: BLE001 - no such model (yet), or a name that cannot be one
+            return None
+        for version in reversed(versions):
+            try:
+                if self.get_card(model_name, version).job_id == job_id:
+                    return version
+            except CorruptModelError:
+                continue  # not readable, so not ours to claim
+        return None
+
     def model_path(self, model_name: str, version: int) -> Path:
         """Path of the model.keras file of a live version."""
         return self._require_version(model_name, version) / MODEL_FILE

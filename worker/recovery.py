@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -10,9 +11,10 @@ from pathlib import Path
 
 from celery import Celery
 
+from trainer.registry import FileModelRegistry
 from trainer.study_spec import study_of_job
 from worker.app import enqueue_training
-from worker.jobstore import JobStore
+from worker.jobstore import Job, JobStore
 from worker.studies.base import StudyStore
 from worker.studies.runtime import ADVANCE_STUDY_TASK, send_study_task
 
@@ -26,22 +28,34 @@ def requeue_orphaned_jobs(
     celery_app: Celery,
     max_attempts: int,
     resend_after_seconds: float = DEFAULT_RESEND_AFTER_SECONDS,
+    registry: FileModelRegistry | None = None,
 ) -> list[str]:
     """Put running jobs with an expired lease back on the queue; end hopeless ones.
 
-    Then send every queued job that still has to be sent, including those, and have
-    the studies of the jobs ended here advance.
+    An orphan whose version is in ``registry`` (its worker died between publishing and
+    recording it) ends as succeeded with that version. Then send every queued job that
+    still has to be sent, including those, and have the studies of the jobs ended here
+    advance.
     """
-    requeued, ended = store.requeue_orphans(max_attempts=max_attempts)
+    published = None if registry is None else functools.partial(_registered_version, registry)
+    requeued, ended = store.requeue_orphans(max_attempts=max_attempts, published=published)
     for job_id in requeued:
         logger.warning("job %s lost its worker; requeued", job_id)
     for job_id in ended:
-        logger.error("job %s lost its worker and was ended (failed or cancelled)", job_id)
+        logger.error(
+            "job %s lost its worker and was ended: succeeded if it had registered its "
+            "version, else failed or cancelled",
+            job_id,
+        )
     try:
         send_queued_jobs(store, celery_app, resend_after_seconds)
     finally:
         _advance_studies_of(ended, celery_app)  # these jobs have ended whatever else fails
     return requeued
+
+
+def _registered_version(registry: FileModelRegistry, job: Job) -> int | None:
+    return registry.version_of_job(job.model_name, job.job_id)
 
 
 def _advance_studies_of(ended_job_ids: list[str], celery_app: Celery) -> None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from trainer.errors import CorruptModelError, LeaseLostError, TrainingCancelledError
+from trainer.errors import LeaseLostError, TrainingCancelledError
 from trainer.registry import FileModelRegistry
 from trainer.run import train_and_register
 from trainer.spec import parse_training_spec
@@ -128,21 +128,6 @@ def _confirm_publish(store: JobStore, job_id: str, worker: str, settings: Settin
         raise TrainingCancelledError("training was cancelled on request (before publishing)")
 
 
-def _find_registered_version(registry: FileModelRegistry, job: Job) -> int | None:
-    """The version an earlier delivery of this job already registered, if any."""
-    try:
-        versions = registry.versions(job.model_name)
-    except Exception:  # noqa: BLE001 - no such model yet
-        return None
-    for version in reversed(versions):
-        try:
-            if registry.get_card(job.model_name, version).job_id == job.job_id:
-                return version
-        except CorruptModelError:
-            continue  # not readable, so not ours to claim
-    return None
-
-
 def run_job(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
     """Execute job ``job_id`` once; a second delivery of a claimed or ended job is a no-op."""
     settings = settings or get_settings()
@@ -170,7 +155,8 @@ def _run_claimed(
     job: Job, worker: str, store: JobStore, registry: FileModelRegistry, settings: Settings
 ) -> dict[str, Any]:
     job_id = job.job_id
-    earlier_version = _find_registered_version(registry, job)
+    # An earlier delivery may have registered its version and died before saying so.
+    earlier_version = registry.version_of_job(job.model_name, job_id)
     if earlier_version is not None:
         store.finish(job_id, "succeeded", version=earlier_version, worker=worker)
         return {"job_id": job_id, "version": earlier_version}

@@ -55,7 +55,10 @@ def _requeue_orphaned_jobs(**_: Any) -> None:
         settings.jobs_db_path,
         socket_timeout=settings.redis_socket_timeout_seconds,
     )
-    requeue_orphaned_jobs(store, app, settings.job_max_attempts, settings.job_resend_after_seconds)
+    registry = FileModelRegistry(settings.resolved_registry_dir)
+    requeue_orphaned_jobs(
+        store, app, settings.job_max_attempts, settings.job_resend_after_seconds, registry
+    )
 
 
 @signals.worker_shutting_down.connect

@@ -18,6 +18,8 @@ from trainer.errors import ConflictError, JobNotFoundError, LeaseLostError
 from .models import EpochProgress, Job, JobError, JobStatus, TerminalStatus
 
 Clock = Callable[[], datetime]
+# The version a job registered in the model registry, or None (see recovered_orphan).
+PublishedVersion = Callable[[Job], int | None]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -54,7 +56,7 @@ class JobStore(Protocol):
     def is_cancel_requested(self, job_id: str) -> bool: ...
     # builtins.list: inside the class body, plain ``list`` names the method above.
     def requeue_orphans(
-        self, max_attempts: int = 3
+        self, max_attempts: int = 3, published: PublishedVersion | None = None
     ) -> tuple[builtins.list[str], builtins.list[str]]: ...
     def jobs_to_send(self, resend_after_seconds: float) -> builtins.list[str]: ...
     def count_by_status(self) -> dict[str, int]: ...
@@ -195,11 +197,22 @@ def cancel_requested(job: Job, now: datetime) -> Job:
     return job.model_copy(update={"cancel_requested": True, "updated_at": now})
 
 
-def recovered_orphan(job: Job, max_attempts: int, now: datetime) -> Job | None:
-    """What becomes of a running job whose worker vanished, or None if it is not one."""
+def recovered_orphan(
+    job: Job, max_attempts: int, now: datetime, published: PublishedVersion | None = None
+) -> Job | None:
+    """What becomes of a running job whose worker vanished, or None if it is not one.
+
+    ``published`` finds the version the job registered, if any: a worker can die after
+    publishing and before recording it, and such a job is done, not to be trained again
+    nor failed (nor cancelled: a cancel that arrives after publishing is too late).
+    """
     if job.status != "running" or not lease_expired(job, now):
         return None
     base = {"worker": None, "lease_expires_at": None, "updated_at": now, "enqueued_at": None}
+    version = published(job) if published is not None else None
+    if version is not None:
+        done = {"status": "succeeded", "version": version, "error": None, "finished_at": now}
+        return job.model_copy(update={**base, **done})
     if job.cancel_requested:
         # Someone asked to stop it and nobody runs it any more: honour the request.
         return job.model_copy(update={**base, "status": "cancelled", "finished_at": now})

@@ -162,11 +162,12 @@ class RedisJobStore(base.JobTransitions):
 
     # builtins.list: inside the class body, plain ``list`` names the method above.
     def requeue_orphans(
-        self, max_attempts: int = 3
+        self, max_attempts: int = 3, published: base.PublishedVersion | None = None
     ) -> tuple[builtins.list[str], builtins.list[str]]:
         """Requeue or end running jobs whose lease expired; returns (requeued, ended) ids.
 
-        Ended: failed after ``max_attempts``, or cancelled as was asked.
+        Ended: succeeded if ``published`` finds the version the job registered, else
+        failed after ``max_attempts``, or cancelled as was asked.
         """
         requeued: builtins.list[str] = []
         ended: builtins.list[str] = []
@@ -174,7 +175,8 @@ class RedisJobStore(base.JobTransitions):
             # Each job is re-checked inside its own WATCH loop, so a worker that
             # renews its lease at this very moment keeps the job.
             recovered = self._update(
-                str(job_id), lambda job, now: base.recovered_orphan(job, max_attempts, now)
+                str(job_id),
+                lambda job, now: base.recovered_orphan(job, max_attempts, now, published),
             )
             if recovered is not None and recovered.status == "queued":
                 requeued.append(recovered.job_id)

@@ -151,11 +151,12 @@ class SqliteJobStore(base.JobTransitions):
 
     # builtins.list: inside the class body, plain ``list`` names the method above.
     def requeue_orphans(
-        self, max_attempts: int = 3
+        self, max_attempts: int = 3, published: base.PublishedVersion | None = None
     ) -> tuple[builtins.list[str], builtins.list[str]]:
         """Requeue or end running jobs whose lease expired; returns (requeued, ended) ids.
 
-        Ended: failed after ``max_attempts``, or cancelled as was asked.
+        Ended: succeeded if ``published`` finds the version the job registered, else
+        failed after ``max_attempts``, or cancelled as was asked.
         """
         requeued: list[str] = []
         ended: list[str] = []
@@ -166,7 +167,7 @@ class SqliteJobStore(base.JobTransitions):
             ).fetchall()
             for (document,) in rows:
                 recovered = base.recovered_orphan(
-                    Job.model_validate_json(document), max_attempts, now
+                    Job.model_validate_json(document), max_attempts, now, published
                 )
                 if recovered is None:
                     continue
