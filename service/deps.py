@@ -113,6 +113,7 @@ class Services:
             jit_compile=settings.inference_jit_compile,
             intra_op_threads=settings.inference_intra_op_threads,
             load_failure_seconds=settings.model_load_failure_seconds,
+            requests_end_within_seconds=settings.request_timeout_seconds,
         )
 
     @cached_property

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class ModelCache:
         intra_op_threads: int = 0,
         max_bytes: int | None = None,
         load_failure_seconds: float = 5.0,
+        requests_end_within_seconds: float = 120.0,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
@@ -100,6 +102,10 @@ class ModelCache:
             raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
         if load_failure_seconds < 0:
             raise ValueError(f"load_failure_seconds must be >= 0, got {load_failure_seconds}")
+        if requests_end_within_seconds < 0:
+            raise ValueError(
+                f"requests_end_within_seconds must be >= 0, got {requests_end_within_seconds}"
+            )
         self.registry = registry
         self.capacity = capacity
         self.max_bytes = max_bytes
@@ -108,6 +114,10 @@ class ModelCache:
         self.jit_compile = jit_compile
         self.intra_op_threads = intra_op_threads
         self.load_failure_seconds = load_failure_seconds
+        # How long a request can still hold a model it took from the cache: the request
+        # timeout. An evicted model a request still held is collected after that.
+        self.requests_end_within_seconds = requests_end_within_seconds
+        self._collections: list[threading.Timer] = []
         # A version that failed to load, until when that failure is answered again without
         # trying: a corrupt 100 MB file is not hashed again on every request.
         self._failures: dict[CacheKey, tuple[float, DaciaVisionError]] = {}
@@ -158,8 +168,11 @@ class ModelCache:
             # in its own thread (Batcher.submit); the GC frees the model after it.
             _close_batchers(evicted)
             thaw = bool(evicted)
+            evicted_models = [weakref.ref(model.model) for model in evicted]
             del evicted  # or the collection below could not free them
             _freeze_heap(thaw=thaw)
+            if any(model() is not None for model in evicted_models):
+                self._collect_later()
             return loaded
 
     def get_if_loaded(self, model_name: str, version: int) -> LoadedModel | None:
@@ -177,7 +190,27 @@ class ModelCache:
             closing = list(self._entries.values())
             self._entries.clear()
             self._bytes = 0
+            collections, self._collections = self._collections, []
+        for collection in collections:
+            collection.cancel()
         _close_batchers(closing)
+
+    def _collect_later(self) -> None:
+        """Collect once more when every request that could hold an evicted model has ended.
+
+        A request in flight at the eviction keeps its model alive through the collection
+        right after, which freezes the model again (``_freeze_heap``); once that request
+        ends, the model is garbage the collector no longer scans. Without a second
+        collection it stayed in memory until the next eviction, which may never come.
+        """
+        collection = threading.Timer(
+            self.requests_end_within_seconds + 1.0, _freeze_heap, kwargs={"thaw": True}
+        )
+        collection.daemon = True  # never keeps a stopping process alive
+        with self._lock:
+            self._collections = [timer for timer in self._collections if timer.is_alive()]
+            self._collections.append(collection)
+        collection.start()
 
     def stats(self) -> CacheStats:
         with self._lock:
@@ -272,7 +305,7 @@ def _freeze_heap(*, thaw: bool) -> None:
     middle of requests, which set the tail latency under load. Frozen objects are
     never scanned. After an eviction, everything is thawed and collected once first,
     so that the evicted model's reference cycles can be freed (one still held by a
-    request in flight is frozen again, and freed after the next eviction).
+    request in flight is frozen again, and freed by ``ModelCache._collect_later``).
     """
     if thaw:
         gc.unfreeze()
