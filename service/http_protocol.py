@@ -40,6 +40,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        # Where in the read being parsed the pending head began: the bytes of requests
+        # before it in that read (a pipelining client's) are not the head's.
+        self._read_consumed = 0
+        self._head_began_at: int | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -49,6 +53,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # what follows a refused head is not read
+        self._read_consumed, self._head_began_at = 0, None
         super().data_received(data)
         if self._head_timer is None and self._between_requests():
             # Bytes that began no request (parsers skip empty lines between requests)
@@ -57,8 +62,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not self._head_pending or self.transport.is_closing():
             self._head_bytes = 0
             return
-        # Data that left a head unfinished: the head so far is at least this long.
-        self._head_bytes += len(data)
+        # Data that left a head unfinished: the head so far is at least this long, from
+        # where it began in this read (behind a pipelined request's end) or before it.
+        self._head_bytes += max(0, len(data) - (self._head_began_at or 0))
         if self._head_bytes > self.max_head_bytes:
             self._refuse(431, "the request head is larger than this server accepts")
 
@@ -68,6 +74,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._head_pending = True
         self._head_bytes = 0
+        self._head_began_at = self._read_consumed
         self._start_timer()
 
     def on_headers_complete(self) -> None:
@@ -77,13 +84,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timer()
         # A whole head can arrive in one read (asyncio reads up to 256 KiB): measured
         # here too, as parsed, before the request reaches the app.
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if size > self.max_head_bytes:
+        head_bytes = self._parsed_head_bytes()
+        # Near enough (its framing uncounted): the part of this head in the current read.
+        earlier_reads = 0 if self._head_began_at is not None else self._head_bytes
+        self._read_consumed += max(0, head_bytes - earlier_reads)
+        if head_bytes > self.max_head_bytes:
             self._refuse(431, "the request head is larger than this server accepts")
             return
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
+        self._read_consumed += len(body)
         if not self._refused:
             super().on_body(body)
 
@@ -94,6 +105,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         super().connection_lost(exc)
+
+    def _parsed_head_bytes(self) -> int:
+        """The request head's bytes parsed so far: its target and its whole headers."""
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def _start_timer(self) -> None:
         self._cancel_timer()

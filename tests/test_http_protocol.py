@@ -135,3 +135,63 @@ def test_a_request_behind_a_refused_head_is_never_run(port: int) -> None:
     assert answer.startswith(b"HTTP/1.1 431") and answer.count(b"HTTP/1.1") == 1
     time.sleep(0.3)
     assert "/behind" not in RUN
+
+
+class CollectingTransport(asyncio.Transport):
+    """A socket's stand-in that keeps what the server writes: so a test decides which
+    bytes arrive in one read, which a real socket leaves to the kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_a_head_behind_a_large_pipelined_body_in_one_read_counts_only_its_own_bytes() -> None:
+    # One read holds a request with a body four times the bound and the start of the
+    # next request's head; the head is small, so neither request is refused.
+    body = b"x" * (4 * MAX_HEAD_BYTES)
+    first = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    second = b"GET / HTTP/1.1\r\nHost: x\r\n"
+
+    async def exchange() -> bytes:
+        config = uvicorn.Config(
+            echo_app, http=BoundedHttpToolsProtocol, lifespan="off", access_log=False
+        )
+        config.load()
+        protocol = BoundedHttpToolsProtocol(
+            config=config, server_state=uvicorn.server.ServerState(), app_state={}
+        )
+        transport = CollectingTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(first + second)
+        await asyncio.sleep(0.1)
+        protocol.data_received(b"Connection: close\r\n\r\n")
+        await asyncio.sleep(0.1)
+        protocol.connection_lost(None)
+        return transport.written
+
+    answer = asyncio.run(exchange())
+    assert b"431" not in answer
+    assert answer.count(b"HTTP/1.1 200") == 2
+    assert b"got %d bytes" % len(body) in answer and b"\r\ngot 0 bytes\r\n" in answer
