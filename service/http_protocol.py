@@ -23,6 +23,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 # anything that costs memory; nginx allows 4 x 8 KiB.
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 30.0
+# How long a refused connection still reads what its client sends before it closes:
+# nginx's lingering_timeout.
+LINGER_SECONDS = 5.0
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -33,6 +36,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     max_head_bytes = MAX_HEAD_BYTES
     head_timeout_seconds = HEAD_TIMEOUT_SECONDS
+    linger_seconds = LINGER_SECONDS
 
     def __init__(self, *arguments: Any, **options: Any) -> None:
         super().__init__(*arguments, **options)
@@ -40,6 +44,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._linger_timer: asyncio.TimerHandle | None = None
         # Where in the read being parsed the pending head began: the bytes of requests
         # before it in that read (a pipelining client's) are not the head's.
         self._read_consumed = 0
@@ -104,6 +109,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)
 
     def _parsed_head_bytes(self) -> int:
@@ -146,4 +153,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason, len(body), body)
         )
-        self.transport.close()
+        # Closing while the client's bytes still arrive makes the kernel answer them
+        # with a reset, and a reset can discard the refusal before the client reads it.
+        # So the close is in stages (RFC 9112, 9.6), as nginx's lingering close does:
+        # end our side after the refusal, read and drop what the client still sends,
+        # and close when it ends too or after linger_seconds, whichever comes first.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._linger_timer = self.loop.call_later(self.linger_seconds, self.transport.close)
+        else:
+            self.transport.close()
