@@ -128,6 +128,12 @@ class ModelCache:
         # One lock per key, so concurrent requests for the same cold version load it once.
         # Kept after eviction: a version number is never reused and a Lock is tiny.
         self._key_locks: dict[CacheKey, threading.Lock] = {}
+        # Models load one at a time, as TensorFlow Serving's default of one load thread
+        # does: a model is weighed only once loaded, so loads of several cold versions at
+        # once each held a model beyond the bounds. One at a time, each entering (and
+        # evicting) before the next begins, the cache passes its bounds by at most the
+        # one model loading.
+        self._loading = threading.Lock()
         self._hits = 0
         self._loads = 0
         self._evictions = 0
@@ -149,30 +155,31 @@ class ModelCache:
                 error = failure[1]
                 # A fresh exception each time: raising one object again grows its traceback.
                 raise type(error)(error.message, **error.details)
-            try:
-                loaded = self._load(model_name, version)
-            except (ModelLoadError, CorruptModelError) as error:
-                if self.load_failure_seconds > 0:
-                    # A copy without the traceback, which holds the frames of the load.
-                    remembered = type(error)(error.message, **error.details)
-                    until = time.monotonic() + self.load_failure_seconds
-                    with self._lock:
-                        self._failures[key] = (until, remembered)
-                raise
-            with self._lock:
-                self._failures.pop(key, None)
-            with self._lock:
-                evicted = self._insert(key, loaded)
-            # Outside the cache lock: closing answers the evicted models' queued requests
-            # first. A request that took an evicted model just before is still answered,
-            # in its own thread (Batcher.submit); the GC frees the model after it.
-            _close_batchers(evicted)
-            thaw = bool(evicted)
-            evicted_models = [weakref.ref(model.model) for model in evicted]
-            del evicted  # or the collection below could not free them
-            _freeze_heap(thaw=thaw)
-            if any(model() is not None for model in evicted_models):
-                self._collect_later()
+            with self._loading:
+                try:
+                    loaded = self._load(model_name, version)
+                except (ModelLoadError, CorruptModelError) as error:
+                    if self.load_failure_seconds > 0:
+                        # A copy without the traceback, which holds the frames of the load.
+                        remembered = type(error)(error.message, **error.details)
+                        until = time.monotonic() + self.load_failure_seconds
+                        with self._lock:
+                            self._failures[key] = (until, remembered)
+                    raise
+                with self._lock:
+                    self._failures.pop(key, None)
+                    evicted = self._insert(key, loaded)
+                # Outside the cache lock: closing answers the evicted models' queued
+                # requests first. A request that took an evicted model just before is
+                # still answered, in its own thread (Batcher.submit); the GC frees the
+                # model after it, before the next load begins.
+                _close_batchers(evicted)
+                thaw = bool(evicted)
+                evicted_models = [weakref.ref(model.model) for model in evicted]
+                del evicted  # or the collection below could not free them
+                _freeze_heap(thaw=thaw)
+                if any(model() is not None for model in evicted_models):
+                    self._collect_later()
             return loaded
 
     def get_if_loaded(self, model_name: str, version: int) -> LoadedModel | None:

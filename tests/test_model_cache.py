@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -115,6 +117,52 @@ def test_the_count_bound_still_holds_under_a_loose_byte_bound(
     for name in ("a", "b", "c"):
         cache.get(name, 1)
     assert cache.stats().keys == [("b", 1), ("c", 1)]
+    cache.close()
+
+
+class WatchedCache(ModelCache):
+    """A cache that counts the models it holds at once: entered, or still loading."""
+
+    def __init__(self, *arguments: object, **options: object) -> None:
+        super().__init__(*arguments, **options)  # type: ignore[arg-type]
+        self._watch = threading.Lock()
+        self.loading = 0
+        self.most_loading = 0
+        self.most_held = 0
+
+    def _load_and_warm(self, model_name: str, version: int):  # type: ignore[no-untyped-def]
+        with self._watch:
+            self.loading += 1
+            self.most_loading = max(self.most_loading, self.loading)
+            self.most_held = max(self.most_held, self.loading + self.stats().size)
+        try:
+            time.sleep(0.2)  # a slow disk, so that loads asked for at once would overlap
+            return super()._load_and_warm(model_name, version)
+        finally:
+            with self._watch:
+                self.loading -= 1
+
+
+def test_cold_versions_asked_for_at_once_load_one_at_a_time(
+    registry: FileModelRegistry,
+) -> None:
+    small, _ = _sizes()
+    cache = WatchedCache(registry, capacity=10, max_bytes=small)  # room for one
+    names = ("a", "b", "c", "wide")
+    loaded: dict[str, object] = {}
+    threads = [
+        threading.Thread(target=lambda name=name: loaded.update({name: cache.get(name, 1)}))
+        for name in names
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(loaded) == sorted(names)  # every request got its model
+    assert cache.most_loading == 1
+    # The one entered and the one loading, never four models past a bound of one.
+    assert cache.most_held <= 2
+    assert cache.stats().size == 1
     cache.close()
 
 
