@@ -128,11 +128,11 @@ class ModelCache:
         # One lock per key, so concurrent requests for the same cold version load it once.
         # Kept after eviction: a version number is never reused and a Lock is tiny.
         self._key_locks: dict[CacheKey, threading.Lock] = {}
-        # Models load one at a time, as TensorFlow Serving's default of one load thread
-        # does: a model is weighed only once loaded, so loads of several cold versions at
-        # once each held a model beyond the bounds. One at a time, each entering (and
-        # evicting) before the next begins, the cache passes its bounds by at most the
-        # one model loading.
+        # Models load one at a time, as TensorFlow Serving's manager does by default (no
+        # load thread pool, num_load_threads=0): a model is weighed only once loaded, so
+        # loads of several cold versions at once each held a model beyond the bounds.
+        # One at a time, each entering (and evicting) before the next begins, the cache
+        # passes its bounds by at most the one model loading.
         self._loading = threading.Lock()
         self._hits = 0
         self._loads = 0
