@@ -171,8 +171,9 @@ class ModelCache:
                     evicted = self._insert(key, loaded)
                 # Outside the cache lock: closing answers the evicted models' queued
                 # requests first. A request that took an evicted model just before is
-                # still answered, in its own thread (Batcher.submit); the GC frees the
-                # model after it, before the next load begins.
+                # still answered, in its own thread (Batcher.submit); the GC frees that
+                # model when the request ends, any other evicted one here, before the
+                # next load begins.
                 _close_batchers(evicted)
                 thaw = bool(evicted)
                 evicted_models = [weakref.ref(model.model) for model in evicted]
