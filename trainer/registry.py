@@ -31,6 +31,7 @@ from trainer.aliases import ALIASES_FILE as ALIASES_FILE
 from trainer.aliases import AliasChange as AliasChange
 from trainer.aliases import AliasStore, SharedLock, alias_target, check_alias, joined
 from trainer.card import ModelCard, TrainingRecord, upgrade_card
+from trainer.checksums import ChecksumMemo
 from trainer.errors import (
     CorruptModelError,
     InvalidInputError,
@@ -110,6 +111,7 @@ class FileModelRegistry:
         self._resolved: dict[tuple[str, int | str | None], tuple[int, _Stamp, float]] = {}
         self._resolve_recheck_seconds = resolve_recheck_seconds
         self._root_text = os.fspath(self.root)
+        self._checksums = ChecksumMemo()
 
     def register(
         self,
@@ -259,10 +261,14 @@ class FileModelRegistry:
         return self._require_version(model_name, version) / MODEL_FILE
 
     def verify_checksum(self, model_name: str, version: int) -> str:
-        """The sha256 of model.keras (hex); CorruptModelError unless its card records it."""
+        """The sha256 of model.keras (hex); CorruptModelError unless its card records it.
+
+        The file is hashed again only if its status changed since it last was
+        (``trainer.checksums``).
+        """
         expected = self.get_card(model_name, version).checksum.value
         model_file = self.model_path(model_name, version)
-        actual = sha256_of_file(model_file) if model_file.is_file() else "missing"
+        actual = self._checksums.sha256(model_file) if model_file.is_file() else "missing"
         if actual != expected:
             message = f"model {model_name!r} version {version}: {MODEL_FILE} has sha256 {actual} "
             message += f"but its card records {expected}; it changed since, register it again"

@@ -2,8 +2,9 @@
 
 The file is what the workers registered, checked against the checksum its card records
 before it is sent: a file changed on disk since is refused (503), never handed out as
-the version. Its strong ETag is that checksum, and ``Repr-Digest`` (RFC 9530) carries
-it too, so a client can check what it received; range requests resume a broken download.
+the version (read and hashed again only when its status changed: ``trainer.checksums``).
+Its strong ETag is that checksum, and ``Repr-Digest`` (RFC 9530) carries it too, so a
+client can check what it received; range requests resume a broken download.
 A client holding the file already sends its checksum in ``If-None-Match`` and gets 304
 without the body; HEAD answers the headers alone (RFC 9110 asks every server for HEAD
 where it has GET), e.g. to learn which version and checksum a download would bring.
