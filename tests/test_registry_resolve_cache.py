@@ -135,7 +135,7 @@ def test_within_the_recheck_time_a_hit_touches_no_file(
         raise AssertionError(f"a hit within the recheck time looked at {path}")
 
     with monkeypatch.context() as within:
-        within.setattr(registry_module, "_file_stamp", no_stat)
+        within.setattr(registry_module, "file_stamp", no_stat)
         clock[0] += 4.9
         # Another process's move is not seen yet: the answer is 4.9 s old.
         assert registry.resolve_if_cached(MODEL, "production") == 1
@@ -150,6 +150,6 @@ def test_within_the_recheck_time_a_hit_touches_no_file(
     clock[0] += 5
     assert registry.resolve_if_cached(MODEL, "production") == 1
     with monkeypatch.context() as within:
-        within.setattr(registry_module, "_file_stamp", no_stat)
+        within.setattr(registry_module, "file_stamp", no_stat)
         clock[0] += 4.9
         assert registry.resolve_if_cached(MODEL, "production") == 1

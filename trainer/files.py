@@ -31,6 +31,34 @@ def sha256_of_file(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+# What os.stat says of a file that changes whenever its content, name or links do:
+# device, inode, size, modification and change time (ns), link count. The change time is
+# the kernel's, moved by every write, rename and `touch`, and no user can set it back.
+FileStamp = tuple[int, int, int, int, int, int]
+
+
+def file_stamp(path: str | os.PathLike[str]) -> FileStamp | None:
+    """The file's stamp, None if there is none; equal stamps mean an unchanged file,
+    once the file is older than a tick of its file system's clock (``newest_change_ns``)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return (
+        status.st_dev,
+        status.st_ino,
+        status.st_size,
+        status.st_mtime_ns,
+        status.st_ctime_ns,
+        status.st_nlink,
+    )
+
+
+def newest_change_ns(stamp: FileStamp) -> int:
+    """When the stamped file last changed, in nanoseconds since the epoch."""
+    return max(stamp[3], stamp[4])
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file or directory to disk."""
     # Directories too: a new entry or a rename survives a power cut only once its parent is synced.

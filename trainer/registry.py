@@ -39,7 +39,15 @@ from trainer.errors import (
     ModelNotFoundError,
     VersionNotFoundError,
 )
-from trainer.files import fsync_path, sha256_of_file, utc_timestamp, write_json_atomically
+from trainer.files import (
+    FileStamp,
+    file_stamp,
+    fsync_path,
+    newest_change_ns,
+    sha256_of_file,
+    utc_timestamp,
+    write_json_atomically,
+)
 from trainer.spec_base import validate_model_name
 
 PRODUCTION_ALIAS = "production"
@@ -54,8 +62,8 @@ _DIGITS_RE = re.compile(r"[0-9]+")
 # coarsely (milliseconds), so two changes within one tick could leave equal stamps.
 RESOLVE_CACHE_SETTLE_NS = 100_000_000
 _RESOLVE_CACHE_LIMIT = 4096
-# What a resolution read, as (inode, mtime, size, links) per path; None for a missing file.
-_Stamp = tuple[tuple[int, int, int, int] | None, ...]
+# What a resolution read, a stamp per path; None for a missing file.
+_Stamp = tuple[FileStamp | None, ...]
 
 
 @dataclass(frozen=True)
@@ -64,14 +72,6 @@ class ModelSummary:
     versions: list[int]
     aliases: dict[str, int]
     latest_version: int | None
-
-
-def _file_stamp(path: str) -> tuple[int, int, int, int] | None:
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return (status.st_ino, status.st_mtime_ns, status.st_size, status.st_nlink)
 
 
 def _check_model_name(model_name: str) -> str:
@@ -351,17 +351,17 @@ class FileModelRegistry:
     # Paths joined as strings: pathlib's joins cost more than the stat calls themselves.
     def _model_stamp(self, model_name: str) -> _Stamp:
         model_dir = f"{self._root_text}/{model_name}"
-        return (_file_stamp(model_dir), _file_stamp(f"{model_dir}/{ALIASES_FILE}"))
+        return (file_stamp(model_dir), file_stamp(f"{model_dir}/{ALIASES_FILE}"))
 
     def _version_stamp(self, model_name: str, version: int) -> _Stamp:
         version_dir = f"{self._root_text}/{model_name}/{version}"
         return (
-            _file_stamp(f"{version_dir}/{CARD_FILE}"),
-            _file_stamp(f"{version_dir}/{DELETED_MARKER}"),
+            file_stamp(f"{version_dir}/{CARD_FILE}"),
+            file_stamp(f"{version_dir}/{DELETED_MARKER}"),
         )
 
     def _remember(self, key: tuple[str, int | str | None], version: int, stamp: _Stamp) -> None:
-        newest = max((entry[1] for entry in stamp if entry is not None), default=0)
+        newest = max((newest_change_ns(entry) for entry in stamp if entry is not None), default=0)
         if time.time_ns() - newest < RESOLVE_CACHE_SETTLE_NS:
             return  # too fresh to tell a later change in the same clock tick apart
         if len(self._resolved) >= _RESOLVE_CACHE_LIMIT:
