@@ -77,7 +77,7 @@ class PatchWhitening(layers.Layer):  # type: ignore[misc]
         if not self.built:
             self.build(images.shape)
         mean = images.mean(axis=(0, 1, 2), dtype=np.float64)
-        std = images.std(axis=(0, 1, 2), dtype=np.float64)
+        std = _channel_std(images, mean)
         # A constant channel (all-black padding, say) has no variance to scale away.
         inverse_std = 1.0 / np.where(std > 1e-6, std, 1.0)
         covariance = self._patch_covariance(images, mean, inverse_std)
@@ -114,3 +114,19 @@ class PatchWhitening(layers.Layer):  # type: ignore[misc]
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "patch_size": self.patch_size, "epsilon": self.epsilon}
+
+
+def _channel_std(images: NDArray[np.float32], mean: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Each channel's standard deviation over every pixel of ``images`` (N, H, W, C).
+
+    A chunk of images at a time: ``images.std(dtype=np.float64)`` makes a float64 copy
+    of them all first, 8 bytes a value, which was 270 MB more at the peak of a training
+    on the 25% CIFAR-10 sample and would be 1.2 GB on the whole training set.
+    """
+    squares = np.zeros_like(mean)
+    for start in range(0, len(images), _CHUNK_IMAGES):
+        centered = images[start : start + _CHUNK_IMAGES].astype(np.float64) - mean
+        squares += np.square(centered).sum(axis=(0, 1, 2))
+    count = images.size // images.shape[-1]
+    std: NDArray[np.float64] = np.sqrt(squares / max(count, 1))
+    return std
