@@ -116,7 +116,8 @@ class MetricsReport(EvaluationReport):
     train_accuracy: float | None = Field(
         None,
         description="The training split after training, measured as validation is (no "
-        "dropout, no augmentation); null for versions trained before 2026-12-05.",
+        "dropout, no augmentation), on all of it or a random 2,500 of its images if it has "
+        "more; null for versions trained before 2026-12-05.",
     )
     history: list[EpochProgress]
 

@@ -68,8 +68,15 @@ class CardMetrics(_CardPart):
     train_accuracy: float | None = Field(
         None,
         description="Accuracy on the training split after training, in inference mode as "
-        "validation is measured (no dropout, no augmentation). None on cards written "
+        "validation is measured (no dropout, no augmentation): on all of it, or on "
+        "train_accuracy_samples of its images drawn at random. None on cards written "
         "before 2026-12-05.",
+    )
+    train_accuracy_samples: int | None = Field(
+        None,
+        description="How many training images train_accuracy was measured on: the whole "
+        "split up to 2,500 images, a random 2,500 of a larger one. None on older cards, "
+        "which measured the whole split.",
     )
 
 

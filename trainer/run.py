@@ -27,12 +27,20 @@ from trainer.card import (
     Timings,
     TrainingRecord,
 )
+from trainer.data import Split
 from trainer.errors import TrainingCancelledError
 from trainer.evaluate import evaluate, evaluate_predictions, predict_probabilities
 from trainer.files import utc_timestamp
 from trainer.registry import FileModelRegistry
 from trainer.spec import AnyTrainingSpec
 from trainer.train import CancelCheck, ProgressListener, TrainingResult, inference_copy, train
+
+# The training split's accuracy is a diagnostic, set against validation's to show how
+# closely the model fits its own images: a random sample of this many of them estimates
+# it within about a point (95%). The whole split took 140 s after a 290 s training on
+# the 25% CIFAR-10 sample (whitened_cnn, ten test-time views per image), and would take
+# ten minutes on all of CIFAR-10.
+TRAIN_ACCURACY_IMAGES = 2_500
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,17 @@ def _inference_timing(model: Any, input_shape: tuple[int, ...]) -> InferenceTimi
     )
 
 
+def training_split_accuracy(model: Any, train: Split, seed: int) -> tuple[float, int]:
+    """The model's accuracy on its training split, or on ``TRAIN_ACCURACY_IMAGES`` of it
+    drawn at random with ``seed``; and how many images it was measured on."""
+    rows = np.arange(len(train))
+    if len(rows) > TRAIN_ACCURACY_IMAGES:
+        chosen = np.random.default_rng(seed).choice(rows, TRAIN_ACCURACY_IMAGES, replace=False)
+        rows = np.sort(chosen)
+    predicted = predict_probabilities(model, train.x[rows]).argmax(axis=1)
+    return float(np.mean(predicted == train.y[rows])), len(rows)
+
+
 def build_record(
     spec: AnyTrainingSpec, result: TrainingResult, job_id: str | None
 ) -> TrainingRecord:
@@ -143,8 +162,9 @@ def build_record(
     )
     # The training split as validation is measured: the history's accuracy ran with dropout
     # and augmentation on, so it cannot tell whether the model fits its images too well.
-    train_predictions = predict_probabilities(result.model, data.train.x).argmax(axis=1)
-    train_accuracy = float(np.mean(train_predictions == data.train.y))
+    train_accuracy, train_accuracy_samples = training_split_accuracy(
+        result.model, data.train, spec.seed
+    )
     evaluate_seconds = time.perf_counter() - evaluate_started
     weights_epoch = result.weights_epoch or result.epochs_run
     final_train_accuracy = result.history[weights_epoch - 1].accuracy
@@ -172,6 +192,7 @@ def build_record(
             validation_accuracy=validation_report.accuracy,
             generalization_gap=round(final_train_accuracy - validation_report.accuracy, 6),
             train_accuracy=round(train_accuracy, 6),
+            train_accuracy_samples=train_accuracy_samples,
         ),
         history=result.history,
         timings=Timings(
