@@ -120,8 +120,8 @@ def _channel_std(images: NDArray[np.float32], mean: NDArray[np.float64]) -> NDAr
     """Each channel's standard deviation over every pixel of ``images`` (N, H, W, C).
 
     A chunk of images at a time: ``images.std(dtype=np.float64)`` makes a float64 copy
-    of them all first, 8 bytes a value, which was 270 MB more at the peak of a training
-    on the 25% CIFAR-10 sample and would be 1.2 GB on the whole training set.
+    of them all first, 8 bytes a value: 270 MB for the 25% CIFAR-10 sample, 1.2 GB for
+    the whole training set.
     """
     squares = np.zeros_like(mean)
     for start in range(0, len(images), _CHUNK_IMAGES):
