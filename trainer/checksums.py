@@ -18,9 +18,11 @@ from pathlib import Path
 
 from trainer.files import FileStamp, file_stamp, newest_change_ns, sha256_of_file
 
-# File times tick coarsely (milliseconds on ext4), so a change made in the same tick as
-# the hashing could leave the status unchanged: a digest is remembered only once its
-# file is this much older than the hashing, as git treats a "racy" index entry.
+# File times tick coarsely, so a change made in the same tick as the hashing could leave
+# the stamp unchanged: a digest is remembered only once its file is this much older than
+# the hashing, as git treats a "racy" index entry. Two seconds, not the registry's 100 ms
+# for its small files: a model folder may sit on a share or volume whose times tick in
+# seconds, and a model file is minutes old by the time anyone downloads it.
 SETTLE_NS = 2_000_000_000
 # Far more model versions than one server serves, and a few hundred bytes each.
 LIMIT = 4096
