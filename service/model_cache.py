@@ -275,8 +275,7 @@ class ModelCache:
 
     def _load_and_warm(self, model_name: str, version: int) -> LoadedModel:
         limit_intra_op_threads(self.intra_op_threads)
-        self.registry.verify_checksum(model_name, version)
-        card = self.registry.get_card(model_name, version)
+        card = self.registry.verified_card(model_name, version)
         path = self.registry.model_path(model_name, version)
         model = load_model(path)
         input_shape = _input_shape(card, model)

@@ -23,6 +23,7 @@ from service.model_cache import ModelCache
 from tests.conftest import ClientFactory, make_record
 from trainer.architectures import build_model
 from trainer.architectures.custom_cnn import CustomCnnHyperparameters
+from trainer.card import ModelCard
 from trainer.registry import FileModelRegistry
 from worker.settings import Settings
 
@@ -71,6 +72,24 @@ def test_a_loaded_model_weighs_its_weights(registry: FileModelRegistry) -> None:
     assert stats.bytes == small + wide and stats.max_bytes is None
     cache.close()
     assert cache.stats().bytes == 0
+
+
+def test_a_load_reads_the_card_once_the_one_its_file_was_checked_against(
+    registry: FileModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[tuple[str, int]] = []
+    read_card = registry.get_card
+
+    def counting(model_name: str, version: int) -> ModelCard:
+        reads.append((model_name, version))
+        return read_card(model_name, version)
+
+    monkeypatch.setattr(registry, "get_card", counting)
+    cache = ModelCache(registry, capacity=4)
+    loaded = cache.get("b", 1)
+    assert reads == [("b", 1)]
+    assert loaded.class_names == tuple(str(digit) for digit in range(10))
+    cache.close()
 
 
 def test_least_recently_used_models_leave_until_under_the_byte_bound(

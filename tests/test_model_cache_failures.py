@@ -14,6 +14,7 @@ from tests.conftest import make_record
 from tests.test_batching import CLASSES, INPUT_SHAPE
 from tests.test_predict import TINY_CNN, save_model
 from trainer.architectures import build_model
+from trainer.card import ModelCard
 from trainer.errors import CorruptModelError
 from trainer.registry import FileModelRegistry
 from worker.settings import Settings
@@ -37,13 +38,13 @@ def registry(tmp_path: Path) -> FileModelRegistry:
 def hashes(registry: FileModelRegistry, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The versions whose checksum the registry verified, in order."""
     verified: list[int] = []
-    original = registry.verify_checksum
+    original = registry.verified_card
 
-    def counting(model_name: str, version: int) -> None:
+    def counting(model_name: str, version: int) -> ModelCard:
         verified.append(version)
-        original(model_name, version)
+        return original(model_name, version)
 
-    monkeypatch.setattr(registry, "verify_checksum", counting)
+    monkeypatch.setattr(registry, "verified_card", counting)
     return verified
 
 

@@ -266,14 +266,23 @@ class FileModelRegistry:
         The file is hashed again only if its status changed since it last was
         (``trainer.checksums``).
         """
-        expected = self.get_card(model_name, version).checksum.value
+        return self.verified_card(model_name, version).checksum.value
+
+    def verified_card(self, model_name: str, version: int) -> ModelCard:
+        """The card, once model.keras is checked against its checksum (as ``verify_checksum``).
+
+        For a caller about to load the model: the card it needs next is the one read to
+        check the file, not a second read that another process may have changed meanwhile.
+        """
+        card = self.get_card(model_name, version)
+        expected = card.checksum.value
         model_file = self.model_path(model_name, version)
         actual = self._checksums.sha256(model_file) if model_file.is_file() else "missing"
         if actual != expected:
             message = f"model {model_name!r} version {version}: {MODEL_FILE} has sha256 {actual} "
             message += f"but its card records {expected}; it changed since, register it again"
             raise CorruptModelError(message, model_name=model_name, version=version)
-        return actual
+        return card
 
     def aliases(self, model_name: str) -> dict[str, int]:
         """Current aliases of a model, alias → version, sorted by alias."""
