@@ -36,7 +36,7 @@ from service.images import image_pixels
 from tests.conftest import make_record
 from tests.workers import free_port, wait_until
 from trainer.registry import FileModelRegistry
-from worker.jobstore import sqlite as sqlite_store
+from worker import sqlite_file
 from worker.settings import Settings
 
 MODEL = "fake"
@@ -422,7 +422,7 @@ def test_an_unreadable_image_error_shows_no_heap_address(home: Path) -> None:
 def test_a_locked_job_store_answers_503_not_500(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(sqlite_file, "BUSY_TIMEOUT_SECONDS", 0.2)
     client = TestClient(create_app(Settings(home=home)), raise_server_exceptions=False)
     assert client.get("/jobs").status_code == 200  # creates the database
     holder = sqlite3.connect(home / "jobs.sqlite3", isolation_level=None)

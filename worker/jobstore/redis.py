@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import redis
 from redis.client import Pipeline
@@ -34,6 +35,67 @@ def client_with_timeouts(url: str, socket_timeout: float) -> redis.Redis:
     )
 
 
+class StatusDocument(Protocol):
+    """What ``StatusIndexedDocuments`` needs of a stored document: a job or a study."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def created_at(self) -> datetime: ...
+
+    def model_dump_json(self) -> str: ...
+
+
+DocumentT = TypeVar("DocumentT", bound=StatusDocument)
+
+
+@dataclass(frozen=True)
+class StatusIndexedDocuments(Generic[DocumentT]):
+    """JSON documents, each also in a sorted set of its status, scored by creation time."""
+
+    client: redis.Redis
+    parse: Callable[[str | bytes], DocumentT]
+    status_index: Callable[[str], str]
+    missing: Callable[[str], Exception]
+
+    def update(
+        self,
+        key: str,
+        member: str,
+        change: Callable[[DocumentT, datetime], DocumentT | None],
+        now: datetime,
+    ) -> DocumentT | None:
+        """Apply ``change`` to the document at ``key`` atomically; None from it means no write.
+
+        ``member`` is the document's id in the status indexes. If another process
+        writes the document between the read and the write, EXEC fails and ``change``
+        decides again on the fresh state.
+        """
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]  # redis-py leaves watch() unannotated
+                    document = pipe.get(key)
+                    if document is None:
+                        raise self.missing(member)
+                    current = self.parse(document)
+                    updated = change(current, now)
+                    if updated is None:
+                        pipe.unwatch()
+                        return None
+                    pipe.multi()
+                    pipe.set(key, updated.model_dump_json())
+                    if updated.status != current.status:
+                        score = base.microseconds(current.created_at)
+                        pipe.zrem(self.status_index(current.status), member)
+                        pipe.zadd(self.status_index(updated.status), {member: score})
+                    pipe.execute()
+                    return updated
+                except redis.WatchError:
+                    continue
+
+
 class RedisJobStore(base.JobTransitions):
     """Job store in Redis, shared by API and worker processes on any machine."""
 
@@ -51,6 +113,9 @@ class RedisJobStore(base.JobTransitions):
         # another, and clocks that differ by more than a lease would have a sweep take
         # back healthy jobs (or leave dead ones running).
         self.clock = clock or self._server_time
+        self._documents = StatusIndexedDocuments(
+            self.client, Job.model_validate_json, self._status_key, base.job_not_found
+        )
 
     def _server_time(self) -> datetime:
         seconds, microseconds = self.client.time()
@@ -70,29 +135,7 @@ class RedisJobStore(base.JobTransitions):
 
     def _update(self, job_id: str, change: Callable[[Job, datetime], Job | None]) -> Job | None:
         """Apply ``change`` to the stored job atomically; None from it means no write."""
-        key = self._job_key(job_id)
-        with self.client.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)  # type: ignore[no-untyped-call]  # redis-py leaves watch() unannotated
-                    document = pipe.get(key)
-                    if document is None:
-                        raise base.job_not_found(job_id)
-                    current = Job.model_validate_json(document)
-                    updated = change(current, self.clock())
-                    if updated is None:
-                        pipe.unwatch()
-                        return None
-                    pipe.multi()
-                    pipe.set(key, updated.model_dump_json())
-                    if updated.status != current.status:
-                        score = base.microseconds(current.created_at)
-                        pipe.zrem(self._status_key(current.status), job_id)
-                        pipe.zadd(self._status_key(updated.status), {job_id: score})
-                    pipe.execute()
-                    return updated
-                except redis.WatchError:
-                    continue  # someone changed the job meanwhile: decide again on fresh state
+        return self._documents.update(self._job_key(job_id), job_id, change, self.clock())
 
     def create(self, job: Job) -> None:
         """Store a new job; ConflictError if its id is taken."""

@@ -1,28 +1,23 @@
 """SQLite job store for embedded mode: one machine, several processes, no server.
 
-The API and each worker process open the same file. WAL mode lets readers run
-while one writer commits; ``busy_timeout`` makes a writer wait for the lock
-instead of failing; ``BEGIN IMMEDIATE`` takes the write lock before reading, so
-a read-check-write sequence cannot interleave with another process's. A new
-connection per operation keeps the store safe to share between threads.
+The API and each worker process open the same file (``worker.sqlite_file`` says how
+they share it); every read-check-write runs in one write transaction.
 """
 
 from __future__ import annotations
 
 import builtins
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from trainer.files import utc_now
+from worker.sqlite_file import SharedSqliteFile
 
 from . import base
 from .models import JOB_STATUSES, Job, JobStatus
-
-BUSY_TIMEOUT_SECONDS = 30.0
 
 # The job itself is stored as JSON; the other columns exist only so that
 # listing, filtering and counting can use indexes.
@@ -44,35 +39,9 @@ class SqliteJobStore(base.JobTransitions):
     """Job store in one SQLite file, shared by the API and worker processes."""
 
     def __init__(self, path: Path, *, clock: base.Clock = utc_now) -> None:
-        self.path = Path(path)
+        self.database = SharedSqliteFile(path, SCHEMA)
+        self.path = self.database.path
         self.clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as connection:
-            # WAL is a property of the database file, so setting it once suffices.
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.executescript(SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: no implicit transactions, we issue BEGIN ourselves.
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        connection.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
-        return connection
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with closing(self._connect()) as connection:
-            yield connection
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with closing(self._connect()) as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
 
     @staticmethod
     def _load(connection: sqlite3.Connection, job_id: str) -> Job:
@@ -90,7 +59,7 @@ class SqliteJobStore(base.JobTransitions):
 
     def _update(self, job_id: str, change: Callable[[Job, datetime], Job | None]) -> Job | None:
         """Apply ``change`` to the stored job atomically; None from it means no write."""
-        with self._write() as connection:
+        with self.database.writing() as connection:
             updated = change(self._load(connection, job_id), self.clock())
             if updated is not None:
                 self._save(connection, updated)
@@ -99,7 +68,7 @@ class SqliteJobStore(base.JobTransitions):
     def create(self, job: Job) -> None:
         """Store a new job; ConflictError if its id is taken."""
         try:
-            with self._write() as connection:
+            with self.database.writing() as connection:
                 connection.execute(
                     "INSERT INTO jobs (job_id, status, model_name, created_at_us, document)"
                     " VALUES (?, ?, ?, ?, ?)",
@@ -116,7 +85,7 @@ class SqliteJobStore(base.JobTransitions):
 
     def get(self, job_id: str) -> Job:
         """The job with this id; JobNotFoundError if there is none."""
-        with self._read() as connection:
+        with self.database.reading() as connection:
             return self._load(connection, job_id)
 
     def list(
@@ -138,7 +107,7 @@ class SqliteJobStore(base.JobTransitions):
             parameters.append(model_name)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         # One read transaction so the page and the total describe the same snapshot.
-        with self._read() as connection:
+        with self.database.reading() as connection:
             connection.execute("BEGIN")
             total = connection.execute(f"SELECT COUNT(*) FROM jobs {where}", parameters).fetchone()
             rows = connection.execute(
@@ -160,7 +129,7 @@ class SqliteJobStore(base.JobTransitions):
         """
         requeued: list[str] = []
         ended: list[str] = []
-        with self._write() as connection:
+        with self.database.writing() as connection:
             now = self.clock()
             rows = connection.execute(
                 "SELECT document FROM jobs WHERE status = 'running'"
@@ -181,7 +150,7 @@ class SqliteJobStore(base.JobTransitions):
     def jobs_to_send(self, resend_after_seconds: float) -> builtins.list[str]:
         """Queued jobs never sent or sent long ago, stamped as sent now; their ids."""
         due: list[str] = []
-        with self._write() as connection:
+        with self.database.writing() as connection:
             now = self.clock()
             rows = connection.execute("SELECT document FROM jobs WHERE status = 'queued'")
             for (document,) in rows.fetchall():
@@ -195,7 +164,7 @@ class SqliteJobStore(base.JobTransitions):
 
     def count_by_status(self) -> dict[str, int]:
         """Number of jobs in each status, zeros included."""
-        with self._read() as connection:
+        with self.database.reading() as connection:
             rows = connection.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
             counts: dict[str, int] = dict.fromkeys(JOB_STATUSES, 0)
             counts.update({status: int(count) for status, count in rows})
@@ -203,7 +172,7 @@ class SqliteJobStore(base.JobTransitions):
 
     def ping(self) -> None:
         """Raise if the database file cannot be read."""
-        with self._read() as connection:
+        with self.database.reading() as connection:
             connection.execute("SELECT COUNT(*) FROM jobs").fetchone()
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ import redis
 from trainer.errors import ConflictError
 from trainer.files import utc_now
 from worker.jobstore import base as job_base
-from worker.jobstore.redis import client_with_timeouts
+from worker.jobstore.redis import StatusIndexedDocuments, client_with_timeouts
 
 from . import base
 from .models import Study, StudyStatus
@@ -29,6 +29,9 @@ class RedisStudyStore:
         self.client = client_with_timeouts(url, socket_timeout)
         self.prefix = prefix
         self.clock = clock
+        self._documents = StatusIndexedDocuments(
+            self.client, Study.model_validate_json, self._index, base.study_not_found
+        )
 
     def _key(self, study_id: str) -> str:
         return f"{self.prefix}:study:{study_id}"
@@ -66,29 +69,7 @@ class RedisStudyStore:
 
     def update(self, study_id: str, change: base.Change) -> Study | None:
         """Apply ``change`` atomically; None from it means no write."""
-        key = self._key(study_id)
-        with self.client.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)  # type: ignore[no-untyped-call]  # untyped in redis-py
-                    document = pipe.get(key)
-                    if document is None:
-                        raise base.study_not_found(study_id)
-                    current = Study.model_validate_json(document)
-                    updated = change(current, self.clock())
-                    if updated is None:
-                        pipe.unwatch()
-                        return None
-                    pipe.multi()
-                    pipe.set(key, updated.model_dump_json())
-                    if updated.status != current.status:
-                        score = job_base.microseconds(current.created_at)
-                        pipe.zrem(self._index(current.status), study_id)
-                        pipe.zadd(self._index(updated.status), {study_id: score})
-                    pipe.execute()
-                    return updated
-                except redis.WatchError:
-                    continue  # changed meanwhile: decide again on the fresh state
+        return self._documents.update(self._key(study_id), study_id, change, self.clock())
 
     def list(
         self, *, status: StudyStatus | None = None, limit: int = 50, offset: int = 0

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 from trainer.errors import ConflictError
 from trainer.files import utc_now
 from worker.jobstore import base as job_base
+from worker.sqlite_file import SharedSqliteFile
 
 from . import base
 from .models import Study, StudyStatus
 
-BUSY_TIMEOUT_SECONDS = 30.0
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
     study_id TEXT PRIMARY KEY,
@@ -32,28 +30,9 @@ class SqliteStudyStore:
     """Studies in the embedded SQLite file the job store uses."""
 
     def __init__(self, path: Path, *, clock: job_base.Clock = utc_now) -> None:
-        self.path = Path(path)
+        self.database = SharedSqliteFile(path, SCHEMA)
+        self.path = self.database.path
         self.clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.executescript(SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        connection.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
-        return connection
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with closing(self._connect()) as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
 
     @staticmethod
     def _load(connection: sqlite3.Connection, study_id: str) -> Study:
@@ -67,7 +46,7 @@ class SqliteStudyStore:
     def create(self, study: Study) -> None:
         """Store a new study; ConflictError if its id is taken."""
         try:
-            with self._write() as connection:
+            with self.database.writing() as connection:
                 connection.execute(
                     "INSERT INTO studies (study_id, status, created_at_us, document)"
                     " VALUES (?, ?, ?, ?)",
@@ -83,12 +62,12 @@ class SqliteStudyStore:
 
     def get(self, study_id: str) -> Study:
         """The study with this id; StudyNotFoundError if there is none."""
-        with closing(self._connect()) as connection:
+        with self.database.reading() as connection:
             return self._load(connection, study_id)
 
     def update(self, study_id: str, change: base.Change) -> Study | None:
         """Apply ``change`` atomically; None from it means no write."""
-        with self._write() as connection:
+        with self.database.writing() as connection:
             updated = change(self._load(connection, study_id), self.clock())
             if updated is not None:
                 connection.execute(
@@ -102,7 +81,7 @@ class SqliteStudyStore:
     ) -> tuple[builtins.list[Study], int]:
         """One page of studies, newest first, and how many match."""
         where, parameters = ("WHERE status = ?", [status]) if status else ("", [])
-        with closing(self._connect()) as connection:
+        with self.database.reading() as connection:
             connection.execute("BEGIN")
             total = connection.execute(f"SELECT COUNT(*) FROM studies {where}", parameters)
             count = int(total.fetchone()[0])
