@@ -64,13 +64,12 @@ class StatusIndexedDocuments(Generic[DocumentT]):
         key: str,
         member: str,
         change: Callable[[DocumentT, datetime], DocumentT | None],
-        now: datetime,
+        clock: Callable[[], datetime],
     ) -> DocumentT | None:
         """Apply ``change`` to the document at ``key`` atomically; None from it means no write.
 
-        ``member`` is the document's id in the status indexes. If another process
-        writes the document between the read and the write, EXEC fails and ``change``
-        decides again on the fresh state.
+        ``member`` is the document's id in the status indexes. ``change`` gets the
+        document and ``clock()``, read afresh on every try.
         """
         with self.client.pipeline() as pipe:
             while True:
@@ -80,7 +79,7 @@ class StatusIndexedDocuments(Generic[DocumentT]):
                     if document is None:
                         raise self.missing(member)
                     current = self.parse(document)
-                    updated = change(current, now)
+                    updated = change(current, clock())
                     if updated is None:
                         pipe.unwatch()
                         return None
@@ -93,7 +92,7 @@ class StatusIndexedDocuments(Generic[DocumentT]):
                     pipe.execute()
                     return updated
                 except redis.WatchError:
-                    continue
+                    continue  # changed meanwhile: decide again on the fresh state
 
 
 class RedisJobStore(base.JobTransitions):
@@ -135,7 +134,7 @@ class RedisJobStore(base.JobTransitions):
 
     def _update(self, job_id: str, change: Callable[[Job, datetime], Job | None]) -> Job | None:
         """Apply ``change`` to the stored job atomically; None from it means no write."""
-        return self._documents.update(self._job_key(job_id), job_id, change, self.clock())
+        return self._documents.update(self._job_key(job_id), job_id, change, self.clock)
 
     def create(self, job: Job) -> None:
         """Store a new job; ConflictError if its id is taken."""

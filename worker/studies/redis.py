@@ -69,7 +69,7 @@ class RedisStudyStore:
 
     def update(self, study_id: str, change: base.Change) -> Study | None:
         """Apply ``change`` atomically; None from it means no write."""
-        return self._documents.update(self._key(study_id), study_id, change, self.clock())
+        return self._documents.update(self._key(study_id), study_id, change, self.clock)
 
     def list(
         self, *, status: StudyStatus | None = None, limit: int = 50, offset: int = 0
