@@ -40,7 +40,6 @@ class SqliteJobStore(base.JobTransitions):
 
     def __init__(self, path: Path, *, clock: base.Clock = utc_now) -> None:
         self.database = SharedSqliteFile(path, SCHEMA)
-        self.path = self.database.path
         self.clock = clock
 
     @staticmethod

@@ -31,7 +31,6 @@ class SqliteStudyStore:
 
     def __init__(self, path: Path, *, clock: job_base.Clock = utc_now) -> None:
         self.database = SharedSqliteFile(path, SCHEMA)
-        self.path = self.database.path
         self.clock = clock
 
     @staticmethod
