@@ -34,12 +34,14 @@ def _add_train_parser(commands: Any) -> None:
     models = commands.add_parser(
         "models",
         help="list registered models, versions and aliases",
-        description="Models with their versions, aliases and test accuracy: from this "
-        "machine's registry, or from a server's with --url.",
+        description="Models with their versions, aliases and test accuracy: from a "
+        "server's registry with --url or DACIAVISION_API_URL, else from this machine's.",
     )
     models.set_defaults(handler=local.models_command)
     models.add_argument("--json", action="store_true", help="one JSON object per version")
-    models.add_argument("--url", help="list a running server's models instead (GET /models)")
+    models.add_argument(
+        "--url", help="list a running server's models (GET /models); default: DACIAVISION_API_URL"
+    )
 
 
 def _add_server_parsers(commands: Any) -> None:

@@ -311,14 +311,18 @@ def print_report(card: ModelCard, registry_root: Path) -> None:
 
 
 def models_command(arguments: argparse.Namespace) -> int:
-    """List models with versions, aliases and test accuracy, straight from the registry."""
+    """List models with versions, aliases and test accuracy, a server's or this machine's."""
     from service.reports import model_detail
 
-    if arguments.url:
+    settings = get_settings()
+    # Every other client command talks to DACIAVISION_API_URL when it is set; so does
+    # this one, or a user pointed at a server would read an empty local registry.
+    from_server = bool(arguments.url) or "api_url" in settings.model_fields_set
+    if from_server:
         rows = _server_rows(arguments)
-        where = arguments.url
+        where = arguments.url or settings.api_url
     else:
-        registry = FileModelRegistry(get_settings().resolved_registry_dir)
+        registry = FileModelRegistry(settings.resolved_registry_dir)
         rows = [
             {"model_name": summary.model_name, **version.model_dump()}
             for summary in registry.list_models()
@@ -329,7 +333,8 @@ def models_command(arguments: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print(f"no models registered in {where}")
+        hint = "" if from_server else " (--url or DACIAVISION_API_URL lists a server's)"
+        print(f"no models registered in {where}{hint}")
         return 0
     print(f"{'model':<24}{'version':>8}  {'aliases':<20}{'architecture':<14}{'accuracy':>9}")
     for row in rows:

@@ -16,6 +16,7 @@ from PIL import Image
 from service.cli import main
 from tests.test_api import MODEL, trained_registry  # noqa: F401  (a fixture)
 from trainer.data import load_raw
+from worker.settings import get_settings
 
 URL = ["--url", "http://testserver"]
 
@@ -98,3 +99,25 @@ def test_jobs_list_submit_and_predict_print_json(
     assert main(["predict", str(image), "--model-name", MODEL, "--json", *URL]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["model_name"] == MODEL and len(answer["predictions"]) == 1
+
+
+def test_models_lists_the_server_that_daciavision_api_url_names(
+    server: TestClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # As the other client commands do; this machine's own registry is empty.
+    monkeypatch.setenv("DACIAVISION_HOME", str(tmp_path / "empty-home"))
+    monkeypatch.setenv("DACIAVISION_API_URL", "http://testserver")
+    get_settings.cache_clear()
+    try:
+        assert main(["models", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert {(row["model_name"], row["version"]) for row in rows} >= {(MODEL, 1), (MODEL, 2)}
+        monkeypatch.delenv("DACIAVISION_API_URL")
+        get_settings.cache_clear()
+        assert main(["models"]) == 0
+        assert "DACIAVISION_API_URL lists a server's" in capsys.readouterr().out
+    finally:
+        get_settings.cache_clear()
