@@ -106,7 +106,10 @@ class InferenceTiming(_CardPart):
     """Model-call speed measured on the training machine after training."""
 
     batch1_milliseconds: float = Field(description="Median latency of one image.")
-    batch_size: int
+    batch_size: int = Field(
+        description="Images per timed batch: 256 network inputs, so 256 images, or 25 for a "
+        "model with ten test-time views per image."
+    )
     images_per_second: float = Field(description="Throughput on batches of batch_size.")
 
 

@@ -93,6 +93,14 @@ class MeanOverViews(layers.Layer):  # type: ignore[misc]
         return {**super().get_config(), "view_count": self.view_count}
 
 
+def view_count(model: keras.Model) -> int:
+    """How many copies of each image ``model`` classifies: 1 unless it is wrapped."""
+    for layer in model.layers:
+        if isinstance(layer, TestTimeViews):
+            return len(VIEWS[layer.views])
+    return 1
+
+
 def with_test_time_augmentation(model: keras.Model, views: str) -> keras.Model:
     """``model`` wrapped to average its predictions over the copies ``views`` names."""
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
