@@ -84,8 +84,8 @@ class Pace:
 def pooled(runs: list[Pace]) -> Pace:
     """Several runs of one contender as one: all their epochs, their mean accuracy.
 
-    The mean, not the last run's: each run trains from its own start, and the last one
-    stands for the contender no better than the others.
+    The runs share the seed and usually agree; where the order of oneDNN's threaded sums
+    makes them differ, the mean stands for the contender better than the last run.
     """
     rates = tuple(rate for run in runs for rate in run.epoch_rates)
     return Pace(rates, statistics.mean(run.val_accuracy for run in runs))
