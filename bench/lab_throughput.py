@@ -28,7 +28,7 @@ validation accuracy after the last epoch, the mean over the rounds, is printed b
 it as a check that both learn alike.
 
     flock /tmp/daciavision-bench.lock .venv/bin/python -m bench.lab_throughput [--epochs 3] \
-        [--rounds 2] [--float32]
+        [--rounds 2] [--float32] [--models LABEL ...]
 """
 
 from __future__ import annotations
@@ -175,13 +175,22 @@ def main(argv: list[str] | None = None) -> None:
         metavar="1-10",
         help="rounds of alternating runs (default 2)",
     )
+    labels = [label for label, _ in lab_specs(1)]
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=labels,
+        default=labels,
+        metavar="LABEL",
+        help=f"the lab models to run, by label (default: all four: {'; '.join(labels)})",
+    )
     args = parser.parse_args(argv)
     command = locked_command("bench.lab_throughput", argv)
     lab_kernels, our_kernels = tensorflow_default_environment(), training_environment()
     onednn_by_default = onednn_is_tensorflows_default()
     meter = CpuMeter()
     rows = []
-    for label, _ in lab_specs(args.epochs):
+    for label in args.models:
         run = (label, args.epochs, args.data_dir)
         plain_runs, onednn_runs, our_runs = [], [], []
         for _ in range(args.rounds):
@@ -254,6 +263,12 @@ per compiled call, each variable's optimizer update in one kernel
 {precision}. XLA (`jit_compile=True`) is not used: tried by hand it made the custom
 CNN's training step about 4× slower on an AVX-512 EPYC and 6× slower on an AVX2-only one.
 """
+    left_out = [label for label in labels if label not in args.models]
+    if left_out:
+        body += (
+            f"\n**Not run this time** (`--models`): {'; '.join(left_out)}; their last "
+            "figures are in [the history](benchmark-history.md).\n"
+        )
     publish(KEY, body, command, args)
 
 
