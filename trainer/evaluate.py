@@ -133,18 +133,12 @@ def evaluate_predictions(
 def predict_probabilities(
     model: Any, images: NDArray[np.float32], batch_size: int = 256
 ) -> NDArray[np.float32]:
-    """Class probabilities for ``images`` in batches of ``batch_size`` network inputs.
+    """Class probabilities for ``images`` in batches of ``batch_size`` network inputs:
+    fewer images a batch for a model with test-time views."""
+    from trainer.test_time import images_per_batch  # Keras, loaded already with any model
 
-    A model with test-time views runs its network on every view of each image, so it is
-    given that many times fewer images per batch: ten views of 256 images held about
-    570 MiB more at once than training did (``whitened_cnn``).
-    """
-    from trainer.test_time import view_count  # Keras, loaded already with any model
-
-    images_per_batch = max(1, batch_size // view_count(model))
-    return np.asarray(
-        model.predict(images, batch_size=images_per_batch, verbose=0), dtype=np.float32
-    )
+    batch = images_per_batch(model, batch_size)
+    return np.asarray(model.predict(images, batch_size=batch, verbose=0), dtype=np.float32)
 
 
 def evaluate(

@@ -33,7 +33,7 @@ from trainer.evaluate import evaluate, evaluate_predictions, predict_probabiliti
 from trainer.files import utc_timestamp
 from trainer.registry import FileModelRegistry
 from trainer.spec import AnyTrainingSpec
-from trainer.test_time import view_count
+from trainer.test_time import images_per_batch
 from trainer.train import CancelCheck, ProgressListener, TrainingResult, inference_copy, train
 
 # The training split's accuracy is a diagnostic, set against validation's to show how
@@ -118,9 +118,8 @@ def _inference_timing(model: Any, input_shape: tuple[int, ...]) -> InferenceTimi
     import tensorflow as tf
 
     forward = tf.function(lambda images: model(images, training=False))
-    # 256 images through the network: with test-time views that is fewer served images
-    # (25 with ten views), whose activations would otherwise be the process's peak.
-    batch_size = max(1, 256 // view_count(model))
+    # 256 inputs to the network: 25 images with ten test-time views.
+    batch_size = images_per_batch(model, 256)
     single = tf.zeros((1, *input_shape), dtype=tf.float32)
     batch = tf.zeros((batch_size, *input_shape), dtype=tf.float32)
     forward(single)  # the first calls trace; time the ones after
